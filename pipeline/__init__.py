@@ -1,0 +1,72 @@
+"""Legato: durable AI orchestration on Celery + Redis.
+
+The public API: pipelines as data (the step kinds below, or YAML files), the producer client, the
+error hierarchy, and the wire types a run is reported in.
+"""
+
+from pipeline.client import Legato
+from pipeline.envelope import RunRecord, StepRecord, StepResult, Usage
+from pipeline.errors import (
+    BudgetExceeded,
+    Cancelled,
+    GateFailed,
+    InputError,
+    LegatoError,
+    OutputInvalid,
+    PermanentError,
+    RunNotFound,
+    SpecError,
+    StepError,
+    TransientError,
+)
+from pipeline.loader import load_pipeline
+from pipeline.spec import (
+    Aggregate,
+    Chain,
+    Classifier,
+    Gate,
+    Llm,
+    ModelCall,
+    ModelConfig,
+    Orchestrate,
+    Parallel,
+    Pipeline,
+    Route,
+    Tool,
+    Vote,
+)
+from pipeline.tools import tool
+
+__all__ = [
+    "Aggregate",
+    "BudgetExceeded",
+    "Cancelled",
+    "Chain",
+    "Classifier",
+    "Gate",
+    "GateFailed",
+    "InputError",
+    "Legato",
+    "LegatoError",
+    "Llm",
+    "ModelCall",
+    "ModelConfig",
+    "Orchestrate",
+    "OutputInvalid",
+    "Parallel",
+    "PermanentError",
+    "Pipeline",
+    "Route",
+    "RunNotFound",
+    "RunRecord",
+    "SpecError",
+    "StepError",
+    "StepRecord",
+    "StepResult",
+    "Tool",
+    "TransientError",
+    "Usage",
+    "Vote",
+    "load_pipeline",
+    "tool",
+]

@@ -1,0 +1,100 @@
+"""The producer API: submit a job, wait for it, read its status and steps.
+
+    from pipeline import Legato
+    legato = Legato()                       # settings from LEGATO_* environment variables
+    run_id = legato.submit("summarize", {"text": "..."})
+    record = legato.wait(run_id, timeout=60)
+    print(record.status, record.output)
+
+A job input is checked against the pipeline's input schema before anything is written or sent.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from celery import Celery
+from pydantic import ValidationError
+
+from pipeline import schema
+from pipeline.compile import Compiler
+from pipeline.envelope import RunRecord, StepRecord
+from pipeline.errors import InputError, StepError
+from pipeline.loader import load_models, load_pipeline, resolve
+from pipeline.settings import Settings, get_settings
+from pipeline.spec import Pipeline
+from pipeline.store import RunStore
+from pipeline.tools import load_tool_modules
+
+
+class Legato:
+    def __init__(self, settings: Settings | None = None, *, app: Celery | None = None,
+                 store: RunStore | None = None) -> None:
+        self.settings = settings or get_settings()
+        self._app = app
+        self.store = store or RunStore.from_url(self.settings.redis_url, self.settings.key_prefix)
+        load_tool_modules(self.settings.tool_modules)
+
+    @property
+    def app(self) -> Celery:
+        if self._app is None:
+            from workers.app import create_app  # the producer needs the app only to send
+
+            self._app = create_app(self.settings)
+        return self._app
+
+    def load(self, pipeline: str | Pipeline) -> Pipeline:
+        """A pipeline by name (from the pipelines directory), by file path, or as an object."""
+        if isinstance(pipeline, Pipeline):
+            models = {} if pipeline.models else load_models(self.settings.models_path)
+            return resolve(pipeline, models, source=pipeline.name)
+        return load_pipeline(pipeline, pipelines_dir=self.settings.pipelines_dir,
+                             models_file=self.settings.models_path)
+
+    def submit(self, pipeline: str | Pipeline, input: Any, *,
+               idempotency_key: str | None = None) -> str:
+        """Validate, record and enqueue one run; return its id. Raises SpecError or InputError."""
+        spec = self.load(pipeline)
+        check_input(spec, input)
+        digest = self.store.put_spec(spec)
+        record = RunRecord(id=uuid.uuid4().hex, pipeline=spec.name, spec_hash=digest,
+                           status="queued", input=input, created_at=time.time(),
+                           idempotency_key=idempotency_key)
+        run_id = self.store.create_run(record)
+        if run_id != record.id:
+            return run_id  # the same idempotency key was used before: that run is this job
+        try:
+            Compiler(self.app, run_id, digest).run(spec).apply_async()
+        except Exception as exc:
+            self.store.finish_run(run_id, "failed", error=f"could not enqueue: {exc}")
+            raise
+        return run_id
+
+    def status(self, run_id: str) -> RunRecord:
+        return self.store.get_run(run_id)
+
+    def wait(self, run_id: str, timeout: float | None = None) -> RunRecord:
+        return self.store.wait(run_id, timeout)
+
+    def result(self, run_id: str, timeout: float | None = None) -> Any:
+        """Wait for the run and return its output; raise StepError if it did not succeed."""
+        record = self.wait(run_id, timeout)
+        if record.status != "succeeded":
+            raise StepError(f"run {run_id} {record.status}: {record.error}")
+        return record.output
+
+    def steps(self, run_id: str) -> list[StepRecord]:
+        return self.store.get_steps(run_id)
+
+    def runs(self, *, status: str | None = None, limit: int = 20) -> list[RunRecord]:
+        return self.store.list_runs(status=status, limit=limit)
+
+
+def check_input(spec: Pipeline, value: Any) -> None:
+    try:
+        schema.validate(spec.input_schema, value)
+    except ValidationError as exc:
+        raise InputError(f"input for pipeline {spec.name!r} refused: "
+                         f"{schema.describe(exc)}") from None

@@ -1,0 +1,183 @@
+"""What each step kind does, as plain Python: no Celery, no Redis.
+
+Tasks hand in a `StepContext` (the job input, the outputs the step reads, the models, the process's
+HTTP client) and get back an `Outcome`. Canvas shapes live in compile.py; journaling in tasks/.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from pydantic import ValidationError
+
+from pipeline import templates
+from pipeline.envelope import StepResult, Usage
+from pipeline.errors import GateFailed, PermanentError, StepError
+from pipeline.models import ask
+from pipeline.spec import Aggregate, Classifier, Gate, ModelCall, ModelConfig, Orchestrate, Tool
+from pipeline.tools import get_tool
+from pipeline.tools.registry import ToolNotFound
+
+
+@dataclass
+class Outcome:
+    output: Any
+    usage: Usage = field(default_factory=Usage)
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StepContext:
+    input: Any
+    outputs: dict[str, Any]
+    models: dict[str, ModelConfig]
+    http: httpx.Client
+    step_tag: str
+    item: Any = None
+    index: int | None = None
+
+    def variables(self, **extra: Any) -> dict[str, Any]:
+        return {"input": self.input, "outputs": self.outputs, "item": self.item,
+                "index": self.index, **extra}
+
+    def render(self, source: str, **extra: Any) -> str:
+        try:
+            return templates.render(source, self.variables(**extra))
+        except Exception as exc:  # undefined names, sandbox violations, filter errors
+            raise PermanentError(f"template failed: {type(exc).__name__}: {exc}") from exc
+
+    def model_call(
+        self, model: str, prompt: str, *, system: str | None = None,
+        output_schema: dict[str, Any] | None = None, params: dict[str, Any] | None = None,
+        **extra: Any,
+    ) -> Outcome:
+        params = dict(params or {})
+        if self.index is not None:  # fan-out instances of one step differ by seed
+            params["seed"] = int(params.get("seed", 0)) + self.index
+        answer = ask(
+            self.http, self.models[model], self.render(prompt, **extra),
+            system=self.render(system, **extra) if system else None,
+            output_schema=output_schema, params=params, step_tag=self.step_tag,
+        )
+        detail = {"repairs": answer.attempts} if answer.attempts else {}
+        return Outcome(answer.output, answer.usage, detail)
+
+
+def run_llm(call: ModelCall, ctx: StepContext, **extra: Any) -> Outcome:
+    return ctx.model_call(call.model, call.prompt, system=call.system,
+                          output_schema=call.output_schema, params=call.params, **extra)
+
+
+def run_tool(step: Tool, ctx: StepContext) -> Outcome:
+    try:
+        fn = get_tool(step.tool)
+    except ToolNotFound as exc:
+        raise PermanentError(exc.args[0]) from None
+    args = {k: ctx.render(v) if isinstance(v, str) else v for k, v in step.args.items()}
+    try:
+        return Outcome(fn(**args))
+    except ValidationError as exc:
+        raise PermanentError(f"tool {step.tool!r} refused its arguments: {exc}") from exc
+    except StepError:
+        raise
+    except Exception as exc:
+        raise PermanentError(f"tool {step.tool!r} raised {type(exc).__name__}: {exc}") from exc
+
+
+def check_gate(gate: Gate, output: Any, ctx: StepContext) -> None:
+    try:
+        passed = templates.evaluate(gate.check, ctx.variables(output=output))
+    except Exception as exc:
+        raise PermanentError(f"gate check failed to evaluate: {exc}") from exc
+    if not passed:
+        raise GateFailed(f"gate stopped the chain: {gate.message}")
+
+
+def classify(classifier: Classifier, branches: list[str], ctx: StepContext) -> Outcome:
+    """Pick a branch. A model's answer is constrained to the branch names by its schema."""
+    if classifier.rule is not None:
+        branch = templates.evaluate(classifier.rule, ctx.variables())
+        return Outcome(str(branch), detail={"by": "rule"})
+    assert classifier.model and classifier.prompt
+    enum_schema = {
+        "type": "object",
+        "properties": {"branch": {"type": "string", "enum": branches}},
+        "required": ["branch"],
+        "additionalProperties": False,
+    }
+    outcome = ctx.model_call(classifier.model, classifier.prompt, system=classifier.system,
+                             output_schema=enum_schema, branches=branches)
+    return Outcome(outcome.output["branch"], outcome.usage, {"by": "model", **outcome.detail})
+
+
+def fan_in(
+    results: list[StepResult], *, on_failure: str, min_success: int | None
+) -> tuple[list[StepResult], list[StepResult]]:
+    """Split branch results into (kept, failed) under the step's policy; raise if it fails."""
+    kept = [r for r in results if r.ok]
+    failed = [r for r in results if not r.ok]
+    if on_failure == "fail" and failed:
+        first = failed[0]
+        raise StepError(f"{len(failed)} of {len(results)} branches failed; first, "
+                        f"{first.path}: {first.error}")
+    needed = min_success or 1
+    if len(kept) < needed:
+        reasons = "; ".join(f"{r.path}: {r.error}" for r in failed[:3])
+        raise StepError(f"only {len(kept)} of {len(results)} branches succeeded, "
+                        f"{needed} needed ({reasons})")
+    return kept, failed
+
+
+def aggregate(agg: Aggregate, kept: list[StepResult], ctx: StepContext) -> Outcome:
+    outputs = [r.output for r in kept]
+    if agg.method == "concat":
+        return Outcome(agg.separator.join(_text(o) for o in outputs))
+    if agg.method == "merge":
+        merged: dict[str, Any] = {}
+        for r in kept:
+            if isinstance(r.output, dict):
+                merged.update(r.output)
+            else:
+                merged[r.path.rsplit("/", 1)[-1]] = r.output
+        return Outcome(merged)
+    if agg.method == "majority":
+        counts = Counter(json.dumps(o, sort_keys=True) for o in outputs)
+        winner, votes = max(counts.items(), key=lambda kv: kv[1])  # first seen wins a tie
+        return Outcome(json.loads(winner), detail={"votes": votes, "of": len(outputs)})
+    assert agg.model and agg.prompt
+    sections = {r.path.rsplit("/", 1)[-1]: r.output for r in kept}
+    return ctx.model_call(agg.model, agg.prompt, system=agg.system,
+                          output_schema=agg.output_schema, results=outputs, sections=sections)
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def plan_schema() -> dict[str, Any]:
+    subtask = {
+        "type": "object",
+        "properties": {"title": {"type": "string"}, "instructions": {"type": "string"}},
+        "required": ["title", "instructions"],
+    }
+    return {
+        "type": "object",
+        "properties": {"subtasks": {"type": "array", "items": subtask, "minItems": 1}},
+        "required": ["subtasks"],
+    }
+
+
+def plan(step: Orchestrate, ctx: StepContext) -> Outcome:
+    """Ask the planner for subtasks; keep at most `max_subtasks` of them."""
+    p = step.planner
+    outcome = ctx.model_call(p.model, p.prompt, system=p.system, output_schema=plan_schema(),
+                             params=p.params, max_subtasks=step.max_subtasks)
+    subtasks = outcome.output["subtasks"]
+    if len(subtasks) > step.max_subtasks:
+        outcome.detail["truncated_from"] = len(subtasks)
+        subtasks = subtasks[: step.max_subtasks]
+    return Outcome({"subtasks": subtasks}, outcome.usage, outcome.detail)

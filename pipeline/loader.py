@@ -1,0 +1,288 @@
+"""Loading pipelines and model configs from files, with errors that name the file and the path.
+
+`load_pipeline` parses YAML (or JSON) into a `Pipeline`, then checks what a schema cannot: unique
+step ids, known model aliases and tools, templates that parse and name existing steps, schemas
+that can be validated. The model aliases a pipeline uses are embedded into it, so a run pinned to
+the pipeline's content hash is pinned to its models too.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from pipeline import schema, templates
+from pipeline.errors import SpecError
+from pipeline.spec import (
+    Chain,
+    Llm,
+    ModelConfig,
+    Orchestrate,
+    Parallel,
+    Pipeline,
+    Route,
+    Step,
+    Tool,
+)
+from pipeline.tools import get_tool
+from pipeline.tools.registry import ToolNotFound
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+# -- files -------------------------------------------------------------------------------------
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise SpecError(f"cannot read: {exc.strerror}", source=str(path)) from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else ""
+        raise SpecError(f"not valid YAML: {getattr(exc, 'problem', exc)}", source=str(path),
+                        path=where) from exc
+
+
+def _expand_env(value: Any) -> Any:
+    """`${NAME}` and `${NAME:-default}` in strings are replaced from the environment."""
+    if isinstance(value, str):
+        return _ENV_REF.sub(lambda m: os.environ.get(m.group(1)) or (m.group(2) or ""), value)
+    if isinstance(value, dict):
+        return {k: _expand_env(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v) for v in value]
+    return value
+
+
+def load_models(path: Path) -> dict[str, ModelConfig]:
+    """Read a models file: `models: {alias: {base_url, model, api_key_env, params, ...}}`."""
+    data = _read_yaml(path)
+    if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
+        raise SpecError("expected a mapping with a `models:` mapping", source=str(path))
+    out = {}
+    for alias, raw in data["models"].items():
+        try:
+            out[alias] = ModelConfig.model_validate(_expand_env(raw))
+        except ValidationError as exc:
+            raise _spec_error(exc, raw, str(path), prefix=f"models.{alias}") from None
+    return out
+
+
+def find_pipeline(name_or_path: str, pipelines_dir: Path) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml", ".json") and path.is_file():
+        return path
+    for suffix in (".yaml", ".yml", ".json"):
+        candidate = pipelines_dir / f"{name_or_path}{suffix}"
+        if candidate.is_file():
+            return candidate
+    known = ", ".join(available_pipelines(pipelines_dir)) or "none"
+    raise SpecError(f"unknown pipeline (no such file, nor in {pipelines_dir}/; known: {known})",
+                    source=name_or_path)
+
+
+def available_pipelines(pipelines_dir: Path) -> list[str]:
+    if not pipelines_dir.is_dir():
+        return []
+    names = {p.stem for p in pipelines_dir.glob("*.y*ml") if p.stem != "models"}
+    return sorted(n for n in names if not n.endswith(".fake"))
+
+
+def load_pipeline(name_or_path: str, *, pipelines_dir: Path, models_file: Path) -> Pipeline:
+    path = find_pipeline(name_or_path, pipelines_dir)
+    data = _read_yaml(path)
+    if not isinstance(data, dict):
+        raise SpecError("expected a mapping at the top level", source=str(path))
+    data.setdefault("name", path.stem)
+    try:
+        pipeline = Pipeline.model_validate(data)
+    except ValidationError as exc:
+        raise _spec_error(exc, data, str(path)) from None
+    return resolve(pipeline, load_models(models_file), source=str(path))
+
+
+# -- checks ------------------------------------------------------------------------------------
+
+
+def resolve(pipeline: Pipeline, models: dict[str, ModelConfig], *, source: str = "") -> Pipeline:
+    """Check `pipeline` as a whole and embed the model configs it uses. Raises SpecError."""
+    if pipeline.models:  # already resolved (e.g. re-submitting a stored spec)
+        models = {**models, **pipeline.models}
+    ids: dict[str, str] = {}
+    for where, step in walk(pipeline.steps, "steps"):
+        if step.id in ids:
+            raise SpecError(f"duplicate step id {step.id!r} (also at {ids[step.id]})",
+                            source=source, path=f"{where}.id")
+        ids[step.id] = where
+    used: set[str] = set()
+    for where, step in walk(pipeline.steps, "steps"):
+        for field_path, alias in _model_aliases(step, where):
+            if alias not in models:
+                known = ", ".join(sorted(models)) or "none"
+                raise SpecError(f"unknown model alias {alias!r} (known: {known})",
+                                source=source, path=field_path)
+            used.add(alias)
+        for field_path, text, is_expr in step_templates(step, where):
+            _check_template(text, is_expr, ids, step.id, source, field_path)
+        for field_path, output_schema in _schemas(step, where):
+            try:
+                schema.check_schema(output_schema)
+            except schema.SchemaProblem as exc:
+                raise SpecError(str(exc), source=source, path=field_path) from None
+        if isinstance(step, Tool):
+            try:
+                get_tool(step.tool)
+            except ToolNotFound as exc:
+                raise SpecError(exc.args[0], source=source, path=f"{where}.tool") from None
+    try:
+        schema.check_schema(pipeline.input_schema)
+    except schema.SchemaProblem as exc:
+        raise SpecError(str(exc), source=source, path="input_schema") from None
+    if pipeline.output is not None:
+        _check_template(pipeline.output, False, ids, "", source, "output")
+    return pipeline.model_copy(update={"models": {a: models[a] for a in sorted(used)}})
+
+
+def walk(steps: list[Step], where: str) -> Iterator[tuple[str, Step]]:
+    """Every step with its location in the file, depth first, in file order."""
+    for i, step in enumerate(steps):
+        yield from walk_step(step, f"{where}[{i}]")
+
+
+def walk_step(step: Step, here: str) -> Iterator[tuple[str, Step]]:
+    yield here, step
+    if isinstance(step, Chain):
+        yield from walk(step.steps, f"{here}.steps")
+    elif isinstance(step, Route):
+        for name, branch in step.branches.items():
+            yield from walk_step(branch, f"{here}.branches.{name}")
+    elif isinstance(step, Parallel):
+        if step.sections is not None:
+            yield from walk(step.sections, f"{here}.sections")
+        if step.vote is not None:
+            yield from walk_step(step.vote.step, f"{here}.vote.step")
+
+
+def _model_aliases(step: Step, where: str) -> Iterator[tuple[str, str]]:
+    if isinstance(step, Llm):
+        yield f"{where}.model", step.model
+    elif isinstance(step, Route) and step.classifier.model:
+        yield f"{where}.classifier.model", step.classifier.model
+    elif isinstance(step, Parallel) and step.aggregate.model:
+        yield f"{where}.aggregate.model", step.aggregate.model
+    elif isinstance(step, Orchestrate):
+        for role in ("planner", "worker", "synthesizer"):
+            yield f"{where}.{role}.model", getattr(step, role).model
+
+
+def step_templates(step: Step, where: str) -> Iterator[tuple[str, str, bool]]:
+    """(location, template text, is an expression) for every template a step itself holds."""
+    if step.gate is not None:
+        yield f"{where}.gate.check", step.gate.check, True
+    if isinstance(step, Llm):
+        yield f"{where}.prompt", step.prompt, False
+        if step.system:
+            yield f"{where}.system", step.system, False
+    elif isinstance(step, Tool):
+        for name, value in step.args.items():
+            if isinstance(value, str):
+                yield f"{where}.args.{name}", value, False
+    elif isinstance(step, Route):
+        c = step.classifier
+        for field in ("prompt", "system"):
+            if getattr(c, field):
+                yield f"{where}.classifier.{field}", getattr(c, field), False
+        if c.rule:
+            yield f"{where}.classifier.rule", c.rule, True
+    elif isinstance(step, Parallel):
+        for field in ("prompt", "system"):
+            if getattr(step.aggregate, field):
+                yield f"{where}.aggregate.{field}", getattr(step.aggregate, field), False
+    elif isinstance(step, Orchestrate):
+        for role in ("planner", "worker", "synthesizer"):
+            call = getattr(step, role)
+            yield f"{where}.{role}.prompt", call.prompt, False
+            if call.system:
+                yield f"{where}.{role}.system", call.system, False
+
+
+def _schemas(step: Step, where: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    if isinstance(step, Llm) and step.output_schema:
+        yield f"{where}.output_schema", step.output_schema
+    elif isinstance(step, Parallel) and step.aggregate.output_schema:
+        yield f"{where}.aggregate.output_schema", step.aggregate.output_schema
+    elif isinstance(step, Orchestrate):
+        for role in ("worker", "synthesizer"):
+            call = getattr(step, role)
+            if call.output_schema:
+                yield f"{where}.{role}.output_schema", call.output_schema
+
+
+def _check_template(
+    text: str, is_expr: bool, ids: dict[str, str], own_id: str, source: str, where: str
+) -> None:
+    try:
+        refs = templates.referenced_outputs(text, expression=is_expr)
+    except templates.TemplateProblem as exc:
+        raise SpecError(str(exc), source=source, path=where) from None
+    for ref in sorted(refs):
+        if ref not in ids:
+            raise SpecError(f"template names step {ref!r}, which does not exist",
+                            source=source, path=where)
+        if ref == own_id:
+            raise SpecError(f"template of step {ref!r} reads its own output",
+                            source=source, path=where)
+
+
+# -- pydantic errors -> file paths -------------------------------------------------------------
+
+
+def _spec_error(exc: ValidationError, data: Any, source: str, prefix: str = "") -> SpecError:
+    problems = []
+    for err in exc.errors():
+        path = _data_path(err["loc"], data)
+        if err["type"] == "union_tag_invalid":
+            path += ".kind"
+            msg = f"unknown step kind {err['ctx']['tag']!r} (expected one of: llm, tool, chain, " \
+                  "route, parallel, orchestrate)"
+        elif err["type"] == "union_tag_not_found":
+            path += ".kind"
+            msg = "missing `kind` (one of: llm, tool, chain, route, parallel, orchestrate)"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        elif err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+        full = ".".join(p for p in (prefix, path) if p)
+        problems.append((full, msg))
+    first_path, first_msg = problems[0]
+    more = "".join(f"\n  {p}: {m}" for p, m in problems[1:])
+    return SpecError(first_msg + more, source=source, path=first_path)
+
+
+def _data_path(loc: tuple[Any, ...], data: Any) -> str:
+    """Turn a pydantic error location into a file path, dropping the union tags pydantic adds."""
+    parts: list[str] = []
+    node = data
+    for key in loc:
+        if isinstance(key, int) and isinstance(node, list) and key < len(node):
+            parts.append(f"[{key}]")
+            node = node[key]
+        elif isinstance(node, dict) and key in node:
+            parts.append(f".{key}")
+            node = node[key]
+        elif isinstance(node, dict) and node.get("kind") == key:
+            continue  # the discriminator's tag
+        elif isinstance(key, str) and not key.startswith("function-"):
+            parts.append(f".{key}")
+            node = None
+    return "".join(parts).lstrip(".")

@@ -1,0 +1,79 @@
+"""Asking a model for an answer: plain text, or JSON checked against a schema and repaired.
+
+When output is not JSON or fails the schema, the model is asked again with the validation error
+appended, up to `max_repairs` times; each attempt is kept for the step record.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from pydantic import ValidationError
+
+from pipeline import schema as schemas
+from pipeline.envelope import Usage
+from pipeline.errors import OutputInvalid
+from pipeline.models.openai_compat import chat
+from pipeline.spec import ModelConfig
+
+
+@dataclass
+class Answer:
+    output: Any
+    usage: Usage
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _parse(text: str, output_schema: dict[str, Any]) -> Any:
+    cleaned = text.strip()
+    if cleaned.startswith("```"):  # some models fence JSON even when asked not to
+        cleaned = cleaned.strip("`").removeprefix("json").strip()
+    try:
+        value = json.loads(cleaned)
+    except json.JSONDecodeError as exc:
+        raise OutputInvalid(f"output is not valid JSON ({exc.msg} at char {exc.pos})") from exc
+    try:
+        return schemas.validate(output_schema, value)
+    except ValidationError as exc:
+        raise OutputInvalid(f"output does not match the schema: {schemas.describe(exc)}") from exc
+
+
+def ask(
+    client: httpx.Client,
+    cfg: ModelConfig,
+    prompt: str,
+    *,
+    system: str | None = None,
+    output_schema: dict[str, Any] | None = None,
+    params: dict[str, Any] | None = None,
+    max_repairs: int = 2,
+    step_tag: str | None = None,
+) -> Answer:
+    messages: list[dict[str, Any]] = []
+    if system:
+        messages.append({"role": "system", "content": system})
+    messages.append({"role": "user", "content": prompt})
+    usage = Usage()
+    attempts: list[dict[str, Any]] = []
+    for attempt in range(max_repairs + 1):
+        completion = chat(client, cfg, messages, schema=output_schema, params=params,
+                          step_tag=step_tag)
+        usage = usage + completion.usage
+        if output_schema is None:
+            return Answer(completion.text, usage, attempts)
+        try:
+            return Answer(_parse(completion.text, output_schema), usage, attempts)
+        except OutputInvalid as exc:
+            attempts.append({"attempt": attempt + 1, "error": str(exc)})
+            if attempt == max_repairs:
+                raise OutputInvalid(f"{exc} (after {max_repairs} repair attempts)") from exc
+            messages = [
+                *messages,
+                {"role": "assistant", "content": completion.text},
+                {"role": "user", "content": f"That reply was rejected: {exc}. Reply again with "
+                 "only a JSON value that matches the schema."},
+            ]
+    raise AssertionError("unreachable")

@@ -1,0 +1,97 @@
+"""Rendering runs for people: a run summary, the step tree, a list of runs (rich)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from pipeline.envelope import RunRecord, StepRecord
+
+_STATUS_STYLE = {"succeeded": "green", "failed": "red", "running": "yellow", "queued": "cyan",
+                 "cancelled": "magenta", "skipped": "dim"}
+
+
+def _preview(value: Any, width: int = 70) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _status(status: str) -> Text:
+    return Text(status, style=_STATUS_STYLE.get(status, ""))
+
+
+def _seconds(start: float | None, end: float | None) -> str:
+    if start is None:
+        return ""
+    return f"{(end or time.time()) - start:.2f}s"
+
+
+def run_summary(run: RunRecord) -> Group:
+    head = Text.assemble(("run ", "bold"), run.id, "  ", (run.pipeline, "bold"), "  ",
+                         _status(run.status))
+    lines: list[Any] = [head]
+    took = _seconds(run.started_at or run.created_at, run.finished_at)
+    u = run.usage
+    lines.append(Text(f"took {took}  calls {u.calls}  tokens {u.prompt_tokens} in / "
+                      f"{u.completion_tokens} out", style="dim"))
+    if run.error:
+        lines.append(Text(f"error: {run.error}", style="red"))
+    if run.status == "succeeded":
+        output = run.output if isinstance(run.output, str) else json.dumps(run.output, indent=2)
+        lines.append(Text(f"output: {output}"))
+    return Group(*lines)
+
+
+def step_table(run: RunRecord, steps: list[StepRecord]) -> Table:
+    """The step tree: one row per journaled step, indented by depth, in start order."""
+    origin = run.started_at or run.created_at
+    table = Table(show_edge=False, header_style="bold")
+    for column in ("step", "kind", "status", "queue", "worker", "start", "took", "tokens",
+                   "output / error"):
+        table.add_column(column, overflow="fold" if column == "output / error" else "ellipsis")
+    for s in _tree_order(steps):
+        depth = s.path.count("/")
+        name = "  " * depth + s.path.rsplit("/", 1)[-1]
+        start = f"+{s.started_at - origin:.2f}s" if s.started_at else ""
+        tokens = str(s.usage.total_tokens) if s.usage.calls else ""
+        detail = s.error if s.error else _preview(s.output)
+        if s.kind == "route" and isinstance(s.output, dict):
+            detail = f"→ {s.output.get('branch')}"
+        table.add_row(name, s.kind, _status(s.status), s.queue or "", (s.worker or "")[:24],
+                      start, _seconds(s.started_at, s.ended_at), tokens, detail)
+    return table
+
+
+def _tree_order(steps: list[StepRecord]) -> list[StepRecord]:
+    """Parents before children, siblings by when their subtree started."""
+    first: dict[str, float] = {}
+    for s in steps:
+        parts = s.path.split("/")
+        for i in range(1, len(parts) + 1):
+            prefix = "/".join(parts[:i])
+            first[prefix] = min(first.get(prefix, float("inf")), s.started_at or 0)
+
+    def key(s: StepRecord) -> list[tuple[float, str]]:
+        parts = s.path.split("/")
+        prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+        return [(first[p], p) for p in prefixes]
+
+    return sorted(steps, key=key)
+
+
+def runs_table(runs: list[RunRecord]) -> Table:
+    table = Table(show_edge=False, header_style="bold")
+    for column in ("run", "pipeline", "status", "created", "took", "error"):
+        table.add_column(column)
+    for r in runs:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at))
+        table.add_row(r.id, r.pipeline, _status(r.status), created,
+                      _seconds(r.started_at, r.finished_at) if r.finished_at else "",
+                      _preview(r.error or "", 60))
+    return table

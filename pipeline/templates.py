@@ -1,0 +1,67 @@
+"""Prompt templates: Jinja2's immutable sandbox, strict about undefined names.
+
+Templates see `input` (the job input), `outputs` (earlier steps' outputs by step id) and, where a
+step kind provides them, `item`, `index`, `results` and `output`. Dicts and lists render as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+
+def _finalize(value: Any) -> Any:
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False)
+    return value
+
+
+_env = ImmutableSandboxedEnvironment(
+    undefined=StrictUndefined, finalize=_finalize, autoescape=False, keep_trailing_newline=True
+)
+_env.filters["json"] = lambda v: json.dumps(v, ensure_ascii=False)
+
+OUTPUTS = "outputs"
+
+
+class TemplateProblem(ValueError):
+    """A template does not parse; the message says where."""
+
+
+@lru_cache(maxsize=1024)
+def _compiled(source: str):  # type: ignore[no-untyped-def]
+    return _env.from_string(source)
+
+
+@lru_cache(maxsize=1024)
+def _compiled_expr(source: str):  # type: ignore[no-untyped-def]
+    return _env.compile_expression(source)
+
+
+def render(source: str, context: dict[str, Any]) -> str:
+    return _compiled(source).render(**context)
+
+
+def evaluate(expression: str, context: dict[str, Any]) -> Any:
+    return _compiled_expr(expression)(**context)
+
+
+def referenced_outputs(source: str, *, expression: bool = False) -> set[str]:
+    """Step ids a template reads through `outputs.ID` or `outputs['ID']`. Raises TemplateProblem."""
+    try:
+        tree = _env.parse(f"{{{{ {source} }}}}" if expression else source)
+    except TemplateSyntaxError as exc:
+        raise TemplateProblem(f"template syntax error on line {exc.lineno}: {exc.message}") from exc
+    ids: set[str] = set()
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        target = node.node
+        if isinstance(target, nodes.Name) and target.name == OUTPUTS:
+            if isinstance(node, nodes.Getattr):
+                ids.add(node.attr)
+            elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+                ids.add(node.arg.value)
+    return ids

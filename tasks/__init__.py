@@ -1,0 +1,5 @@
+"""Celery tasks, kept thin: unpack the envelope, call pipeline code, journal, return.
+
+Public task names (stable API): legato.submit, legato.llm, legato.tool, legato.route,
+legato.aggregate, legato.plan, legato.synthesize, legato.finalize.
+"""

@@ -1,0 +1,92 @@
+"""Real parts for every integration test: a private Redis, the fake model server, Celery workers.
+
+Session-scoped: one Redis server on a free port, one fake model process, and two worker processes
+— `main` on the default queues and `branches` on the example branch queues — so routing can be
+seen landing on another worker. Tests script the fake model through its admin API and reset it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pipeline.client import Legato
+from pipeline.compile import DEFAULT_QUEUES
+from pipeline.local import processes
+from pipeline.local.redis_server import RedisServer
+from pipeline.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+BRANCH_QUEUES = ["legato.branch.billing", "legato.branch.technical"]
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def fake_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Base URL of a running fake model server (a separate process)."""
+    service = processes.fake_model(log_dir=tmp_path_factory.mktemp("fake"))
+    with service:
+        yield processes.fake_model_url(service)
+
+
+@pytest.fixture(scope="session")
+def stack_env(redis_server: RedisServer, fake_model: str) -> dict[str, str]:
+    env = {
+        "LEGATO_REDIS_URL": redis_server.url,
+        "LEGATO_MODEL_BASE_URL": fake_model,
+        "LEGATO_PIPELINES_DIR": str(ROOT / "pipelines"),
+        "LEGATO_HTTP_TIMEOUT": "5",
+        "LEGATO_TOOL_MODULES": "tests.tools",
+        "PYTHONPATH": str(ROOT),
+    }
+    os.environ.update(env)  # the producer (this process) reads the same settings
+    return env
+
+
+@pytest.fixture(scope="session")
+def workers(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[dict[str, processes.Service]]:
+    logs = tmp_path_factory.mktemp("workers")
+    main = processes.worker("main", list(DEFAULT_QUEUES), env=stack_env, log_dir=logs)
+    branches = processes.worker("branches", BRANCH_QUEUES, env=stack_env, log_dir=logs)
+    with main, branches:
+        yield {"main": main, "branches": branches}
+
+
+@pytest.fixture
+def fake(fake_model: str) -> Iterator[FakeModel]:
+    admin = FakeModel(fake_model)
+    admin.reset()
+    yield admin
+    admin.reset()
+
+
+@pytest.fixture
+def legato(stack_env: dict[str, str], workers: dict[str, processes.Service]) -> Legato:
+    return Legato(Settings.from_env())
+
+
+class FakeModel:
+    """The fake model server's admin API."""
+
+    def __init__(self, base_url: str) -> None:
+        self.root = base_url.removesuffix("/v1")
+
+    def script(self, script: dict) -> None:
+        httpx.put(f"{self.root}/_fake/script", json=script).raise_for_status()
+
+    def reset(self) -> None:
+        self.script({})
+        httpx.post(f"{self.root}/_fake/reset").raise_for_status()
+
+    def stats(self) -> dict:
+        return httpx.get(f"{self.root}/_fake/stats").json()

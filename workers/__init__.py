@@ -1,0 +1,1 @@
+"""Process wiring: the Celery app, its configuration, and per-process resources."""
