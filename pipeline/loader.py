@@ -273,15 +273,20 @@ def _data_path(loc: tuple[Any, ...], data: Any) -> str:
     """Turn a pydantic error location into a file path, dropping the union tags pydantic adds."""
     parts: list[str] = []
     node = data
+    entered = False  # just stepped into a list item or mapping value: a union tag may follow
     for key in loc:
+        if entered and isinstance(node, dict) and node.get("kind") == key:
+            entered = False  # the discriminator's tag, once (a `tool` step has a `tool` field)
+            continue
+        entered = False
         if isinstance(key, int) and isinstance(node, list) and key < len(node):
             parts.append(f"[{key}]")
             node = node[key]
+            entered = True
         elif isinstance(node, dict) and key in node:
             parts.append(f".{key}")
             node = node[key]
-        elif isinstance(node, dict) and node.get("kind") == key:
-            continue  # the discriminator's tag
+            entered = True
         elif isinstance(key, str) and not key.startswith("function-"):
             parts.append(f".{key}")
             node = None

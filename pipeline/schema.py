@@ -119,8 +119,12 @@ def check_schema(schema: dict[str, Any]) -> None:
 
 
 def validate(schema: dict[str, Any], value: Any) -> Any:
-    """Check `value` against `schema` and return it unchanged. Raises ValidationError."""
-    _adapter(json.dumps(schema, sort_keys=True)).validate_python(value)
+    """Check `value` against `schema` and return it unchanged. Raises ValidationError.
+
+    Strict: the value is returned as it came, so `"3"` must not pass for an integer, nor `1` for
+    a boolean, as pydantic's lax mode would let them.
+    """
+    _adapter(json.dumps(schema, sort_keys=True)).validate_python(value, strict=True)
     return value
 
 
