@@ -145,10 +145,12 @@ def worker(
 @app.command()
 def flower(
     port: int = 5555,
+    address: str = "127.0.0.1",
     basic_auth: Annotated[str | None, typer.Option(help="user:password")] = None,
 ) -> None:
     """Run Flower against Legato's broker (tasks show under their public names)."""
-    argv = [sys.executable, "-m", "celery", "-A", "workers.app", "flower", f"--port={port}"]
+    argv = [sys.executable, "-m", "celery", "-A", "workers.app", "flower", f"--port={port}",
+            f"--address={address}"]
     auth = basic_auth or os.environ.get("FLOWER_BASIC_AUTH")
     if auth:
         argv.append(f"--basic-auth={auth}")
@@ -169,12 +171,18 @@ def fake_model(
 
 @app.command()
 def demo(
-    local_model: Annotated[bool, typer.Option(help="start the local llama.cpp model")] = True,
+    model: Annotated[str, typer.Option(help="local (llama.cpp + SmolLM2) or fake")] = "local",
+    keep: Annotated[bool | None, typer.Option(help="keep running until Ctrl-C")] = None,
 ) -> None:
-    """Start Redis, a model, workers and Flower; submit every example pipeline; show results."""
+    """Start Redis, a model, workers and Flower; submit every example pipeline; show results.
+
+    With LEGATO_MODEL_BASE_URL set, the pipelines call that OpenAI-compatible API instead.
+    """
     from pipeline.local.demo import run_demo
 
-    raise typer.Exit(run_demo(get_settings(), local_model=local_model))
+    if model not in ("local", "fake"):
+        _fail("--model is `local` or `fake`")
+    raise typer.Exit(run_demo(get_settings(), model=model, keep=keep))
 
 
 def _print_run(record: Any, as_json: bool) -> None:

@@ -10,7 +10,7 @@ import json
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
+from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 
@@ -39,7 +39,9 @@ def _compiled(source: str):  # type: ignore[no-untyped-def]
 
 @lru_cache(maxsize=1024)
 def _compiled_expr(source: str):  # type: ignore[no-untyped-def]
-    return _env.compile_expression(source)
+    # Not Jinja's default `undefined_to_none`: that would turn a misspelt name, or an attribute
+    # the sandbox refuses, into None (a gate quietly false, a rule picking the default branch).
+    return _env.compile_expression(source, undefined_to_none=False)
 
 
 def render(source: str, context: dict[str, Any]) -> str:
@@ -47,7 +49,10 @@ def render(source: str, context: dict[str, Any]) -> str:
 
 
 def evaluate(expression: str, context: dict[str, Any]) -> Any:
-    return _compiled_expr(expression)(**context)
+    value = _compiled_expr(expression)(**context)
+    if isinstance(value, Undefined):
+        value._fail_with_undefined_error()  # StrictUndefined: UndefinedError or SecurityError
+    return value
 
 
 def referenced_outputs(source: str, *, expression: bool = False) -> set[str]:

@@ -7,7 +7,7 @@ import time
 import pytest
 import redis
 
-from pipeline import InputError, Legato, Llm, Pipeline, SpecError
+from pipeline import InputError, Llm, Pipeline, SpecError
 from pipeline.compile import Compiler
 from pipeline.store import RunStore
 from workers.app import create_app

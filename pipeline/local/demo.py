@@ -1,0 +1,126 @@
+"""`legato demo`: the whole stack on one machine, every example pipeline run once.
+
+Starts a private Redis, a model (the local llama.cpp server with SmolLM2, or the fake model, or
+whatever OpenAI-compatible API LEGATO_MODEL_BASE_URL points at), two workers (default queues and
+the example branch queues) and Flower; submits one job per pipeline under pipelines/ with a
+progress bar; prints the outputs and the Flower URL; stops everything on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
+
+from pipeline.client import Legato
+from pipeline.compile import DEFAULT_QUEUES
+from pipeline.envelope import RunRecord
+from pipeline.loader import available_pipelines
+from pipeline.local import processes
+from pipeline.local.net import free_port, port_open
+from pipeline.local.redis_server import RedisServer
+from pipeline.settings import Settings
+
+BRANCH_QUEUES = ["legato.branch.billing", "legato.branch.technical"]
+
+
+def _model_url(stack: ExitStack, model: str, console: Console, logs: Path) -> str:
+    if os.environ.get("LEGATO_MODEL_BASE_URL"):
+        console.print(f"model: {os.environ['LEGATO_MODEL_BASE_URL']} (from the environment)")
+        return os.environ["LEGATO_MODEL_BASE_URL"]
+    if model == "fake":
+        service = stack.enter_context(processes.fake_model(log_dir=logs))
+        console.print("model: the fake model server")
+        return processes.fake_model_url(service)
+    from pipeline.local.model_server import LocalModelServer
+
+    with console.status("starting the local model (llama.cpp + SmolLM2-135M)…"):
+        server = stack.enter_context(LocalModelServer(log_path=logs / "model.log"))
+    console.print(f"model: SmolLM2-135M on llama.cpp at {server.base_url}")
+    return server.base_url
+
+
+def _submit_all(legato: Legato, names: list[str], pipelines_dir: Path, console: Console,
+                timeout: float) -> list[RunRecord]:
+    runs: dict[str, str] = {}
+    for name in names:
+        example = pipelines_dir / f"{name}.input.json"
+        payload = json.loads(example.read_text()) if example.exists() else {}
+        runs[name] = legato.submit(name, payload)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    done: dict[str, RunRecord] = {}
+    deadline = time.monotonic() + timeout
+    with Progress(*columns, console=console, transient=False) as progress:
+        bar = progress.add_task("running the example pipelines", total=len(runs))
+        while len(done) < len(runs) and time.monotonic() < deadline:
+            for name, run_id in runs.items():
+                if name not in done and (record := legato.status(run_id)).done:
+                    done[name] = record
+                    progress.advance(bar)
+            time.sleep(0.2)
+    return [done.get(name) or legato.status(run_id) for name, run_id in runs.items()]
+
+
+def _show(console: Console, records: list[RunRecord]) -> None:
+    for r in records:
+        took = f"{(r.finished_at or time.time()) - r.created_at:.1f}s"
+        ok = r.status == "succeeded"
+        output = r.output if isinstance(r.output, str) else json.dumps(r.output, indent=2)
+        body = Text(output.strip()) if ok else Text(str(r.error), style="red")
+        title = f"{r.pipeline} · {r.status} · {took} · {r.usage.calls} model calls"
+        console.print(Panel(body, title=title, title_align="left",
+                            border_style="green" if ok else "red"))
+
+
+def run_demo(settings: Settings, *, model: str = "local", keep: bool | None = None,
+             timeout: float = 900.0) -> int:
+    console = Console()
+    keep = sys.stdin.isatty() if keep is None else keep
+    pipelines_dir = settings.pipelines_dir.resolve()
+    names = available_pipelines(pipelines_dir)
+    with ExitStack() as stack:
+        logs = Path(stack.enter_context(_tempdir()))
+        redis = stack.enter_context(RedisServer())
+        console.print(f"redis: {redis.url} (private, AOF on)")
+        env = {
+            "LEGATO_REDIS_URL": redis.url,
+            "LEGATO_MODEL_BASE_URL": _model_url(stack, model, console, logs),
+            "LEGATO_PIPELINES_DIR": str(pipelines_dir),
+        }
+        os.environ.update(env)
+        with console.status("starting workers and Flower…"):
+            stack.enter_context(processes.worker("main", list(DEFAULT_QUEUES), env=env,
+                                                 log_dir=logs))
+            stack.enter_context(processes.worker("branches", BRANCH_QUEUES, env=env,
+                                                 log_dir=logs))
+            flower_port = 5555 if not port_open("127.0.0.1", 5555) else free_port()
+            stack.enter_context(processes.flower(flower_port, env=env, log_dir=logs))
+        legato = Legato(Settings.from_env())
+        records = _submit_all(legato, names, pipelines_dir, console, timeout)
+        _show(console, records)
+        console.print(f"Flower: http://127.0.0.1:{flower_port}   logs: {logs}")
+        if keep:
+            console.print(f"inspect a run: LEGATO_REDIS_URL={redis.url} legato show RUN_ID")
+            console.print("[bold]running — press Ctrl-C to stop[/]")
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                console.print("stopping…")
+    failed = [r for r in records if r.status != "succeeded"]
+    return 1 if failed else 0
+
+
+def _tempdir():  # type: ignore[no-untyped-def]
+    import tempfile
+
+    return tempfile.TemporaryDirectory(prefix="legato-demo-")
