@@ -49,7 +49,8 @@ class StepInput(_Wire):
 
 
 class StepResult(_Wire):
-    """What a step task returns to the next one (or to a fan-in)."""
+    """A step's outcome. On the wire (`wire()`) it is slim — path, status, error — so messages
+    never carry model text; the output itself stays in the journal, under the path."""
 
     path: str
     status: StepStatus
@@ -61,6 +62,10 @@ class StepResult(_Wire):
     @property
     def ok(self) -> bool:
         return self.status == "succeeded"
+
+    def wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", include={"path", "status", "error", "error_type"},
+                               exclude_none=True)
 
 
 class StepRecord(StepResult):

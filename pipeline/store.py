@@ -209,6 +209,18 @@ class RunStore:
             pipe.hincrby(key, "calls", record.usage.calls)
         pipe.execute()
 
+    def get_step(self, run_id: str, path: str) -> StepRecord | None:
+        raw = self.redis.hget(self.steps_key(run_id), path)
+        return StepRecord.model_validate_json(raw) if raw else None
+
+    def get_steps_at(self, run_id: str, paths: list[str]) -> list[StepRecord]:
+        """The records at `paths`, in that order (one round trip). Raises KeyError if one is gone."""
+        raws = self.redis.hmget(self.steps_key(run_id), paths) if paths else []
+        missing = [p for p, raw in zip(paths, raws, strict=True) if raw is None]
+        if missing:
+            raise KeyError(f"no journal record for {missing}")
+        return [StepRecord.model_validate_json(raw) for raw in raws]
+
     def get_steps(self, run_id: str) -> list[StepRecord]:
         raw = self.redis.hgetall(self.steps_key(run_id))
         records = [StepRecord.model_validate_json(v) for v in raw.values()]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from celery import Task
@@ -14,11 +13,15 @@ from pipeline.errors import PermanentError
 from pipeline.graph import Node
 from pipeline.kinds import Outcome, StepContext, aggregate, classify, fan_in, plan, run_llm
 from pipeline.spec import Orchestrate, Parallel, Pipeline, Route
-from tasks.base import journaled, upstream_failure
+from tasks.base import Work, journaled, upstream_failure
 from workers import resources
 from workers.app import app
 
-log = logging.getLogger("legato.flow")
+
+def _node_and_compiler(step: dict[str, Any]) -> tuple[Node, Compiler]:
+    envelope = StepInput.model_validate(step)
+    node = graph.node(resources.store().get_spec(envelope.spec_hash), envelope.node)
+    return node, Compiler(app, envelope.run_id, envelope.spec_hash)
 
 
 def _route(ctx: StepContext, node: Node, _: Pipeline) -> Outcome:
@@ -41,63 +44,10 @@ def route(self: Task, prev: Any = None, *, step: dict[str, Any]) -> dict[str, An
         return failed
     result = journaled(self, step, "route", _route, final=False)
     if not result.ok:
-        return result.model_dump(mode="json")
-    envelope = StepInput.model_validate(step)
-    node = graph.node(resources.store().get_spec(envelope.spec_hash), envelope.node)
+        return result.wire()
+    node, compiler = _node_and_compiler(step)
     assert isinstance(node.step, Route)
-    compiler = Compiler(app, envelope.run_id, envelope.spec_hash)
     raise self.replace(compiler.branch(node.step, node.path, result.output["branch"], node.queue))
-
-
-def _results(results: Any) -> list[StepResult]:
-    items = results if isinstance(results, list) else [results]  # a one-member group
-    return [StepResult.model_validate(r) for r in items]
-
-
-def _upstream_of(results: list[StepResult], own: str) -> StepResult | None:
-    # A failure from before the fan-out reached every member: pass it on, it is not ours.
-    for r in results:
-        if not r.ok and not r.path.startswith(own + "/"):
-            return r
-    return None
-
-
-def _index(path: str) -> int:
-    return int(path.rsplit("[", 1)[1].rstrip("]"))
-
-
-def _aggregate_with(results: list[StepResult]):  # type: ignore[no-untyped-def]
-    def work(ctx: StepContext, node: Node, _: Pipeline) -> Outcome:
-        step = node.step
-        assert isinstance(step, Parallel | Orchestrate)
-        kept, failed = fan_in(results, on_failure=step.on_failure, min_success=step.min_success)
-        detail = {"succeeded": len(kept), "failed": [r.path for r in failed]}
-        if isinstance(step, Parallel):
-            outcome = aggregate(step.aggregate, kept, ctx)
-        else:
-            subtasks = ctx.item or []  # the plan travels in the synthesizer's envelope
-            done = [{"subtask": subtasks[_index(r.path)], "output": r.output} for r in kept]
-            outcome = run_llm(step.synthesizer, ctx, results=done)
-        outcome.detail.update(detail)
-        return outcome
-
-    return work
-
-
-@app.task(name="legato.aggregate", bind=True)
-def aggregate_task(self: Task, results: Any, *, step: dict[str, Any]) -> dict[str, Any]:
-    items = _results(results)
-    if upstream := _upstream_of(items, step["node"]):
-        return upstream.model_dump(mode="json")
-    return journaled(self, step, "parallel", _aggregate_with(items), final=True).model_dump(
-        mode="json")
-
-
-@app.task(name="legato.synthesize", bind=True)
-def synthesize(self: Task, results: Any, *, step: dict[str, Any]) -> dict[str, Any]:
-    items = _results(results)
-    return journaled(self, step, "orchestrate", _aggregate_with(items), final=True).model_dump(
-        mode="json")
 
 
 def _plan(ctx: StepContext, node: Node, _: Pipeline) -> Outcome:
@@ -112,13 +62,60 @@ def plan_task(self: Task, prev: Any = None, *, step: dict[str, Any]) -> dict[str
         return failed
     result = journaled(self, step, "plan", _plan, final=False)
     if not result.ok:
-        return result.model_dump(mode="json")
-    envelope = StepInput.model_validate(step)
-    node = graph.node(resources.store().get_spec(envelope.spec_hash), envelope.node)
+        return result.wire()
+    node, compiler = _node_and_compiler(step)
     assert isinstance(node.step, Orchestrate)
-    compiler = Compiler(app, envelope.run_id, envelope.spec_hash)
-    canvas = compiler.workers(node.step, node.path, result.output["subtasks"], node.queue)
-    raise self.replace(canvas)
+    raise self.replace(
+        compiler.workers(node.step, node.path, result.output["subtasks"], node.queue))
+
+
+def _wire_results(results: Any) -> list[StepResult]:
+    items = results if isinstance(results, list) else [results]  # a one-member group
+    return [StepResult.model_validate(r) for r in items]
+
+
+def _upstream_of(results: list[StepResult], own: str) -> StepResult | None:
+    # A failure from before the fan-out reached every member: pass it on, it is not ours.
+    return next((r for r in results if not r.ok and not r.path.startswith(own + "/")), None)
+
+
+def _fan_in(results: list[StepResult], run_id: str) -> Work:
+    def work(ctx: StepContext, node: Node, _: Pipeline) -> Outcome:
+        step = node.step
+        assert isinstance(step, Parallel | Orchestrate)
+        kept, failed = fan_in(results, on_failure=step.on_failure, min_success=step.min_success)
+        # Results travel slim; the branches' outputs are read from the journal, in one trip.
+        records = resources.store().get_steps_at(run_id, [r.path for r in kept])
+        detail = {"succeeded": len(kept), "failed": [r.path for r in failed]}
+        if isinstance(step, Parallel):
+            outcome = aggregate(step.aggregate, list(records), ctx)
+        else:
+            subtasks = ctx.item or []  # the plan travels in the synthesizer's envelope
+            done = [{"subtask": subtasks[_index(r.path)], "output": r.output} for r in records]
+            outcome = run_llm(step.synthesizer, ctx, results=done)
+        outcome.detail.update(detail)
+        return outcome
+
+    return work
+
+
+def _index(path: str) -> int:
+    return int(path.rsplit("[", 1)[1].rstrip("]"))
+
+
+@app.task(name="legato.aggregate", bind=True)
+def aggregate_task(self: Task, results: Any, *, step: dict[str, Any]) -> dict[str, Any]:
+    items = _wire_results(results)
+    if upstream := _upstream_of(items, step["node"]):
+        return upstream.wire()
+    work = _fan_in(items, step["run_id"])
+    return journaled(self, step, "parallel", work, final=True).wire()
+
+
+@app.task(name="legato.synthesize", bind=True)
+def synthesize(self: Task, results: Any, *, step: dict[str, Any]) -> dict[str, Any]:
+    work = _fan_in(_wire_results(results), step["run_id"])
+    return journaled(self, step, "orchestrate", work, final=True).wire()
 
 
 @app.task(name="legato.finalize", bind=True)
@@ -127,18 +124,19 @@ def finalize(self: Task, last: Any = None, *, run_id: str, spec_hash: str) -> di
     store = resources.store()
     result = StepResult.model_validate(last) if isinstance(last, dict) else None
     if result is None or not result.ok:
-        where = f"{result.path}: " if result else ""
-        error = f"{where}{result.error if result else 'no result reached the end of the run'}"
-        store.finish_run(run_id, "failed", error=error)
+        reason = f"{result.path}: {result.error}" if result else "no result reached the end"
+        store.finish_run(run_id, "failed", error=reason)
         return {"run_id": run_id, "status": "failed"}
-    output = result.output
-    spec = store.get_spec(spec_hash)
-    if spec.output is not None:
-        try:
+    try:
+        spec = store.get_spec(spec_hash)
+        if spec.output is not None:
             context = {"input": store.get_run(run_id).input, "outputs": store.get_outputs(run_id)}
             output = templates.render(spec.output, context)
-        except Exception as exc:
-            store.finish_run(run_id, "failed", error=f"output template failed: {exc}")
-            return {"run_id": run_id, "status": "failed"}
+        else:
+            record = store.get_step(run_id, result.path)
+            output = record.output if record else None
+    except Exception as exc:
+        store.finish_run(run_id, "failed", error=f"output failed: {type(exc).__name__}: {exc}")
+        return {"run_id": run_id, "status": "failed"}
     store.finish_run(run_id, "succeeded", output=output)
     return {"run_id": run_id, "status": "succeeded"}

@@ -31,11 +31,11 @@ def llm(self: Task, prev: Any = None, *, step: dict[str, Any]) -> dict[str, Any]
     if failed := upstream_failure(prev):
         return failed
     final = step.get("index") is None  # vote members and orchestrator workers feed a fan-in
-    return journaled(self, step, "llm", _llm, final=final).model_dump(mode="json")
+    return journaled(self, step, "llm", _llm, final=final).wire()
 
 
 @app.task(name="legato.tool", bind=True)
 def tool(self: Task, prev: Any = None, *, step: dict[str, Any]) -> dict[str, Any]:
     if failed := upstream_failure(prev):
         return failed
-    return journaled(self, step, "tool", _tool, final=True).model_dump(mode="json")
+    return journaled(self, step, "tool", _tool, final=True).wire()

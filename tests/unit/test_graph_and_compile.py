@@ -18,6 +18,7 @@ from pipeline.spec import (
     Aggregate,
     Chain,
     Classifier,
+    Gate,
     Llm,
     ModelCall,
     Orchestrate,
@@ -129,8 +130,7 @@ def test_queue_is_inherited_from_the_nearest_enclosing_step() -> None:
 def test_gate_templates_count_as_reads() -> None:
     gated = Pipeline(name="g", steps=[
         Llm(id="a", model="m", prompt="p"),
-        Llm(id="b", model="m", prompt="p",
-            gate={"check": "output != outputs.a"}),  # type: ignore[arg-type]
+        Llm(id="b", model="m", prompt="p", gate=Gate(check="output != outputs.a")),
     ])
     assert graph.node(gated, "b").reads == ("a",)
 

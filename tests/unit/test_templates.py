@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from jinja2.exceptions import SecurityError, UndefinedError
 
 from pipeline import templates
 from pipeline.templates import TemplateProblem, evaluate, referenced_outputs, render
 
-CONTEXT = {"input": {"text": "héllo", "n": 3}, "outputs": {"summary": "short", "facts": [1, 2]}}
+CONTEXT: dict[str, Any] = {"input": {"text": "héllo", "n": 3}, "outputs": {"summary": "short", "facts": [1, 2]}}
 
 
 def test_renders_input_and_outputs() -> None:
