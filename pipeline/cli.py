@@ -9,13 +9,16 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
 from pipeline.errors import InputError, RunNotFound, SpecError
 from pipeline.settings import get_settings
+
+if TYPE_CHECKING:
+    from pipeline.client import Legato
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Legato: durable AI orchestration on Celery + Redis.")
@@ -25,7 +28,7 @@ err = Console(stderr=True)
 JsonFlag = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 
 
-def _client():  # type: ignore[no-untyped-def]
+def _client() -> Legato:
     from pipeline.client import Legato
 
     return Legato()

@@ -21,6 +21,8 @@ keyword attributes) and keep `status_code`, `retry_after` and the like as attrib
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class LegatoError(Exception):
     """Root of every error Legato raises on purpose."""
@@ -32,12 +34,12 @@ class LegatoError(Exception):
     def __str__(self) -> str:
         return self.message
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self) -> tuple[Any, ...]:
         # Pickle by message and attributes, so subclasses with keyword attributes round-trip.
         return (_rebuild, (type(self), self.message, self.__dict__))
 
 
-def _rebuild(cls: type[LegatoError], message: str, attrs: dict) -> LegatoError:
+def _rebuild(cls: type[LegatoError], message: str, attrs: dict[str, Any]) -> LegatoError:
     err = cls.__new__(cls)
     LegatoError.__init__(err, message)
     err.__dict__.update(attrs)

@@ -58,7 +58,7 @@ def _python_type(schema: Any, defs: dict[str, Any], name: str) -> Any:
             Field(min_length=schema.get("minItems"), max_length=schema.get("maxItems")),
         ]
     if kind in _SCALARS:
-        constraints = {
+        constraints: dict[str, Any] = {
             "min_length": schema.get("minLength"),
             "max_length": schema.get("maxLength"),
             "pattern": schema.get("pattern"),
@@ -90,11 +90,11 @@ def _object_model(schema: dict[str, Any], defs: dict[str, Any], name: str) -> An
             fields[prop] = (annotation, Field(alias=prop))
         else:
             fields[prop] = (Optional[annotation], Field(default=None, alias=prop))  # noqa: UP045
-    extra = "forbid" if schema.get("additionalProperties") is False else "allow"
+    config = ConfigDict(populate_by_name=True, extra="allow")
+    if schema.get("additionalProperties") is False:
+        config["extra"] = "forbid"
     safe = "".join(c if c.isalnum() else "_" for c in name) or "Model"
-    return create_model(  # type: ignore[call-overload]
-        safe, __config__=ConfigDict(extra=extra, populate_by_name=True), **_safe_fields(fields)
-    )
+    return create_model(safe, __config__=config, **_safe_fields(fields))
 
 
 def _safe_fields(fields: dict[str, Any]) -> dict[str, Any]:

@@ -89,7 +89,8 @@ def _dumps(value: Any) -> str:
 
 class RunStore:
     def __init__(self, client: redis.Redis, prefix: str = "legato") -> None:
-        self.redis = client
+        # Made with decode_responses=True: replies are str, which redis-py's types can't express.
+        self.redis: Any = client
         self.prefix = prefix
         self._begin = client.register_script(_BEGIN)
         self._create = client.register_script(_CREATE)
@@ -214,7 +215,7 @@ class RunStore:
         return StepRecord.model_validate_json(raw) if raw else None
 
     def get_steps_at(self, run_id: str, paths: list[str]) -> list[StepRecord]:
-        """The records at `paths`, in that order (one round trip). Raises KeyError if one is gone."""
+        """The records at `paths`, in order, in one round trip. KeyError if one is missing."""
         raws = self.redis.hmget(self.steps_key(run_id), paths) if paths else []
         missing = [p for p, raw in zip(paths, raws, strict=True) if raw is None]
         if missing:
@@ -251,7 +252,7 @@ class RunStore:
 
 
 @lru_cache(maxsize=128)
-def _cached_spec(client: redis.Redis, prefix: str, digest: str) -> Pipeline:
+def _cached_spec(client: Any, prefix: str, digest: str) -> Pipeline:
     # Specs are content-addressed, hence immutable: cache them for the life of the process.
     raw = client.get(f"{prefix}:spec:{digest}")
     if raw is None:

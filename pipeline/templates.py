@@ -10,7 +10,7 @@ import json
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, nodes
+from jinja2 import StrictUndefined, Template, TemplateSyntaxError, Undefined, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 
@@ -33,12 +33,12 @@ class TemplateProblem(ValueError):
 
 
 @lru_cache(maxsize=1024)
-def _compiled(source: str):  # type: ignore[no-untyped-def]
+def _compiled(source: str) -> Template:
     return _env.from_string(source)
 
 
 @lru_cache(maxsize=1024)
-def _compiled_expr(source: str):  # type: ignore[no-untyped-def]
+def _compiled_expr(source: str) -> Any:
     # Not Jinja's default `undefined_to_none`: that would turn a misspelt name, or an attribute
     # the sandbox refuses, into None (a gate quietly false, a rule picking the default branch).
     return _env.compile_expression(source, undefined_to_none=False)
@@ -63,10 +63,13 @@ def referenced_outputs(source: str, *, expression: bool = False) -> set[str]:
         raise TemplateProblem(f"template syntax error on line {exc.lineno}: {exc.message}") from exc
     ids: set[str] = set()
     for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
-        target = node.node
-        if isinstance(target, nodes.Name) and target.name == OUTPUTS:
-            if isinstance(node, nodes.Getattr):
-                ids.add(node.attr)
-            elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
-                ids.add(node.arg.value)
+        target = node.node  # type: ignore[attr-defined]
+        if not (isinstance(target, nodes.Name) and target.name == OUTPUTS):
+            continue
+        if isinstance(node, nodes.Getattr):
+            ids.add(node.attr)
+            continue
+        key = node.arg  # type: ignore[attr-defined]
+        if isinstance(key, nodes.Const) and isinstance(key.value, str):
+            ids.add(key.value)
     return ids

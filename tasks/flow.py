@@ -129,6 +129,7 @@ def finalize(self: Task, last: Any = None, *, run_id: str, spec_hash: str) -> di
         return {"run_id": run_id, "status": "failed"}
     try:
         spec = store.get_spec(spec_hash)
+        output: Any
         if spec.output is not None:
             context = {"input": store.get_run(run_id).input, "outputs": store.get_outputs(run_id)}
             output = templates.render(spec.output, context)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -120,7 +121,5 @@ def run_demo(settings: Settings, *, model: str = "local", keep: bool | None = No
     return 1 if failed else 0
 
 
-def _tempdir():  # type: ignore[no-untyped-def]
-    import tempfile
-
+def _tempdir() -> tempfile.TemporaryDirectory[str]:
     return tempfile.TemporaryDirectory(prefix="legato-demo-")

@@ -52,8 +52,13 @@ SCHEMA: dict[str, Any] = {
 }
 
 _TYPES: dict[str, Any] = {
-    "object": dict, "array": list, "string": str, "boolean": bool, "null": type(None),
-    "integer": int, "number": (int, float),
+    "object": dict,
+    "array": list,
+    "string": str,
+    "boolean": bool,
+    "null": type(None),
+    "integer": int,
+    "number": (int, float),
 }
 
 
@@ -117,9 +122,15 @@ def fake() -> Iterator[Callable[..., httpx.Client]]:
         handle.stop()
 
 
-def chat(client: httpx.Client, text: str = "hello there", *, model: str = "m",
-         system: str | None = None, headers: dict[str, str] | None = None,
-         **extra: Any) -> httpx.Response:
+def chat(
+    client: httpx.Client,
+    text: str = "hello there",
+    *,
+    model: str = "m",
+    system: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> httpx.Response:
     messages = [{"role": "system", "content": system}] if system else []
     messages.append({"role": "user", "content": text})
     body = {"model": model, "messages": messages, **extra}
@@ -149,12 +160,15 @@ def schema_format(schema: dict[str, Any]) -> dict[str, Any]:
 
 def test_derived_text_echoes_the_last_user_message_with_usage(fake):
     client = fake()
-    body = {"model": "small", "messages": [
-        {"role": "system", "content": "be brief"},
-        {"role": "user", "content": "first"},
-        {"role": "assistant", "content": "ok"},
-        {"role": "user", "content": [{"type": "text", "text": "second one"}]},
-    ]}
+    body = {
+        "model": "small",
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "first"},
+            {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": [{"type": "text", "text": "second one"}]},
+        ],
+    }
     data = client.post("/chat/completions", json=body).json()
     choice = data["choices"][0]
     assert choice["message"] == {"role": "assistant", "content": "[fake:small] second one"}
@@ -175,8 +189,9 @@ def test_derived_text_is_cut_to_200_characters(fake):
 
 def test_json_schema_reply_is_a_valid_instance(fake):
     client = fake()
-    instance = json.loads(content(chat(client, "plan a picnic",
-                                       response_format=schema_format(SCHEMA))))
+    instance = json.loads(
+        content(chat(client, "plan a picnic", response_format=schema_format(SCHEMA)))
+    )
     check(instance, SCHEMA, SCHEMA)
     assert set(instance) >= set(SCHEMA["required"])
     assert len(instance["items"]) == 3 and len(instance["tags"]) == 2
@@ -185,11 +200,17 @@ def test_json_schema_reply_is_a_valid_instance(fake):
 
 def test_enum_choice_follows_the_messages(fake):
     client = fake()
-    schema = {"type": "object", "properties": {"pick": {"enum": list("abcdefgh")}},
-              "required": ["pick"]}
-    picks = {json.loads(content(chat(client, f"prompt {i}",
-                                     response_format=schema_format(schema))))["pick"]
-             for i in range(12)}
+    schema = {
+        "type": "object",
+        "properties": {"pick": {"enum": list("abcdefgh")}},
+        "required": ["pick"],
+    }
+    picks = {
+        json.loads(content(chat(client, f"prompt {i}", response_format=schema_format(schema))))[
+            "pick"
+        ]
+        for i in range(12)
+    }
     assert len(picks) > 1
 
 
@@ -200,18 +221,27 @@ def test_json_object_reply_has_an_answer(fake):
 
 def test_same_request_gives_identical_bytes(fake):
     client = fake({"latency_ms": 1, "jitter_ms": 5, "seed": 7})
-    kw = {"response_format": schema_format(SCHEMA), "temperature": 0.7}
+    kw: dict[str, Any] = {"response_format": schema_format(SCHEMA), "temperature": 0.7}
     first, second = chat(client, "same", **kw), chat(client, "same", **kw)
     assert first.status_code == 200 and first.content == second.content
     assert chat(client, "other", **kw).content != first.content
 
 
 def test_recursive_schema_instance_is_finite():
-    schema = {"$ref": "#/$defs/Node", "$defs": {"Node": {
-        "type": "object", "required": ["name", "children"],
-        "properties": {"name": {"type": "string"},
-                       "children": {"type": "array", "items": {"$ref": "#/$defs/Node"}},
-                       "parent": {"anyOf": [{"$ref": "#/$defs/Node"}, {"type": "null"}]}}}}}
+    schema = {
+        "$ref": "#/$defs/Node",
+        "$defs": {
+            "Node": {
+                "type": "object",
+                "required": ["name", "children"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "children": {"type": "array", "items": {"$ref": "#/$defs/Node"}},
+                    "parent": {"anyOf": [{"$ref": "#/$defs/Node"}, {"type": "null"}]},
+                },
+            }
+        },
+    }
     value = schema_instance(schema, "seed", "a tree")
     assert value == schema_instance(schema, "seed", "a tree")
     assert len(json.dumps(value)) < 10_000_000 and "children" in value
@@ -221,13 +251,17 @@ def test_recursive_schema_instance_is_finite():
 
 
 def test_first_matching_rule_wins(fake):
-    client = fake({"rules": [
-        {"match": {"model": "big", "contains": "weather"}, "reply": "big weather"},
-        {"match": {"contains": "weather"}, "reply": {"temp": 21, "sky": ["clear"]}},
-        {"match": {"system_contains": "classifier"}, "reply": "billing"},
-        {"match": {"any_contains": "ancient"}, "reply": "history"},
-        {"match": {}, "reply": "catch-all"},
-    ]})
+    client = fake(
+        {
+            "rules": [
+                {"match": {"model": "big", "contains": "weather"}, "reply": "big weather"},
+                {"match": {"contains": "weather"}, "reply": {"temp": 21, "sky": ["clear"]}},
+                {"match": {"system_contains": "classifier"}, "reply": "billing"},
+                {"match": {"any_contains": "ancient"}, "reply": "history"},
+                {"match": {}, "reply": "catch-all"},
+            ]
+        }
+    )
     assert content(chat(client, "weather?", model="big")) == "big weather"
     assert json.loads(content(chat(client, "weather?"))) == {"temp": 21, "sky": ["clear"]}
     assert content(chat(client, "ticket", system="you are a classifier")) == "billing"
@@ -236,11 +270,22 @@ def test_first_matching_rule_wins(fake):
 
 
 def test_tool_calls_rule(fake):
-    client = fake({"rules": [{"match": {"contains": "search"},
-                              "tool_calls": [{"name": "web_search", "arguments": {"q": "cats"}},
-                                             {"name": "clock"}]}]})
-    first = chat(client, "please search", tools=[{"type": "function",
-                                                  "function": {"name": "web_search"}}])
+    client = fake(
+        {
+            "rules": [
+                {
+                    "match": {"contains": "search"},
+                    "tool_calls": [
+                        {"name": "web_search", "arguments": {"q": "cats"}},
+                        {"name": "clock"},
+                    ],
+                }
+            ]
+        }
+    )
+    first = chat(
+        client, "please search", tools=[{"type": "function", "function": {"name": "web_search"}}]
+    )
     choice = first.json()["choices"][0]
     assert choice["finish_reason"] == "tool_calls"
     calls = choice["message"]["tool_calls"]
@@ -249,8 +294,9 @@ def test_tool_calls_rule(fake):
     assert json.loads(calls[1]["function"]["arguments"]) == {}
     assert calls[0]["type"] == "function" and calls[0]["id"] != calls[1]["id"]
     assert choice["message"]["content"] is None
-    again = chat(client, "please search", tools=[{"type": "function",
-                                                  "function": {"name": "web_search"}}])
+    again = chat(
+        client, "please search", tools=[{"type": "function", "function": {"name": "web_search"}}]
+    )
     assert again.content == first.content  # deterministic ids
 
 
@@ -283,7 +329,7 @@ def test_context_length_400(fake):
 
 def test_malformed_content_is_not_json(fake):
     client = fake({"faults": [{"kind": "malformed", "every": 2}]})
-    fmt = {"response_format": schema_format(SCHEMA)}
+    fmt: dict[str, Any] = {"response_format": schema_format(SCHEMA)}
     json.loads(content(chat(client, "one", **fmt)))  # 1st matching request: fine
     with pytest.raises(json.JSONDecodeError):
         json.loads(content(chat(client, "two", **fmt)))
@@ -310,11 +356,16 @@ def test_drop_closes_the_connection_without_a_response(fake):
 
 
 def test_latency_composes_with_a_status_fault(fake):
-    client = fake({"latency_ms": 50, "faults": [
-        {"kind": "latency", "ms": 100, "jitter_ms": 20},
-        {"kind": "status", "code": 503},
-        {"kind": "status", "code": 429},  # never reached: the first one decides
-    ]})
+    client = fake(
+        {
+            "latency_ms": 50,
+            "faults": [
+                {"kind": "latency", "ms": 100, "jitter_ms": 20},
+                {"kind": "status", "code": 503},
+                {"kind": "status", "code": 429},  # never reached: the first one decides
+            ],
+        }
+    )
     started = time.monotonic()
     assert chat(client).status_code == 503
     assert 0.15 <= time.monotonic() - started < 1
@@ -324,8 +375,9 @@ def test_latency_composes_with_a_status_fault(fake):
 def test_many_requests_wait_concurrently(fake):
     client = fake({"latency_ms": 300})
     codes: list[int] = []
-    threads = [threading.Thread(target=lambda: codes.append(chat(client).status_code))
-               for _ in range(8)]
+    threads = [
+        threading.Thread(target=lambda: codes.append(chat(client).status_code)) for _ in range(8)
+    ]
     started = time.monotonic()
     for t in threads:
         t.start()
@@ -368,8 +420,10 @@ def test_reset_clears_counters_and_fault_usage(fake):
 def test_put_script_replaces_the_script(fake):
     client = fake({"rules": [{"match": {}, "reply": "old"}]})
     assert content(chat(client)) == "old"
-    new = {"rules": [{"match": {}, "reply": "new"}], "faults": [{"kind": "status", "code": 418,
-                                                                  "times": 1}]}
+    new = {
+        "rules": [{"match": {}, "reply": "new"}],
+        "faults": [{"kind": "status", "code": 418, "times": 1}],
+    }
     assert admin(client, "PUT", "/_fake/script", json=new).json()["faults"] == 1
     assert chat(client).status_code == 418
     assert content(chat(client)) == "new"
@@ -388,14 +442,18 @@ def test_models_health_and_errors(fake):
     bad = client.post("/chat/completions", content=b"{not json")
     assert bad.status_code == 400 and "error" in bad.json()
     assert client.post("/chat/completions", json={"model": "m"}).status_code == 400
+    remote = schema_format({"$ref": "https://example.com/schema.json"})
+    unsupported = chat(client, response_format=remote)
+    assert unsupported.status_code == 400 and "local $ref" in unsupported.json()["error"]["message"]
 
 
 def test_keep_alive_and_pipelining_on_one_socket(fake):
     client = fake()
     port = int(str(client.base_url).rsplit(":", 1)[1].split("/")[0])
     body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
-    request = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
-               % len(body)) + body
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+    ) + body
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(request * 2 + request.replace(b"Host: x", b"Connection: close"))
         data = b""
@@ -410,8 +468,10 @@ def test_keep_alive_and_pipelining_on_one_socket(fake):
 
 def test_load_script_yaml_and_json(tmp_path):
     yaml_file = tmp_path / "s.yaml"
-    yaml_file.write_text("rules:\n  - match: {contains: hi}\n    reply: {a: 1}\n"
-                         "faults:\n  - {kind: latency, ms: 5}\n")
+    yaml_file.write_text(
+        "rules:\n  - match: {contains: hi}\n    reply: {a: 1}\n"
+        "faults:\n  - {kind: latency, ms: 5}\n"
+    )
     assert load_script(yaml_file)["rules"][0]["reply"] == {"a": 1}
     json_file = tmp_path / "s.json"
     json_file.write_text(json.dumps({"faults": [{"kind": "drop", "times": 1}]}))
@@ -420,17 +480,22 @@ def test_load_script_yaml_and_json(tmp_path):
         load_script(tmp_path / "s.txt")
 
 
-@pytest.mark.parametrize(("script", "field"), [
-    ({"faults": [{"kind": "status", "code": 200}]}, r"faults\[0\]\.code"),
-    ({"faults": [{"kind": "latency", "code": 500}]}, r"faults\[0\]: unknown key 'code'"),
-    ({"faults": [{"kind": "hang", "times": -1}]}, r"faults\[0\]\.times"),
-    ({"rules": [{"match": {"contains": 3}, "reply": "x"}]}, r"rules\[0\]\.match\.contains"),
-    ({"rules": [{"match": {}}]}, r"rules\[0\]: needs 'reply' or 'tool_calls'"),
-    ({"rules": [{"reply": "x", "tool_calls": [{"arguments": {}}]}]},
-     r"rules\[0\]\.tool_calls\[0\]\.name"),
-    ({"latency_ms": "slow"}, "latency_ms"),
-    ({"rule": []}, "unknown key 'rule'"),
-])
+@pytest.mark.parametrize(
+    ("script", "field"),
+    [
+        ({"faults": [{"kind": "status", "code": 200}]}, r"faults\[0\]\.code"),
+        ({"faults": [{"kind": "latency", "code": 500}]}, r"faults\[0\]: unknown key 'code'"),
+        ({"faults": [{"kind": "hang", "times": -1}]}, r"faults\[0\]\.times"),
+        ({"rules": [{"match": {"contains": 3}, "reply": "x"}]}, r"rules\[0\]\.match\.contains"),
+        ({"rules": [{"match": {}}]}, r"rules\[0\]: needs 'reply' or 'tool_calls'"),
+        (
+            {"rules": [{"reply": "x", "tool_calls": [{"arguments": {}}]}]},
+            r"rules\[0\]\.tool_calls\[0\]\.name",
+        ),
+        ({"latency_ms": "slow"}, "latency_ms"),
+        ({"rule": []}, "unknown key 'rule'"),
+    ],
+)
 def test_validation_names_the_bad_field(script, field):
     with pytest.raises(ValueError, match=field):
         validate_script(script)
@@ -443,7 +508,10 @@ def test_command_line_prints_the_real_port_and_stops_on_sigterm(tmp_path):
     script.write_text("rules:\n  - {match: {contains: ping}, reply: pong}\n")
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline.local.fake_model", "--port", "0", "--script", str(script)],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline().strip()

@@ -10,7 +10,10 @@ from jinja2.exceptions import SecurityError, UndefinedError
 from pipeline import templates
 from pipeline.templates import TemplateProblem, evaluate, referenced_outputs, render
 
-CONTEXT: dict[str, Any] = {"input": {"text": "héllo", "n": 3}, "outputs": {"summary": "short", "facts": [1, 2]}}
+CONTEXT: dict[str, Any] = {
+    "input": {"text": "héllo", "n": 3},
+    "outputs": {"summary": "short", "facts": [1, 2]},
+}
 
 
 def test_renders_input_and_outputs() -> None:
@@ -21,6 +24,11 @@ def test_renders_input_and_outputs() -> None:
 def test_dicts_and_lists_render_as_json_not_python_repr() -> None:
     text = render("{{ input }} {{ outputs.facts }}", CONTEXT)
     assert text == '{"text": "héllo", "n": 3} [1, 2]'
+
+
+def test_json_not_python_for_strings_none_and_booleans_inside_lists() -> None:
+    assert render("{{ x }}", {"x": ["a", None, True]}) == '["a", null, true]'
+    assert render("{{ x }}", {"x": {"k": False}}) == '{"k": false}'
 
 
 def test_json_filter_renders_strings_quoted() -> None:

@@ -102,7 +102,10 @@ class FakeModelServer:
                     break
                 if request is None:
                     break
-                response = await self._dispatch(request)
+                try:
+                    response = await self._dispatch(request)
+                except Exception as exc:  # a bug here must not look like a dropped connection
+                    response = 500, error_body(500, f"fake model internal error: {exc!r}"), {}
                 if response is None:  # fault "drop": no answer at all
                     writer.transport.abort()
                     return
@@ -194,4 +197,7 @@ class FakeModelServer:
                 headers["Retry-After"] = str(int(ra)) if float(ra).is_integer() else str(ra)
             return fault.code, error_body(fault.code, fault.body), headers
         malformed = fault is not None and fault.kind == "malformed"
-        return 200, completion(chat, script, malformed=malformed), {}
+        try:
+            return 200, completion(chat, script, malformed=malformed), {}
+        except (ValueError, LookupError, TypeError) as exc:  # e.g. a schema it cannot follow
+            return 400, error_body(400, f"fake model cannot answer this request: {exc}"), {}
