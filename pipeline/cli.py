@@ -162,7 +162,7 @@ def flower(
 
 @app.command("fake-model")
 def fake_model(
-    port: int = 8099,
+    port: int = 8089,
     host: str = "127.0.0.1",
     script: Annotated[Path | None, typer.Option(help="YAML/JSON replies and faults")] = None,
 ) -> None:
