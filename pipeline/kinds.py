@@ -100,7 +100,10 @@ def check_gate(gate: Gate, output: Any, ctx: StepContext) -> None:
 def classify(classifier: Classifier, branches: list[str], ctx: StepContext) -> Outcome:
     """Pick a branch. A model's answer is constrained to the branch names by its schema."""
     if classifier.rule is not None:
-        branch = templates.evaluate(classifier.rule, ctx.variables())
+        try:
+            branch = templates.evaluate(classifier.rule, ctx.variables())
+        except Exception as exc:
+            raise PermanentError(f"route rule failed to evaluate: {exc}") from exc
         return Outcome(str(branch), detail={"by": "rule"})
     assert classifier.model and classifier.prompt
     enum_schema = {

@@ -23,6 +23,11 @@ _SCALARS: dict[str, Any] = {
 }
 
 
+# Keywords that constrain values in ways this subset cannot check: refuse rather than ignore.
+_UNSUPPORTED = frozenset({"allOf", "not", "if", "then", "else", "patternProperties",
+                          "dependentRequired", "dependentSchemas"})
+
+
 class SchemaProblem(ValueError):
     """A schema uses something this subset does not support, or is malformed."""
 
@@ -32,6 +37,9 @@ def _python_type(schema: Any, defs: dict[str, Any], name: str) -> Any:
         return Any
     if not isinstance(schema, dict):
         raise SchemaProblem(f"{name}: a schema must be an object, got {schema!r}")
+    unsupported = _UNSUPPORTED.intersection(schema)
+    if unsupported:
+        raise SchemaProblem(f"{name}: unsupported keyword(s) {sorted(unsupported)}")
     if "$ref" in schema:
         ref = schema["$ref"]
         key = ref.rsplit("/", 1)[-1]

@@ -1,8 +1,9 @@
 """Real parts for every integration test: a private Redis, the fake model server, Celery workers.
 
 Session-scoped: one Redis server on a free port, one fake model process, and two worker processes
-— `main` on the default queues and `branches` on the example branch queues — so routing can be
-seen landing on another worker. Tests script the fake model through its admin API and reset it.
+— `main` (`legato worker`) on the default queues and `branches` (plain `celery -A workers.app
+worker`) on the example branch queues — so routing can be seen landing on another worker.
+Tests script the fake model through its admin API and reset it.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def workers(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[dict[str, processes.Service]]:
     logs = tmp_path_factory.mktemp("workers")
     main = processes.worker("main", list(DEFAULT_QUEUES), env=stack_env, log_dir=logs)
-    branches = processes.worker("branches", BRANCH_QUEUES, env=stack_env, log_dir=logs)
+    branches = processes.worker("branches", BRANCH_QUEUES, env=stack_env, plain_celery=True,
+                                log_dir=logs)
     with main, branches:
         yield {"main": main, "branches": branches}
 

@@ -84,7 +84,17 @@ def _show(console: Console, records: list[RunRecord]) -> None:
 
 def run_demo(settings: Settings, *, model: str = "local", keep: bool | None = None,
              timeout: float = 900.0) -> int:
+    """Returns the exit code: 0 all succeeded, 1 some run did not, 130 interrupted."""
     console = Console()
+    try:
+        return _run(console, settings, model, keep, timeout)
+    except KeyboardInterrupt:  # during start-up or a run: the stack is already stopped
+        console.print("interrupted; everything stopped")
+        return 130
+
+
+def _run(console: Console, settings: Settings, model: str, keep: bool | None,
+         timeout: float) -> int:
     keep = sys.stdin.isatty() if keep is None else keep
     pipelines_dir = settings.pipelines_dir.resolve()
     names = available_pipelines(pipelines_dir)
@@ -117,6 +127,8 @@ def run_demo(settings: Settings, *, model: str = "local", keep: bool | None = No
                     time.sleep(3600)
             except KeyboardInterrupt:
                 console.print("stopping…")
+    if keep:
+        console.print("stopped")
     failed = [r for r in records if r.status != "succeeded"]
     return 1 if failed else 0
 

@@ -102,9 +102,16 @@ def fake_model_url(service: Service) -> str:
 
 
 def worker(name: str, queues: list[str], *, env: dict[str, str], concurrency: int = 16,
-           pool: str = "threads", log_dir: Path | None = None) -> Service:
-    argv = [sys.executable, "-m", "pipeline.cli", "worker", "-Q", ",".join(queues),
-            "-c", str(concurrency), "--pool", pool, "-n", f"{name}@%h", "--loglevel", "INFO"]
+           pool: str = "threads", plain_celery: bool = False,
+           log_dir: Path | None = None) -> Service:
+    """`legato worker`, or with `plain_celery` the same worker as `celery -A workers.app worker`."""
+    options = ["-Q", ",".join(queues), "-c", str(concurrency), "-n", f"{name}@%h",
+               "--loglevel", "INFO"]
+    if plain_celery:
+        argv = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-P", pool,
+                *options]
+    else:
+        argv = [sys.executable, "-m", "pipeline.cli", "worker", "--pool", pool, *options]
     return Service(name, argv, env=env, ready=r"\bready\.", log_dir=log_dir)
 
 

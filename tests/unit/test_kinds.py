@@ -249,3 +249,11 @@ def test_tool_that_refuses_its_arguments_is_a_permanent_error(ctx: StepContext) 
 def test_unknown_tool_at_run_time_is_a_permanent_error(ctx: StepContext) -> None:
     with pytest.raises(PermanentError, match="unknown tool 'nope'"):
         kinds.run_tool(Tool(id="t", tool="nope"), ctx)
+
+
+def test_a_rule_that_fails_to_evaluate_is_a_permanent_error(ctx: StepContext) -> None:
+    from pipeline.errors import PermanentError
+    from pipeline.spec import Classifier
+
+    with pytest.raises(PermanentError, match="route rule failed to evaluate"):
+        classify(Classifier(rule="input.categry.name"), ["a", "b"], ctx)

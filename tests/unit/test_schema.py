@@ -191,3 +191,9 @@ def test_check_schema_accepts_the_supported_subset() -> None:
 
 def test_schema_problem_is_a_value_error() -> None:
     assert issubclass(schema.SchemaProblem, ValueError)
+
+
+@pytest.mark.parametrize("keyword", ["allOf", "not", "if", "patternProperties"])
+def test_keywords_the_subset_cannot_check_are_refused_not_ignored(keyword: str) -> None:
+    with pytest.raises(SchemaProblem, match=f"unsupported keyword.*{keyword}"):
+        check_schema({"type": "object", keyword: {}})

@@ -1,0 +1,43 @@
+"""`legato demo` stops cleanly on Ctrl-C: every process it started is gone."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pipeline.local.net import port_open
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_demo_with_the_fake_model_runs_everything_and_stops_on_ctrl_c(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEGATO_")}
+    out_path = tmp_path / "demo.out"
+    with open(out_path, "w") as out:
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "demo", "--model", "fake", "--keep"],
+            cwd=ROOT, env={**env, "COLUMNS": "120"}, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while "press Ctrl-C" not in out_path.read_text() and time.monotonic() < deadline:
+            assert demo.poll() is None, out_path.read_text()
+            time.sleep(0.2)
+        text = out_path.read_text()
+        assert text.count("· succeeded ·") == 5, text
+        redis_port = int(re.search(r"redis: redis://127\.0\.0\.1:(\d+)/0", text).group(1))
+        flower_port = int(re.search(r"Flower: http://127\.0\.0\.1:(\d+)", text).group(1))
+        assert port_open("127.0.0.1", redis_port) and port_open("127.0.0.1", flower_port)
+
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(timeout=60) == 0
+        assert "stopped" in out_path.read_text()
+        assert not port_open("127.0.0.1", redis_port)
+        assert not port_open("127.0.0.1", flower_port)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
