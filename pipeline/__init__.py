@@ -21,9 +21,13 @@ from pipeline.errors import (
 )
 from pipeline.loader import load_pipeline
 from pipeline.spec import (
+    Agent,
     Aggregate,
+    Breaker,
+    Budget,
     Chain,
     Classifier,
+    Evaluate,
     Gate,
     Llm,
     ModelCall,
@@ -31,6 +35,8 @@ from pipeline.spec import (
     Orchestrate,
     Parallel,
     Pipeline,
+    Prices,
+    RateLimit,
     Route,
     Tool,
     Vote,
@@ -38,11 +44,15 @@ from pipeline.spec import (
 from pipeline.tools import tool
 
 __all__ = [
+    "Agent",
     "Aggregate",
+    "Breaker",
+    "Budget",
     "BudgetExceeded",
     "Cancelled",
     "Chain",
     "Classifier",
+    "Evaluate",
     "Gate",
     "GateFailed",
     "InputError",
@@ -56,6 +66,8 @@ __all__ = [
     "Parallel",
     "PermanentError",
     "Pipeline",
+    "Prices",
+    "RateLimit",
     "Route",
     "RunNotFound",
     "RunRecord",

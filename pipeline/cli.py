@@ -50,7 +50,8 @@ def _read_input(value: str) -> Any:
 @app.command()
 def submit(
     pipeline: Annotated[str, typer.Argument(help="pipeline name or file")],
-    input: Annotated[str, typer.Option("--input", "-i", help="JSON, or @file")] = "{}",
+    input: Annotated[str, typer.Option(
+        "--input", "-i", help="JSON, or @file; @file.jsonl submits one job per line")] = "{}",
     wait: Annotated[bool, typer.Option(help="wait for the run to finish")] = False,
     timeout: Annotated[float, typer.Option(help="seconds to wait")] = 600.0,
     idempotency_key: Annotated[str | None, typer.Option(help="same key, same run")] = None,
@@ -58,6 +59,9 @@ def submit(
 ) -> None:
     """Submit one job; print its run id (or, with --wait, its outcome)."""
     legato = _client()
+    if input.startswith("@") and input.endswith(".jsonl"):
+        _submit_batch(legato, pipeline, Path(input[1:]), wait, timeout, idempotency_key, as_json)
+        return
     try:
         run_id = legato.submit(pipeline, _read_input(input), idempotency_key=idempotency_key)
     except (SpecError, InputError) as exc:
@@ -68,6 +72,28 @@ def submit(
     record = legato.wait(run_id, timeout=timeout)
     _print_run(record, as_json)
     if record.status != "succeeded":
+        raise typer.Exit(1)
+
+
+def _submit_batch(legato: Legato, pipeline: str, path: Path, wait: bool, timeout: float,
+                  key_prefix: str | None, as_json: bool) -> None:
+    from pipeline.batch import read_jsonl, submit_batch, wait_all
+    from pipeline.report import runs_table
+
+    try:
+        run_ids = submit_batch(legato, pipeline, read_jsonl(path), console=err,
+                               idempotency_prefix=key_prefix)
+    except (SpecError, InputError, OSError) as exc:
+        _fail(str(exc))
+    if not wait:
+        out.print_json(data={"run_ids": run_ids}) if as_json else out.print("\n".join(run_ids))
+        return
+    records = wait_all(legato, run_ids, timeout=timeout, console=err)
+    if as_json:
+        out.print_json(data=[r.model_dump(mode="json") for r in records])
+    else:
+        out.print(runs_table(records))
+    if any(r.status != "succeeded" for r in records):
         raise typer.Exit(1)
 
 
@@ -83,8 +109,8 @@ def status(run_id: str, as_json: JsonFlag = False) -> None:
 
 @app.command()
 def show(run_id: str, as_json: JsonFlag = False) -> None:
-    """A run's step tree: queue, worker, timings, tokens, outputs."""
-    from pipeline.report import step_table
+    """A run's waterfall: step tree, queue, worker, timings, tokens, route decisions."""
+    from pipeline.waterfall import waterfall
 
     legato = _client()
     try:
@@ -97,7 +123,78 @@ def show(run_id: str, as_json: JsonFlag = False) -> None:
                              "steps": [s.model_dump(mode="json") for s in steps]})
         return
     _print_run(record, False)
-    out.print(step_table(record, steps))
+    out.print(waterfall(record, steps))
+
+
+@app.command()
+def report(
+    run_id: str,
+    html: Annotated[Path, typer.Option("--html", help="write a self-contained HTML page here")],
+) -> None:
+    """Write a run's report: one HTML file with a timeline chart and every step's input/output."""
+    from pipeline.html_report import render_html
+
+    legato = _client()
+    try:
+        record = legato.status(run_id)
+    except RunNotFound as exc:
+        _fail(str(exc))
+    spec = legato.store.get_spec(record.spec_hash)
+    page = render_html(record, legato.steps(run_id), spec, legato.store.get_outputs(run_id))
+    html.write_text(page, encoding="utf-8")
+    out.print(f"wrote {html} ({len(page.encode()) // 1024 + 1} KiB)")
+
+
+@app.command()
+def cancel(run_id: str) -> None:
+    """Cancel a run: steps not yet begun will not run; steps in flight finish their call."""
+    try:
+        changed = _client().cancel(run_id)
+    except RunNotFound as exc:
+        _fail(str(exc))
+    out.print(f"cancelled {run_id}" if changed else f"{run_id} had already finished")
+
+
+@app.command()
+def resume(
+    run_id: str,
+    wait: Annotated[bool, typer.Option(help="wait for the run to finish")] = False,
+    timeout: Annotated[float, typer.Option(help="seconds to wait")] = 600.0,
+) -> None:
+    """Continue a failed or cancelled run from where it stopped, reusing completed steps."""
+    legato = _client()
+    try:
+        legato.resume(run_id)
+    except (RunNotFound, InputError) as exc:
+        _fail(str(exc))
+    if not wait:
+        out.print(f"resumed {run_id}")
+        return
+    record = legato.wait(run_id, timeout=timeout)
+    _print_run(record, False)
+    if record.status != "succeeded":
+        raise typer.Exit(1)
+
+
+@app.command()
+def replay(
+    run_id: str,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the replay")] = 300.0,
+) -> None:
+    """Run a finished run again from its recorded model calls; report any difference (exit 1)."""
+    from pipeline.models.replay import replay as replay_run
+
+    try:
+        result = replay_run(_client(), run_id, timeout=timeout)
+    except (RunNotFound, ValueError) as exc:
+        _fail(str(exc))
+    out.print(f"replayed {run_id} as {result.replay.id}: {result.replay.status}")
+    for diff in result.differences:
+        out.print(f"differs {diff.where}: recorded {diff.recorded!r}, replayed "
+                  f"{diff.replayed!r}", markup=False, highlight=False, style="red")
+    if result.differences:
+        raise typer.Exit(1)
+    out.print("identical: every step's output and the run's output are the same")
 
 
 @app.command()
@@ -158,6 +255,20 @@ def flower(
     if auth:
         argv.append(f"--basic-auth={auth}")
     os.execv(sys.executable, argv)
+
+
+@app.command("model-server")
+def model_server(
+    port: int = 8080,
+    host: str = "127.0.0.1",
+    model_path: Annotated[Path | None, typer.Option(help="a GGUF; default SmolLM2-135M")] = None,
+) -> None:
+    """Serve the local model (llama.cpp's OpenAI-compatible server) in the foreground."""
+    from pipeline.local.model_server import LocalModelServer
+
+    argv = LocalModelServer(model_path, port=port).command()
+    argv[argv.index("--host") + 1] = host
+    os.execv(argv[0], argv)
 
 
 @app.command("fake-model")

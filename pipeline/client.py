@@ -11,6 +11,7 @@ A job input is checked against the pipeline's input schema before anything is wr
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any
@@ -21,7 +22,7 @@ from pydantic import ValidationError
 from pipeline import schema
 from pipeline.compile import Compiler
 from pipeline.envelope import RunRecord, StepRecord
-from pipeline.errors import InputError, StepError
+from pipeline.errors import InputError, RunNotFound, StepError
 from pipeline.loader import load_models, load_pipeline, resolve
 from pipeline.settings import Settings, get_settings
 from pipeline.spec import Pipeline
@@ -57,7 +58,7 @@ class Legato:
                idempotency_key: str | None = None) -> str:
         """Validate, record and enqueue one run; return its id. Raises SpecError or InputError."""
         spec = self.load(pipeline)
-        check_input(spec, input)
+        check_input(spec, input, max_bytes=self.settings.max_input_bytes)
         digest = self.store.put_spec(spec)
         record = RunRecord(id=uuid.uuid4().hex, pipeline=spec.name, spec_hash=digest,
                            status="queued", input=input, created_at=time.time(),
@@ -71,6 +72,22 @@ class Legato:
             self.store.finish_run(run_id, "failed", error=f"could not enqueue: {exc}")
             raise
         return run_id
+
+    def cancel(self, run_id: str, reason: str = "cancelled") -> bool:
+        """Stop a run: steps not yet begun will not run. False if it had already finished."""
+        self.store.get_run(run_id)  # RunNotFound for an unknown id
+        return self.store.finish_run(run_id, "cancelled", error=reason)
+
+    def resume(self, run_id: str) -> None:
+        """Continue a failed or cancelled run: its completed steps are reused, the rest run."""
+        state = self.store.reopen_run(run_id, allowed=("failed", "cancelled"))
+        if state == "missing":
+            raise RunNotFound(f"no run {run_id!r}")
+        if state != "ok":
+            raise InputError(f"run {run_id} is {state}: only failed or cancelled runs resume")
+        run = self.store.get_run(run_id)
+        Compiler(self.app, run_id, run.spec_hash).run(self.store.get_spec(run.spec_hash)) \
+            .apply_async()
 
     def status(self, run_id: str) -> RunRecord:
         return self.store.get_run(run_id)
@@ -92,7 +109,16 @@ class Legato:
         return self.store.list_runs(status=status, limit=limit)
 
 
-def check_input(spec: Pipeline, value: Any) -> None:
+def check_input(spec: Pipeline, value: Any, *, max_bytes: int | None = None) -> None:
+    """Refuse (InputError) an input that misses the schema or whose JSON exceeds max_bytes."""
+    if max_bytes is not None:
+        try:
+            size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"input for pipeline {spec.name!r} is not JSON: {exc}") from None
+        if size > max_bytes:
+            raise InputError(f"input for pipeline {spec.name!r} refused: {size} bytes of JSON, "
+                             f"over the limit of {max_bytes} (LEGATO_MAX_INPUT_BYTES)")
     try:
         schema.validate(spec.input_schema, value)
     except ValidationError as exc:

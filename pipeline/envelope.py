@@ -24,12 +24,14 @@ class Usage(_Wire):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     calls: int = 0
+    cost: float = 0.0  # from the model's `prices`; 0 when it has none
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
             prompt_tokens=self.prompt_tokens + other.prompt_tokens,
             completion_tokens=self.completion_tokens + other.completion_tokens,
             calls=self.calls + other.calls,
+            cost=self.cost + other.cost,
         )
 
     @property
@@ -46,6 +48,7 @@ class StepInput(_Wire):
     path: str = Field(description="the journal key: `node`, or `node[i]` for a fan-out instance")
     index: int | None = None
     item: Any = None
+    quorum: int | None = Field(None, description="a voter under a quorum")
 
 
 class StepResult(_Wire):
@@ -97,6 +100,7 @@ class RunRecord(_Wire):
     finished_at: float | None = None
     usage: Usage = Field(default_factory=Usage)
     idempotency_key: str | None = None
+    resumes: int = 0
 
     @property
     def done(self) -> bool:

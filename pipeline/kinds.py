@@ -12,15 +12,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from pydantic import ValidationError
 
 from pipeline import templates
 from pipeline.envelope import StepResult, Usage
 from pipeline.errors import GateFailed, PermanentError, StepError
-from pipeline.models import ask
+from pipeline.models import Completion, Gateway, RunScope, ask
 from pipeline.spec import Aggregate, Classifier, Gate, ModelCall, ModelConfig, Orchestrate, Tool
 from pipeline.tools import get_tool
 from pipeline.tools.registry import ToolNotFound
+from pipeline.tools.runner import call_tool, idempotency_key
 
 
 @dataclass
@@ -39,6 +39,8 @@ class StepContext:
     step_tag: str
     item: Any = None
     index: int | None = None
+    gateway: Gateway | None = None  # the process's; None: a bare one (no Redis policies)
+    run: RunScope | None = None
 
     def variables(self, **extra: Any) -> dict[str, Any]:
         return {"input": self.input, "outputs": self.outputs, "item": self.item,
@@ -53,39 +55,53 @@ class StepContext:
     def model_call(
         self, model: str, prompt: str, *, system: str | None = None,
         output_schema: dict[str, Any] | None = None, params: dict[str, Any] | None = None,
-        **extra: Any,
+        max_repairs: int = 2, **extra: Any,
     ) -> Outcome:
+        """One model answer through the process's gateway (retries, fallbacks, breaker, rate
+        limits, budget, cache); attempts and repairs go to the step record's `detail`."""
         params = dict(params or {})
         if self.index is not None:  # fan-out instances of one step differ by seed
             params["seed"] = int(params.get("seed", 0)) + self.index
-        answer = ask(
-            self.http, self.models[model], self.render(prompt, **extra),
-            system=self.render(system, **extra) if system else None,
-            output_schema=output_schema, params=params, step_tag=self.step_tag,
-        )
-        detail = {"repairs": answer.attempts} if answer.attempts else {}
+        gateway = self.gateway or Gateway(self.http)
+        trace: list[dict[str, Any]] = []
+
+        def complete(messages: list[dict[str, Any]], schema: dict[str, Any] | None,
+                     call_params: dict[str, Any] | None) -> Completion:
+            return gateway.complete(self.models, model, messages, schema=schema,
+                                    params=call_params, step_tag=self.step_tag, run=self.run,
+                                    trace=trace)
+
+        try:
+            answer = ask(
+                self.http, self.models[model], self.render(prompt, **extra),
+                system=self.render(system, **extra) if system else None,
+                output_schema=output_schema, params=params, step_tag=self.step_tag,
+                max_repairs=max_repairs, complete=complete,
+            )
+        except StepError as exc:  # the trace rides on the error, for the failed step's record
+            exc.detail = {"model_calls": trace,  # type: ignore[attr-defined]
+                          **({"repairs": exc.attempts} if hasattr(exc, "attempts") else {})}
+            raise
+        detail: dict[str, Any] = {"model_calls": trace} if trace else {}
+        if answer.attempts:
+            detail["repairs"] = answer.attempts
         return Outcome(answer.output, answer.usage, detail)
 
 
 def run_llm(call: ModelCall, ctx: StepContext, **extra: Any) -> Outcome:
     return ctx.model_call(call.model, call.prompt, system=call.system,
-                          output_schema=call.output_schema, params=call.params, **extra)
+                          output_schema=call.output_schema, params=call.params,
+                          max_repairs=call.max_repairs, **extra)
 
 
 def run_tool(step: Tool, ctx: StepContext) -> Outcome:
     try:
-        fn = get_tool(step.tool)
+        spec = get_tool(step.tool)
     except ToolNotFound as exc:
         raise PermanentError(exc.args[0]) from None
     args = {k: ctx.render(v) if isinstance(v, str) else v for k, v in step.args.items()}
-    try:
-        return Outcome(fn(**args))
-    except ValidationError as exc:
-        raise PermanentError(f"tool {step.tool!r} refused its arguments: {exc}") from exc
-    except StepError:
-        raise
-    except Exception as exc:
-        raise PermanentError(f"tool {step.tool!r} raised {type(exc).__name__}: {exc}") from exc
+    run_id, _, path = ctx.step_tag.partition("/")
+    return Outcome(call_tool(spec, args, key=idempotency_key(run_id, path, "0")))
 
 
 def check_gate(gate: Gate, output: Any, ctx: StepContext) -> None:
@@ -98,7 +114,9 @@ def check_gate(gate: Gate, output: Any, ctx: StepContext) -> None:
 
 
 def classify(classifier: Classifier, branches: list[str], ctx: StepContext) -> Outcome:
-    """Pick a branch. A model's answer is constrained to the branch names by its schema."""
+    """Pick a branch. A model's answer is constrained to the branch names by its schema; with
+    `min_confidence` it also says how sure it is, and an unsure answer is escalated to a larger
+    model, or (detail `low_confidence`) left to the route's default branch."""
     if classifier.rule is not None:
         try:
             branch = templates.evaluate(classifier.rule, ctx.variables())
@@ -106,15 +124,37 @@ def classify(classifier: Classifier, branches: list[str], ctx: StepContext) -> O
             raise PermanentError(f"route rule failed to evaluate: {exc}") from exc
         return Outcome(str(branch), detail={"by": "rule"})
     assert classifier.model and classifier.prompt
-    enum_schema = {
-        "type": "object",
-        "properties": {"branch": {"type": "string", "enum": branches}},
-        "required": ["branch"],
-        "additionalProperties": False,
-    }
-    outcome = ctx.model_call(classifier.model, classifier.prompt, system=classifier.system,
-                             output_schema=enum_schema, branches=branches)
-    return Outcome(outcome.output["branch"], outcome.usage, {"by": "model", **outcome.detail})
+    threshold = classifier.min_confidence
+    schema = _branch_schema(branches, with_confidence=threshold is not None)
+
+    def ask_model(alias: str) -> Outcome:
+        return ctx.model_call(alias, classifier.prompt or "", system=classifier.system,
+                              output_schema=schema, branches=branches)
+
+    first = ask_model(classifier.model)
+    detail: dict[str, Any] = {"by": "model", **first.detail}
+    branch, usage = first.output["branch"], first.usage
+    if threshold is None:
+        return Outcome(branch, usage, detail)
+    confidence = float(first.output["confidence"])
+    if confidence < threshold and classifier.escalate_to:
+        detail["escalated"] = {"from": classifier.model, "branch": branch,
+                               "confidence": confidence}
+        second = ask_model(classifier.escalate_to)
+        branch, usage = second.output["branch"], usage + second.usage
+        confidence = float(second.output["confidence"])
+    detail["confidence"] = confidence
+    if confidence < threshold:
+        detail["low_confidence"] = True
+    return Outcome(branch, usage, detail)
+
+
+def _branch_schema(branches: list[str], *, with_confidence: bool) -> dict[str, Any]:
+    properties: dict[str, Any] = {"branch": {"type": "string", "enum": branches}}
+    if with_confidence:
+        properties["confidence"] = {"type": "number", "minimum": 0, "maximum": 1}
+    return {"type": "object", "properties": properties, "required": list(properties),
+            "additionalProperties": False}
 
 
 def fan_in(
@@ -122,7 +162,7 @@ def fan_in(
 ) -> tuple[list[StepResult], list[StepResult]]:
     """Split branch results into (kept, failed) under the step's policy; raise if it fails."""
     kept = [r for r in results if r.ok]
-    failed = [r for r in results if not r.ok]
+    failed = [r for r in results if r.status == "failed"]  # skipped voters count for neither
     if on_failure == "fail" and failed:
         first = failed[0]
         raise StepError(f"{len(failed)} of {len(results)} branches failed; first, "
@@ -161,7 +201,7 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
-def plan_schema() -> dict[str, Any]:
+def plan_schema(*, may_be_done: bool = False) -> dict[str, Any]:
     subtask = {
         "type": "object",
         "properties": {"title": {"type": "string"}, "instructions": {"type": "string"}},
@@ -169,16 +209,22 @@ def plan_schema() -> dict[str, Any]:
     }
     return {
         "type": "object",
-        "properties": {"subtasks": {"type": "array", "items": subtask, "minItems": 1}},
+        "properties": {"subtasks": {"type": "array", "items": subtask,
+                                    "minItems": 0 if may_be_done else 1}},
         "required": ["subtasks"],
     }
 
 
-def plan(step: Orchestrate, ctx: StepContext) -> Outcome:
-    """Ask the planner for subtasks; keep at most `max_subtasks` of them."""
+def plan(step: Orchestrate, ctx: StepContext, *, round_no: int = 0,
+         results: list[dict[str, Any]] | None = None) -> Outcome:
+    """Ask the planner for subtasks; keep at most `max_subtasks` of them. After the first round
+    it sees `results` so far and may return none: the work is done."""
     p = step.planner
-    outcome = ctx.model_call(p.model, p.prompt, system=p.system, output_schema=plan_schema(),
-                             params=p.params, max_subtasks=step.max_subtasks)
+    outcome = ctx.model_call(p.model, p.prompt, system=p.system,
+                             output_schema=plan_schema(may_be_done=round_no > 0),
+                             params=p.params, max_repairs=p.max_repairs,
+                             max_subtasks=step.max_subtasks, round=round_no,
+                             results=results or [])
     subtasks = outcome.output["subtasks"]
     if len(subtasks) > step.max_subtasks:
         outcome.detail["truncated_from"] = len(subtasks)

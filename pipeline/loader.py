@@ -20,7 +20,9 @@ from pydantic import ValidationError
 from pipeline import schema, templates
 from pipeline.errors import SpecError
 from pipeline.spec import (
+    Agent,
     Chain,
+    Evaluate,
     Llm,
     ModelConfig,
     Orchestrate,
@@ -32,6 +34,13 @@ from pipeline.spec import (
 )
 from pipeline.tools import get_tool
 from pipeline.tools.registry import ToolNotFound
+
+# The model calls inside composite steps, and the ones whose output schema Legato fixes.
+_ROLES: dict[type, tuple[str, ...]] = {
+    Orchestrate: ("planner", "worker", "synthesizer"),
+    Evaluate: ("generator", "evaluator"),
+}
+_FIXED_SCHEMAS = {("planner", Orchestrate), ("evaluator", Evaluate)}
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -137,17 +146,28 @@ def resolve(pipeline: Pipeline, models: dict[str, ModelConfig], *, source: str =
                 schema.check_schema(output_schema)
             except schema.SchemaProblem as exc:
                 raise SpecError(str(exc), source=source, path=field_path) from None
-        if isinstance(step, Tool):
+        for field_path, name in _tools(step, where):
             try:
-                get_tool(step.tool)
+                get_tool(name)
             except ToolNotFound as exc:
-                raise SpecError(exc.args[0], source=source, path=f"{where}.tool") from None
+                raise SpecError(exc.args[0], source=source, path=field_path) from None
     try:
         schema.check_schema(pipeline.input_schema)
     except schema.SchemaProblem as exc:
         raise SpecError(str(exc), source=source, path="input_schema") from None
     if pipeline.output is not None:
         _check_template(pipeline.output, False, ids, "", source, "output")
+    pending = sorted(used)
+    while pending:  # a model's fallbacks are embedded too, so the run is pinned to them
+        alias = pending.pop()
+        for fallback in models[alias].fallbacks:
+            if fallback not in models:
+                known = ", ".join(sorted(models)) or "none"
+                raise SpecError(f"unknown fallback model {fallback!r} (known: {known})",
+                                source=source, path=f"models.{alias}.fallbacks")
+            if fallback not in used:
+                used.add(fallback)
+                pending.append(fallback)
     return pipeline.model_copy(update={"models": {a: models[a] for a in sorted(used)}})
 
 
@@ -171,15 +191,25 @@ def walk_step(step: Step, here: str) -> Iterator[tuple[str, Step]]:
             yield from walk_step(step.vote.step, f"{here}.vote.step")
 
 
+def _tools(step: Step, where: str) -> Iterator[tuple[str, str]]:
+    if isinstance(step, Tool):
+        yield f"{where}.tool", step.tool
+    elif isinstance(step, Agent):
+        for i, name in enumerate(step.tools):
+            yield f"{where}.tools[{i}]", name
+
+
 def _model_aliases(step: Step, where: str) -> Iterator[tuple[str, str]]:
-    if isinstance(step, Llm):
+    if isinstance(step, Llm | Agent):
         yield f"{where}.model", step.model
     elif isinstance(step, Route) and step.classifier.model:
         yield f"{where}.classifier.model", step.classifier.model
+        if step.classifier.escalate_to:
+            yield f"{where}.classifier.escalate_to", step.classifier.escalate_to
     elif isinstance(step, Parallel) and step.aggregate.model:
         yield f"{where}.aggregate.model", step.aggregate.model
-    elif isinstance(step, Orchestrate):
-        for role in ("planner", "worker", "synthesizer"):
+    elif isinstance(step, Orchestrate | Evaluate):
+        for role in _ROLES[type(step)]:
             yield f"{where}.{role}.model", getattr(step, role).model
 
 
@@ -187,7 +217,7 @@ def step_templates(step: Step, where: str) -> Iterator[tuple[str, str, bool]]:
     """(location, template text, is an expression) for every template a step itself holds."""
     if step.gate is not None:
         yield f"{where}.gate.check", step.gate.check, True
-    if isinstance(step, Llm):
+    if isinstance(step, Llm | Agent):
         yield f"{where}.prompt", step.prompt, False
         if step.system:
             yield f"{where}.system", step.system, False
@@ -206,8 +236,8 @@ def step_templates(step: Step, where: str) -> Iterator[tuple[str, str, bool]]:
         for field in ("prompt", "system"):
             if getattr(step.aggregate, field):
                 yield f"{where}.aggregate.{field}", getattr(step.aggregate, field), False
-    elif isinstance(step, Orchestrate):
-        for role in ("planner", "worker", "synthesizer"):
+    elif isinstance(step, Orchestrate | Evaluate):
+        for role in _ROLES[type(step)]:
             call = getattr(step, role)
             yield f"{where}.{role}.prompt", call.prompt, False
             if call.system:
@@ -219,10 +249,10 @@ def _schemas(step: Step, where: str) -> Iterator[tuple[str, dict[str, Any]]]:
         yield f"{where}.output_schema", step.output_schema
     elif isinstance(step, Parallel) and step.aggregate.output_schema:
         yield f"{where}.aggregate.output_schema", step.aggregate.output_schema
-    elif isinstance(step, Orchestrate):
-        for role in ("worker", "synthesizer"):
+    elif isinstance(step, Orchestrate | Evaluate):
+        for role in _ROLES[type(step)]:
             call = getattr(step, role)
-            if call.output_schema:
+            if call.output_schema and (role, type(step)) not in _FIXED_SCHEMAS:
                 yield f"{where}.{role}.output_schema", call.output_schema
 
 

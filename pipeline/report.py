@@ -38,8 +38,9 @@ def run_summary(run: RunRecord) -> Group:
     lines: list[Any] = [head]
     took = _seconds(run.started_at or run.created_at, run.finished_at)
     u = run.usage
+    cost = f"  cost {u.cost:.6g}" if u.cost else ""  # from the models' `prices`
     lines.append(Text(f"took {took}  calls {u.calls}  tokens {u.prompt_tokens} in / "
-                      f"{u.completion_tokens} out", style="dim"))
+                      f"{u.completion_tokens} out{cost}", style="dim"))
     if run.error:
         lines.append(Text(f"error: {run.error}", style="red"))
     if run.status == "succeeded":

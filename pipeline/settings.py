@@ -25,6 +25,19 @@ class Settings:
     http_timeout: float = 60.0
     http_max_connections: int = 256
     tool_modules: tuple[str, ...] = ()
+    # Durability: a step's lease outlives a few missed heartbeats; an expired lease means its
+    # worker died, and the sweeper dispatches the step again (within lease + sweep seconds).
+    lease_seconds: float = 15.0
+    heartbeat_seconds: float = 5.0
+    sweep_seconds: float = 5.0
+    stall_seconds: float = 300.0  # an unfinished run with no sign of life this long is recovered
+    max_recoveries: int = 2  # ...this many times, then failed as stalled
+    # A step whose model call is still failing transiently after its quick HTTP retries is sent
+    # again as a whole task, later (2 s, 6 s, 18 s...), without holding a thread: an outage of
+    # the model server is ridden out instead of failing the run.
+    step_retries: int = 3
+    step_retry_seconds: float = 2.0
+    max_input_bytes: int = 1024 * 1024  # a job input's JSON size; larger ones are refused
 
     @property
     def broker(self) -> str:
@@ -45,6 +58,14 @@ class Settings:
             http_timeout=float(_env("HTTP_TIMEOUT", str(cls.http_timeout))),
             http_max_connections=int(_env("HTTP_MAX_CONNECTIONS", str(cls.http_max_connections))),
             tool_modules=tuple(m for m in _env("TOOL_MODULES", "").split(",") if m.strip()),
+            lease_seconds=float(_env("LEASE_SECONDS", str(cls.lease_seconds))),
+            heartbeat_seconds=float(_env("HEARTBEAT_SECONDS", str(cls.heartbeat_seconds))),
+            sweep_seconds=float(_env("SWEEP_SECONDS", str(cls.sweep_seconds))),
+            stall_seconds=float(_env("STALL_SECONDS", str(cls.stall_seconds))),
+            max_recoveries=int(_env("MAX_RECOVERIES", str(cls.max_recoveries))),
+            step_retries=int(_env("STEP_RETRIES", str(cls.step_retries))),
+            step_retry_seconds=float(_env("STEP_RETRY_SECONDS", str(cls.step_retry_seconds))),
+            max_input_bytes=int(_env("MAX_INPUT_BYTES", str(cls.max_input_bytes))),
         )
 
 

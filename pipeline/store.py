@@ -1,86 +1,71 @@
-"""The Redis run store: run records, pinned specs, the step journal, and completion events.
+"""The Redis run store: run records, pinned specs, the journal, and completion events.
 
-Keys (prefix `legato` by default; `{run}` is a hash tag so a run's keys share a cluster slot):
-
-    legato:spec:<hash>            pinned pipeline JSON, written once per content hash
-    legato:run:{<id>}             hash: the run record
-    legato:run:{<id>}:steps       hash: step path -> StepRecord JSON (the journal)
-    legato:run:{<id>}:outputs     hash: step id -> output JSON (what templates read)
-    legato:runs                   sorted set: run ids by creation time
-    legato:idem:<key>             idempotency key -> run id
-    legato:done:<id>              pub/sub channel: the run reached a terminal state
-
-Round trips per step: one to begin (a Lua script: memo check, running record, reads) and one to
-end (a pipeline: journal, outputs, usage counters).
+The key layout is in `keys.py`; the step journal (memo, leases) in `journal.py`.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
-from pipeline.envelope import RunRecord, StepRecord, Usage
+from pipeline.envelope import TERMINAL, RunRecord, StepRecord, Usage
 from pipeline.errors import RunNotFound
+from pipeline.journal import Journal
+from pipeline.keys import Keys
 from pipeline.spec import Pipeline, pipeline_from_json
 
-# KEYS: run, steps, outputs. ARGV: path, running record, now, ids to read...
-# Returns {state, input, done-record-or-empty, outputs...}.
-_BEGIN = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return {'missing'} end
-if status == 'cancelled' then return {'cancelled'} end
-local prior = redis.call('HGET', KEYS[2], ARGV[1])
-if prior and string.find(prior, '"status":"succeeded"', 1, true) then
-  return {'done', '', prior}
-end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-if status == 'queued' then
-  redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[3])
-end
-local reply = {'go', redis.call('HGET', KEYS[1], 'input'), ''}
-for i = 4, #ARGV do
-  reply[#reply + 1] = redis.call('HGET', KEYS[3], ARGV[i]) or ''
-end
-return reply
-"""
-
-# KEYS: run, idem key (or a dummy), runs index. ARGV: run id, created_at, field/value pairs...
+# KEYS: run, idem key (or the run key again), runs index, active. ARGV: id, created_at, fields...
 _CREATE = """
-if KEYS[2] ~= '' and KEYS[2] ~= KEYS[1] then
+if KEYS[2] ~= KEYS[1] then
   local existing = redis.call('GET', KEYS[2])
   if existing then return existing end
   redis.call('SET', KEYS[2], ARGV[1])
 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
 return ARGV[1]
 """
 
-# KEYS: run. ARGV: channel, status, field/value pairs... Terminal states are final.
+# KEYS: run, active. ARGV: channel, status, run id, field/value pairs... Terminal states are final.
 _FINISH = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status or status == 'succeeded' or status == 'failed' or status == 'cancelled' then
   return 0
 end
-redis.call('HSET', KEYS[1], 'status', ARGV[2], unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], 'status', ARGV[2], unpack(ARGV, 4))
+redis.call('ZREM', KEYS[2], ARGV[3])
 redis.call('PUBLISH', ARGV[1], ARGV[2])
 return 1
 """
 
+# KEYS: run, active. ARGV: run id, now, allowed states (space separated).
+# Reopens a run for another pass: its completed steps are memoized, the rest run again.
+_REOPEN = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return 'missing' end
+if not string.find(' ' .. ARGV[3] .. ' ', ' ' .. status .. ' ', 1, true) then return status end
+redis.call('HSET', KEYS[1], 'status', 'running')
+redis.call('HDEL', KEYS[1], 'error', 'finished_at', 'output')
+redis.call('HINCRBY', KEYS[1], 'resumes', 1)
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+return 'ok'
+"""
 
-@dataclass
-class Begin:
-    """What a step sees when it starts: go ahead (with its inputs), already done, or stop."""
-
-    state: str  # go | done | cancelled | missing
-    input: Any = None
-    outputs: dict[str, Any] = field(default_factory=dict)
-    prior: StepRecord | None = None
+# KEYS: active. ARGV: cutoff, now, limit.
+_CLAIM_STALLED = """
+local quiet = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+for _, run_id in ipairs(quiet) do
+  redis.call('ZADD', KEYS[1], ARGV[2], run_id)
+end
+return quiet
+"""
 
 
 def _dumps(value: Any) -> str:
@@ -91,58 +76,51 @@ class RunStore:
     def __init__(self, client: redis.Redis, prefix: str = "legato") -> None:
         # Made with decode_responses=True: replies are str, which redis-py's types can't express.
         self.redis: Any = client
-        self.prefix = prefix
-        self._begin = client.register_script(_BEGIN)
+        self.keys = Keys(prefix)
+        self.journal = Journal(client, self.keys)
         self._create = client.register_script(_CREATE)
         self._finish = client.register_script(_FINISH)
+        self._reopen = client.register_script(_REOPEN)
+        self._claim_stalled = client.register_script(_CLAIM_STALLED)
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "legato") -> RunStore:
+        # Ride out a Redis restart or a dropped connection: reconnect and retry each command for
+        # about half a minute. The journal's scripts are safe to run again (see journal.py).
+        retry = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=20)
         client = redis.Redis.from_url(
-            url, decode_responses=True, health_check_interval=30, socket_keepalive=True
+            url, decode_responses=True, health_check_interval=30, socket_keepalive=True,
+            retry=retry, retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         )
         return cls(client, prefix)
 
-    # -- keys ----------------------------------------------------------------------------------
-
-    def run_key(self, run_id: str) -> str:
-        return f"{self.prefix}:run:{{{run_id}}}"
-
-    def steps_key(self, run_id: str) -> str:
-        return f"{self.run_key(run_id)}:steps"
-
-    def outputs_key(self, run_id: str) -> str:
-        return f"{self.run_key(run_id)}:outputs"
-
-    def done_channel(self, run_id: str) -> str:
-        return f"{self.prefix}:done:{run_id}"
+    @property
+    def prefix(self) -> str:
+        return self.keys.prefix
 
     # -- specs ---------------------------------------------------------------------------------
 
     def put_spec(self, pipeline: Pipeline) -> str:
         digest = pipeline.content_hash()
-        self.redis.set(f"{self.prefix}:spec:{digest}", pipeline.canonical_json(), nx=True)
+        self.redis.set(self.keys.spec(digest), pipeline.canonical_json(), nx=True)
         return digest
 
     def get_spec(self, digest: str) -> Pipeline:
-        return _cached_spec(self.redis, self.prefix, digest)
+        return _cached_spec(self.redis, self.keys.spec(digest))
 
     # -- runs ----------------------------------------------------------------------------------
 
     def create_run(self, record: RunRecord) -> str:
         """Write a new queued run; with an idempotency key already used, return that run's id."""
+        k = self.keys
         fields = self._run_fields(record)
         flat = [x for kv in fields.items() for x in kv]
-        idem = f"{self.prefix}:idem:{record.idempotency_key}" if record.idempotency_key else ""
-        keys = [self.run_key(record.id), idem or self.run_key(record.id), f"{self.prefix}:runs"]
-        return str(self._create(keys=keys, args=[record.id, record.created_at, *flat]))
-
-    def delete_run(self, run_id: str) -> None:
-        self.redis.delete(self.run_key(run_id), self.steps_key(run_id), self.outputs_key(run_id))
-        self.redis.zrem(f"{self.prefix}:runs", run_id)
+        idem = k.idem(record.idempotency_key) if record.idempotency_key else k.run(record.id)
+        keys = [k.run(record.id), idem, k.runs, k.active]
+        return str(self._create(keys=keys, args=[record.id, repr(record.created_at), *flat]))
 
     def get_run(self, run_id: str) -> RunRecord:
-        raw = self.redis.hgetall(self.run_key(run_id))
+        raw = self.redis.hgetall(self.keys.run(run_id))
         if not raw:
             raise RunNotFound(f"no run {run_id!r}")
         return _run_from_hash(raw)
@@ -151,13 +129,13 @@ class RunStore:
         runs: list[RunRecord] = []
         start = 0
         while len(runs) < limit:
-            ids = self.redis.zrevrange(f"{self.prefix}:runs", start, start + 4 * limit - 1)
+            ids = self.redis.zrevrange(self.keys.runs, start, start + 4 * limit - 1)
             if not ids:
                 break
             start += len(ids)
             pipe = self.redis.pipeline(transaction=False)
             for run_id in ids:
-                pipe.hgetall(self.run_key(run_id))
+                pipe.hgetall(self.keys.run(run_id))
             for raw in pipe.execute():
                 if raw and (status is None or raw.get("status") == status):
                     runs.append(_run_from_hash(raw))
@@ -171,64 +149,56 @@ class RunStore:
         if error is not None:
             fields["error"] = error
         flat = [x for kv in fields.items() for x in kv]
-        args = [self.done_channel(run_id), status, *flat]
-        return bool(self._finish(keys=[self.run_key(run_id)], args=args))
+        args = [self.keys.done(run_id), status, run_id, *flat]
+        return bool(self._finish(keys=[self.keys.run(run_id), self.keys.active], args=args))
+
+    def reopen_run(self, run_id: str, *, allowed: tuple[str, ...]) -> str:
+        """Set a run in one of `allowed` states running again; returns 'ok' or its state."""
+        args = [run_id, repr(time.time()), " ".join(allowed)]
+        return str(self._reopen(keys=[self.keys.run(run_id), self.keys.active], args=args))
+
+    def claim_stalled(self, *, quiet_for: float, limit: int = 50) -> list[str]:
+        """Unfinished runs with no sign of life (no step begun, ended or heartbeat) for a while,
+        marked alive again as they are returned, so two sweepers never recover the same run."""
+        now = time.time()
+        return list(self._claim_stalled(keys=[self.keys.active],
+                                        args=[repr(now - quiet_for), repr(now), limit]))
+
+    def bump(self, run_id: str, field: str) -> int:
+        return int(self.redis.hincrby(self.keys.run(run_id), field, 1))
 
     @staticmethod
     def _run_fields(record: RunRecord) -> dict[str, str]:
-        data = record.model_dump(exclude={"usage"}, exclude_none=True)
+        data = record.model_dump(exclude={"usage", "input", "output"}, exclude_none=True)
         out = {k: (repr(v) if isinstance(v, float) else str(v)) for k, v in data.items()}
         out["input"] = _dumps(record.input)
-        out.pop("output", None)
         return out
 
     # -- steps ---------------------------------------------------------------------------------
 
-    def begin_step(self, run_id: str, record: StepRecord, reads: tuple[str, ...]) -> Begin:
-        reply = self._begin(
-            keys=[self.run_key(run_id), self.steps_key(run_id), self.outputs_key(run_id)],
-            args=[record.path, record.model_dump_json(), repr(time.time()), *reads],
-        )
-        state = reply[0]
-        if state == "done":
-            return Begin("done", prior=StepRecord.model_validate_json(reply[2]))
-        if state != "go":
-            return Begin(state)
-        outputs = {k: json.loads(v) for k, v in zip(reads, reply[3:], strict=True) if v}
-        return Begin("go", input=json.loads(reply[1]), outputs=outputs)
-
-    def end_step(self, run_id: str, record: StepRecord, publishes: tuple[str, ...]) -> None:
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(self.steps_key(run_id), record.path, record.model_dump_json())
-        if record.ok and publishes:
-            value = _dumps(record.output)
-            pipe.hset(self.outputs_key(run_id), mapping=dict.fromkeys(publishes, value))
-        if record.usage.calls:
-            key = self.run_key(run_id)
-            pipe.hincrby(key, "prompt_tokens", record.usage.prompt_tokens)
-            pipe.hincrby(key, "completion_tokens", record.usage.completion_tokens)
-            pipe.hincrby(key, "calls", record.usage.calls)
-        pipe.execute()
+    def skip_step(self, run_id: str, record: StepRecord) -> None:
+        """Journal a step that will not run (e.g. a voter after the quorum), unless it ran."""
+        self.redis.hsetnx(self.keys.steps(run_id), record.path, record.model_dump_json())
 
     def get_step(self, run_id: str, path: str) -> StepRecord | None:
-        raw = self.redis.hget(self.steps_key(run_id), path)
+        raw = self.redis.hget(self.keys.steps(run_id), path)
         return StepRecord.model_validate_json(raw) if raw else None
 
     def get_steps_at(self, run_id: str, paths: list[str]) -> list[StepRecord]:
         """The records at `paths`, in order, in one round trip. KeyError if one is missing."""
-        raws = self.redis.hmget(self.steps_key(run_id), paths) if paths else []
+        raws = self.redis.hmget(self.keys.steps(run_id), paths) if paths else []
         missing = [p for p, raw in zip(paths, raws, strict=True) if raw is None]
         if missing:
             raise KeyError(f"no journal record for {missing}")
         return [StepRecord.model_validate_json(raw) for raw in raws]
 
     def get_steps(self, run_id: str) -> list[StepRecord]:
-        raw = self.redis.hgetall(self.steps_key(run_id))
+        raw = self.redis.hgetall(self.keys.steps(run_id))
         records = [StepRecord.model_validate_json(v) for v in raw.values()]
         return sorted(records, key=lambda r: (r.started_at or 0, r.path))
 
     def get_outputs(self, run_id: str) -> dict[str, Any]:
-        raw = self.redis.hgetall(self.outputs_key(run_id))
+        raw = self.redis.hgetall(self.keys.outputs(run_id))
         return {k: json.loads(v) for k, v in raw.items()}
 
     # -- waiting -------------------------------------------------------------------------------
@@ -237,26 +207,32 @@ class RunStore:
         """Block until the run is terminal (listening for its event, not polling Celery)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        pubsub.subscribe(self.done_channel(run_id))
         try:
+            pubsub.subscribe(self.keys.done(run_id))
             while True:
                 record = self.get_run(run_id)  # after subscribing, so no event is missed
-                if record.done:
+                if record.status in TERMINAL:
                     return record
                 left = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
                 if left <= 0:
                     raise TimeoutError(f"run {run_id} still {record.status} after {timeout}s")
-                pubsub.get_message(timeout=left)
+                try:
+                    pubsub.get_message(timeout=left)
+                except redis.ConnectionError:  # Redis restarted: subscribe again, read again
+                    time.sleep(min(left, 0.5))
+                    pubsub.close()
+                    pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+                    pubsub.subscribe(self.keys.done(run_id))
         finally:
             pubsub.close()
 
 
 @lru_cache(maxsize=128)
-def _cached_spec(client: Any, prefix: str, digest: str) -> Pipeline:
+def _cached_spec(client: Any, key: str) -> Pipeline:
     # Specs are content-addressed, hence immutable: cache them for the life of the process.
-    raw = client.get(f"{prefix}:spec:{digest}")
+    raw = client.get(key)
     if raw is None:
-        raise KeyError(f"no pinned spec {digest}")
+        raise KeyError(f"no pinned spec at {key}")
     return pipeline_from_json(raw)
 
 
@@ -276,10 +252,11 @@ def _run_from_hash(raw: dict[str, str]) -> RunRecord:
         started_at=num("started_at"),
         finished_at=num("finished_at"),
         idempotency_key=raw.get("idempotency_key"),
+        resumes=int(raw.get("resumes", 0)),
         usage=Usage(
             prompt_tokens=int(raw.get("prompt_tokens", 0)),
             completion_tokens=int(raw.get("completion_tokens", 0)),
             calls=int(raw.get("calls", 0)),
+            cost=float(raw.get("cost", 0.0)),
         ),
     )
-

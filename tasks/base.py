@@ -8,19 +8,24 @@ chain pass the failed result on untouched, and `legato.finalize` marks the run f
 from __future__ import annotations
 
 import logging
+import random
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 from celery import Task
+from celery.exceptions import Ignore
 
 from pipeline import graph
 from pipeline.envelope import StepInput, StepRecord, StepResult
 from pipeline.errors import StepError
 from pipeline.graph import Node
+from pipeline.journal import Begin
 from pipeline.kinds import Outcome, StepContext, check_gate
+from pipeline.settings import Settings, get_settings
 from pipeline.spec import Pipeline
-from workers import resources
+from workers import lifeline, resources
 
 log = logging.getLogger("legato.step")
 
@@ -36,8 +41,13 @@ def upstream_failure(prev: Any) -> dict[str, Any] | None:
 
 def journaled(task: Task, envelope: dict[str, Any], kind: str, work: Work, *,
               final: bool) -> StepResult:
-    """Run `work` once per (run, path). `final`: its output is the node's (gate + publish)."""
+    """Run `work` once per (run, path). `final`: its output is the node's (gate + publish).
+
+    A delivery of a step that another delivery is working on (a live lease) is dropped with
+    `Ignore`: no result, no chain continuation, so it is never started twice.
+    """
     step = StepInput.model_validate(envelope)
+    settings = get_settings()
     store = resources.store()
     spec = store.get_spec(step.spec_hash)
     node = graph.node(spec, step.node)
@@ -45,18 +55,50 @@ def journaled(task: Task, envelope: dict[str, Any], kind: str, work: Work, *,
     record = StepRecord(
         path=step.path, status="running", kind=kind,
         queue=(request.delivery_info or {}).get("routing_key"), worker=request.hostname,
-        task_id=request.id, attempt=(request.retries or 0) + 1, started_at=time.time(),
+        task_id=request.id, started_at=time.time(),
     )
-    begin = store.begin_step(step.run_id, record, node.reads)
+    token = uuid.uuid4().hex
+    begin = store.journal.begin(step.run_id, record, node.reads, token=token,
+                                signature=lifeline.signature_json(task), now=time.time(),
+                                lease_seconds=settings.lease_seconds)
+    if begin.state == "busy":
+        raise Ignore()
     if begin.state == "done" and begin.prior is not None:
         return begin.prior.result()
     if begin.state != "go":
-        reason = "the run was cancelled" if begin.state == "cancelled" else "the run is gone"
+        reason = f"the run is {begin.run_status}" if begin.run_status else "the run is gone"
         return StepResult(path=step.path, status="failed", error=reason, error_type="Cancelled")
+    record.attempt = begin.attempt
+    keeper = lifeline.keeper(store, settings)
+    keeper.hold(step.run_id, step.path, token)
+    try:
+        _work(record, work, node, spec, step, begin, final)
+    finally:
+        keeper.release(step.run_id, step.path)
+    retry_in = _retry_in(task, record, settings)
+    if retry_in is not None:  # keep the step open, free the lease, come back later
+        record.status, record.detail = "running", {**record.detail, "retrying_in": retry_in}
+    store.journal.end(step.run_id, record, node.publishes if final else (), token=token,
+                      now=record.ended_at or time.time())
+    if retry_in is not None:
+        raise task.retry(countdown=retry_in, max_retries=settings.step_retries)
+    return record.result()
 
+
+def _retry_in(task: Task, record: StepRecord, settings: Settings) -> float | None:
+    """Seconds until a transiently failed step is tried again as a whole task, or None."""
+    retries = task.request.retries or 0
+    if record.error_type != "TransientError" or retries >= settings.step_retries:
+        return None
+    return settings.step_retry_seconds * 3**retries * random.uniform(0.8, 1.2)
+
+
+def _work(record: StepRecord, work: Work, node: Node, spec: Pipeline, step: StepInput,
+          begin: Begin, final: bool) -> None:
     ctx = StepContext(input=begin.input, outputs=begin.outputs, models=spec.models,
                       http=resources.http(), step_tag=f"{step.run_id}/{step.path}",
-                      item=step.item, index=step.index)
+                      item=step.item, index=step.index, gateway=resources.gateway(),
+                      run=resources.run_scope(step.run_id, spec))
     try:
         outcome = work(ctx, node, spec)
         if final and node.step.gate is not None:
@@ -65,10 +107,9 @@ def journaled(task: Task, envelope: dict[str, Any], kind: str, work: Work, *,
         record.usage, record.detail = outcome.usage, outcome.detail
     except StepError as exc:
         record.status, record.error, record.error_type = "failed", str(exc), type(exc).__name__
+        record.detail = getattr(exc, "detail", None) or {}  # e.g. the model calls tried
     except Exception as exc:  # a bug or an unexpected library error: keep it readable on the run
         log.exception("step %s of run %s raised", step.path, step.run_id)
         record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
         record.error_type = "InternalError"
     record.ended_at = time.time()
-    store.end_step(step.run_id, record, node.publishes if final else ())
-    return record.result()

@@ -28,13 +28,22 @@ def _route(ctx: StepContext, node: Node, _: Pipeline) -> Outcome:
     route = node.step
     assert isinstance(route, Route)
     outcome = classify(route.classifier, list(route.branches), ctx)
-    chosen = outcome.output
-    if chosen not in route.branches:
+    chosen, detail = outcome.output, outcome.detail
+    if detail.get("low_confidence"):
+        if route.default is None:
+            raise PermanentError(f"classifier unsure ({detail['confidence']:.2f} < "
+                                 f"{route.classifier.min_confidence}) and no default branch")
+        detail["unsure_of"] = chosen
+        chosen = route.default
+    elif chosen not in route.branches:
         if route.default is None:
             raise PermanentError(f"classifier chose {chosen!r}, not a branch, and no default")
-        outcome.detail["unmatched"] = chosen
+        detail["unmatched"] = chosen
         chosen = route.default
-    return Outcome({"branch": chosen}, outcome.usage, outcome.detail)
+    decision = {"branch": chosen}
+    if "confidence" in detail:
+        decision["confidence"] = detail["confidence"]
+    return Outcome(decision, outcome.usage, detail)
 
 
 @app.task(name="legato.route", bind=True)
@@ -90,8 +99,7 @@ def _fan_in(results: list[StepResult], run_id: str) -> Work:
         if isinstance(step, Parallel):
             outcome = aggregate(step.aggregate, list(records), ctx)
         else:
-            subtasks = ctx.item or []  # the plan travels in the synthesizer's envelope
-            done = [{"subtask": subtasks[_index(r.path)], "output": r.output} for r in records]
+            done = _done_so_far(run_id, node.path, ctx.item)
             outcome = run_llm(step.synthesizer, ctx, results=done)
         outcome.detail.update(detail)
         return outcome
@@ -99,8 +107,13 @@ def _fan_in(results: list[StepResult], run_id: str) -> Work:
     return work
 
 
-def _index(path: str) -> int:
-    return int(path.rsplit("[", 1)[1].rstrip("]"))
+def _done_so_far(run_id: str, path: str, item: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every round's finished subtasks with their outputs (the plan rides in the envelope)."""
+    subtasks = item["subtasks"]
+    records = resources.store().get_steps_at(
+        run_id, [f"{path}/worker[{i}]" for i in range(len(subtasks))])
+    return [{"subtask": subtasks[i], "output": r.output}
+            for i, r in enumerate(records) if r.ok]
 
 
 @app.task(name="legato.aggregate", bind=True)
@@ -114,7 +127,30 @@ def aggregate_task(self: Task, results: Any, *, step: dict[str, Any]) -> dict[st
 
 @app.task(name="legato.synthesize", bind=True)
 def synthesize(self: Task, results: Any, *, step: dict[str, Any]) -> dict[str, Any]:
-    work = _fan_in(_wire_results(results), step["run_id"])
+    """Close a round of workers: ask the planner for another round if rounds are left (and it
+    wants one), else synthesize every round's results."""
+    items = _wire_results(results)
+    node, compiler = _node_and_compiler(step)
+    orchestrate = node.step
+    assert isinstance(orchestrate, Orchestrate)
+    round_no, subtasks = step["item"]["round"], step["item"]["subtasks"]
+    if round_no + 1 < orchestrate.max_rounds:
+        kept, _ = fan_in(items, on_failure=orchestrate.on_failure,
+                         min_success=orchestrate.min_success)  # this round must hold up first
+        done = _done_so_far(step["run_id"], node.path, step["item"])
+
+        def replan(ctx: StepContext, _: Node, __: Pipeline) -> Outcome:
+            return plan(orchestrate, ctx, round_no=round_no + 1, results=done)
+
+        planning = {**step, "path": f"{node.path}/plan[{round_no + 1}]"}
+        more = journaled(self, planning, "plan", replan, final=False)
+        if not more.ok:
+            return more.wire()
+        if more.output["subtasks"]:
+            every = subtasks + more.output["subtasks"]
+            raise self.replace(compiler.workers(orchestrate, node.path, every, node.queue,
+                                                start=len(subtasks), round_no=round_no + 1))
+    work = _fan_in(items, step["run_id"])
     return journaled(self, step, "orchestrate", work, final=True).wire()
 
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from celery import Task
 
+from pipeline.envelope import StepRecord
 from pipeline.graph import Node
 from pipeline.kinds import Outcome, StepContext, run_llm, run_tool
 from pipeline.spec import Llm, Orchestrate, Pipeline, Tool
 from tasks.base import journaled, upstream_failure
+from workers import resources
 from workers.app import app
 
 
@@ -30,8 +33,21 @@ def _tool(ctx: StepContext, node: Node, _: Pipeline) -> Outcome:
 def llm(self: Task, prev: Any = None, *, step: dict[str, Any]) -> dict[str, Any]:
     if failed := upstream_failure(prev):
         return failed
+    quorum = step.get("quorum")
+    if quorum and resources.ballot().reached(step["run_id"], step["node"]):
+        return _skip(step, "the vote's quorum was already reached")
     final = step.get("index") is None  # vote members and orchestrator workers feed a fan-in
-    return journaled(self, step, "llm", _llm, final=final).wire()
+    result = journaled(self, step, "llm", _llm, final=final)
+    if quorum and result.ok:
+        resources.ballot().cast(step["run_id"], step["node"], result.path, result.output, quorum)
+    return result.wire()
+
+
+def _skip(step: dict[str, Any], reason: str) -> dict[str, Any]:
+    record = StepRecord(path=step["path"], status="skipped", kind="llm", started_at=time.time(),
+                        ended_at=time.time(), detail={"skipped": reason})
+    resources.store().skip_step(step["run_id"], record)
+    return record.result().wire()
 
 
 @app.task(name="legato.tool", bind=True)

@@ -47,6 +47,7 @@ def stack_env(redis_server: RedisServer, fake_model: str) -> dict[str, str]:
         "LEGATO_PIPELINES_DIR": str(ROOT / "pipelines"),
         "LEGATO_HTTP_TIMEOUT": "5",
         "LEGATO_TOOL_MODULES": "tests.tools",
+        "LEGATO_STEP_RETRY_SECONDS": "0.2",  # task retries after 0.2 s, 0.6 s, 1.8 s
         "PYTHONPATH": str(ROOT),
     }
     os.environ.update(env)  # the producer (this process) reads the same settings
@@ -92,3 +93,20 @@ class FakeModel:
 
     def stats(self) -> dict:
         return httpx.get(f"{self.root}/_fake/stats").json()
+
+
+# Durability settings short enough for tests: a dead worker's step is dispatched again within
+# about lease + sweep seconds, and a run quiet for STALL_SECONDS is recovered.
+FAST_RECOVERY = {
+    "LEGATO_LEASE_SECONDS": "2",
+    "LEGATO_HEARTBEAT_SECONDS": "0.5",
+    "LEGATO_SWEEP_SECONDS": "0.5",
+    "LEGATO_STALL_SECONDS": "3",
+    "LEGATO_MAX_RECOVERIES": "1",
+}
+DURABLE_QUEUE = "legato.test.durable"
+
+
+@pytest.fixture(scope="module")
+def durable_worker_env(stack_env: dict[str, str]) -> dict[str, str]:
+    return {**stack_env, **FAST_RECOVERY}

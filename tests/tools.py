@@ -1,5 +1,9 @@
 """Tools registered for the tests (loaded by workers through LEGATO_TOOL_MODULES)."""
 
+import socket
+import time
+from pathlib import Path
+
 from pipeline.tools import tool
 
 
@@ -7,3 +11,34 @@ from pipeline.tools import tool
 def explode(text: str) -> str:
     """Always fails: for failure-policy tests."""
     raise RuntimeError(f"exploded on {text[:20]!r}")
+
+
+@tool
+def nap(seconds: float) -> str:
+    """Sleeps, then says so: for parallel tool calls."""
+    time.sleep(seconds)
+    return f"slept {seconds}"
+
+
+@tool(timeout=0.3, retries=1)
+def sleepy(seconds: float) -> str:
+    """Takes longer than its timeout when asked to."""
+    time.sleep(seconds)
+    return "awake"
+
+
+@tool
+def flaky_ledger(path: str, idempotency_key: str = "") -> int:
+    """Appends its idempotency key to a file; fails the first time it is called."""
+    with open(path, "a") as ledger:
+        ledger.write(idempotency_key + "\n")
+    lines = Path(path).read_text().splitlines()
+    if len(lines) == 1:
+        raise RuntimeError("the ledger was busy")
+    return len(lines)
+
+
+@tool(queue="legato.branch.technical")
+def where_am_i() -> str:
+    """Runs on the queue the tool names, whatever the step says."""
+    return socket.gethostname()

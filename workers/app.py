@@ -2,30 +2,45 @@
 
 Why these settings:
 - JSON only, both ways: pickle is never accepted, so a message cannot execute code.
-- Late acks + reject on worker lost: a message is acknowledged after its task returns, so a worker
-  that dies mid-step leaves it to be delivered again; the step journal makes that redelivery cheap
-  (a completed step returns its stored result).
+- Late acks + reject on worker lost: a message is acknowledged after its task returns, so a step
+  whose worker dies is not lost; the journal makes any redelivery cheap (a completed step returns
+  its stored result, a step in progress elsewhere is dropped).
+- Recovery does not wait for the broker: Redis's visibility timeout would bring a dead worker's
+  message back only after it expires, and a short one re-delivers long healthy steps
+  (celery#5935). Instead each step holds a lease in the journal that its process renews, and the
+  sweeper (workers/lifeline.py) dispatches a step again as soon as its lease runs out. The
+  visibility timeout stays long (6 h), a last resort for messages lost before their step began.
+- Prefetch 1: a worker reserves no more messages than it has threads to run them, so a dead
+  worker strands as little as possible.
 - Task events on, so Flower sees every task by its public name (`legato.llm`, ...).
 """
 
 from __future__ import annotations
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    task_postrun,
+    task_prerun,
+    worker_process_init,
+    worker_ready,
+    worker_shutdown,
+)
 
 from pipeline.compile import CONTROL
 from pipeline.settings import Settings, get_settings
 from pipeline.tools import load_tool_modules
-from workers import resources
+from workers import lifeline, observability, resources, tls
 from workers.backend import backend_url
 
-TASK_MODULES = ("tasks.steps", "tasks.flow", "tasks.submit")
+TASK_MODULES = ("tasks.steps", "tasks.flow", "tasks.loops", "tasks.submit")
 
 
 def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
-    app = Celery("legato", broker=settings.broker, backend=backend_url(settings.redis_url),
-                 include=list(TASK_MODULES))
+    app = Celery("legato", broker=tls.verified(settings.broker),
+                 backend=backend_url(tls.verified(settings.redis_url)), include=list(TASK_MODULES))
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -39,7 +54,13 @@ def create_app(settings: Settings | None = None) -> Celery:
         task_send_sent_event=True,
         result_expires=24 * 3600,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": 3600},
+        # A Redis restart or a dropped connection is ridden out, not turned into lost work.
+        broker_connection_max_retries=None,
+        result_backend_always_retry=True,
+        result_backend_max_retries=30,
+        task_publish_retry_policy={"max_retries": 30, "interval_start": 0.1,
+                                   "interval_step": 0.5, "interval_max": 2.0},
+        broker_transport_options={"visibility_timeout": 6 * 3600},
         worker_hijack_root_logger=False,
         imports=list(settings.tool_modules),
     )
@@ -52,5 +73,30 @@ app = create_app()
 
 @worker_process_init.connect
 def _fresh_resources(**_: object) -> None:
-    # A forked child must not share its parent's sockets.
+    # A forked child must not share its parent's sockets, nor think it has its heartbeat thread.
     resources.reset()
+    lifeline.forget_keeper()
+
+
+_sweeper: lifeline.Sweeper | None = None
+
+
+@worker_ready.connect
+def _start_sweeper(sender: object = None, **_: object) -> None:
+    global _sweeper
+    _sweeper = lifeline.Sweeper(resources.store(), app, get_settings())
+    _sweeper.start()
+
+
+@worker_shutdown.connect
+def _stop_sweeper(**_: object) -> None:
+    if _sweeper is not None:
+        _sweeper.stop()
+
+
+# Logs carry run id and step path; OpenTelemetry traces when LEGATO_OTEL=1 (workers/observability).
+observability.setup_tracing()
+after_setup_logger.connect(observability.install_log_context, weak=False)
+after_setup_task_logger.connect(observability.install_log_context, weak=False)
+task_prerun.connect(observability.on_task_prerun, weak=False)
+task_postrun.connect(observability.on_task_postrun, weak=False)

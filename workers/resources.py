@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import threading
+from typing import cast
 
 import httpx
 
+from pipeline.models import Gateway, RunScope
+from pipeline.models.cache import MODES, Mode
 from pipeline.settings import get_settings
+from pipeline.spec import Pipeline
 from pipeline.store import RunStore
+from pipeline.voting import Ballot
 
 _lock = threading.Lock()
 _http: httpx.Client | None = None
 _store: RunStore | None = None
+_gateway: Gateway | None = None
 
 
 def http() -> httpx.Client:
@@ -27,6 +34,27 @@ def http() -> httpx.Client:
     return _http
 
 
+def gateway() -> Gateway:
+    """The process's model gateway: every model call's policies, over `http()` and Redis."""
+    global _gateway
+    if _gateway is None:
+        client, redis, s = http(), store().redis, get_settings()
+        with _lock:
+            if _gateway is None:
+                cache = os.environ.get("LEGATO_CACHE", "off")
+                mode = cast(Mode, cache if cache in MODES else "off")
+                _gateway = Gateway(client, redis, s.key_prefix, default_cache=mode)
+    return _gateway
+
+
+def run_scope(run_id: str, spec: Pipeline) -> RunScope:
+    """What the gateway needs of a run: its budget (and when it began), its cache mode."""
+    started = None
+    if spec.budget is not None and spec.budget.deadline_seconds is not None:
+        started = store().get_run(run_id).created_at
+    return RunScope(run_id, spec.budget, spec.cache, started)
+
+
 def store() -> RunStore:
     global _store
     if _store is None:
@@ -37,8 +65,15 @@ def store() -> RunStore:
     return _store
 
 
+def ballot() -> Ballot:
+    """Vote tallies for quorum votes (stateless over the store's Redis client)."""
+    s = store()
+    return Ballot(s.redis, s.keys)
+
+
 def reset() -> None:
-    global _http, _store
+    global _http, _store, _gateway
     with _lock:
         _http = None
         _store = None
+        _gateway = None

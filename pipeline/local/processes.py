@@ -29,11 +29,11 @@ class Service:
         self.proc: subprocess.Popen[bytes] | None = None
         self.match: re.Match[str] | None = None
 
-    def start(self, timeout: float = 30.0) -> Service:
+    def start(self, timeout: float = 30.0, *, wait: bool = True) -> Service:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True)
-        if self.ready is not None:
+        if self.ready is not None and wait:
             self._wait_ready(timeout)
         return self
 

@@ -1,8 +1,9 @@
 """The OpenAI Chat Completions wire protocol over httpx, for any compatible server.
 
-One call, one request: errors are mapped to Legato's types (429/5xx/timeouts are transient, other
-4xx permanent) and retried here with tenacity under `retry.MODEL_CALL` — the only retry around an
-HTTP call. Keys are read from the environment of the process making the call, never from messages.
+`post` is one request: errors are mapped to Legato's types (429/5xx/timeouts are transient, other
+4xx permanent; a context-length 400 says so). `chat` is `post` under `retry.MODEL_CALL`; the
+gateway (gateway.py) runs `post` under its own per-model policy instead. Keys are read from the
+environment of the process making the call, never from messages.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class Completion:
     text: str
     usage: Usage
     finish_reason: str | None = None
+    tool_calls: tuple[dict[str, Any], ...] = ()
 
 
 def _headers(cfg: ModelConfig, step_tag: str | None) -> dict[str, str]:
@@ -35,6 +37,12 @@ def _headers(cfg: ModelConfig, step_tag: str | None) -> dict[str, str]:
     if step_tag:
         headers["X-Legato-Step"] = step_tag
     return headers
+
+
+def _timeout(cfg: ModelConfig) -> float | httpx._client.UseClientDefault:
+    """The model's own timeout, else the client's (LEGATO_HTTP_TIMEOUT); never None, which
+    would mean no timeout at all."""
+    return cfg.timeout if cfg.timeout else httpx.USE_CLIENT_DEFAULT
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -80,29 +88,52 @@ def request_body(
     return body
 
 
+_CONTEXT_HINTS = ("context length", "context_length", "maximum context", "too many tokens",
+                  "prompt is too long", "context window")
+
+
+def permanent(status: int, model: str, message: str) -> PermanentError:
+    """A non-retryable 4xx; a context-length refusal is named as such."""
+    if any(h in message.lower() for h in _CONTEXT_HINTS):
+        return PermanentError(f"context too long for {model} (HTTP {status}): {message}",
+                              status_code=status)
+    return PermanentError(f"HTTP {status} from {model}: {message}", status_code=status)
+
+
+def post(client: httpx.Client, cfg: ModelConfig, messages: list[dict[str, Any]], *,
+         schema: dict[str, Any] | None = None, params: dict[str, Any] | None = None,
+         step_tag: str | None = None) -> Completion:
+    """One request, no retry. Raises StepError subclasses."""
+    body = request_body(cfg, messages, schema=schema, params=params)
+    return _post_once(client, cfg, body, _headers(cfg, step_tag))
+
+
 def _post_once(client: httpx.Client, cfg: ModelConfig, body: dict[str, Any],
                headers: dict[str, str]) -> Completion:
     url = cfg.base_url.rstrip("/") + "/chat/completions"
     try:
-        response = client.post(url, json=body, headers=headers, timeout=cfg.timeout or None)
+        response = client.post(url, json=body, headers=headers, timeout=_timeout(cfg))
     except httpx.TimeoutException as exc:
         raise TransientError(f"model call timed out: {type(exc).__name__}") from exc
     except httpx.TransportError as exc:
         raise TransientError(f"model server unreachable: {exc!r}") from exc
     status = response.status_code
-    if status == 429 or status >= 500:
+    if status in (408, 429) or status >= 500:
         raise TransientError(
             f"HTTP {status} from {cfg.model}: {_error_message(response)}",
             status_code=status, retry_after=_retry_after(response),
         )
     if status >= 400:
-        raise PermanentError(f"HTTP {status} from {cfg.model}: {_error_message(response)}",
-                             status_code=status)
+        raise permanent(status, cfg.model, _error_message(response))
     try:
         data = response.json()
         choice = data["choices"][0]
         usage = data.get("usage") or {}
+        calls = tuple({"id": c.get("id"), "name": c["function"]["name"],
+                       "arguments": json.loads(c["function"].get("arguments") or "{}")}
+                      for c in choice["message"].get("tool_calls") or [])
         return Completion(
+            tool_calls=calls,
             text=choice["message"].get("content") or "",
             usage=Usage(
                 prompt_tokens=int(usage.get("prompt_tokens", 0)),

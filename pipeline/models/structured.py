@@ -7,6 +7,7 @@ appended, up to `max_repairs` times; each attempt is kept for the step record.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,8 +17,12 @@ from pydantic import ValidationError
 from pipeline import schema as schemas
 from pipeline.envelope import Usage
 from pipeline.errors import OutputInvalid
-from pipeline.models.openai_compat import chat
+from pipeline.models.openai_compat import Completion, chat
 from pipeline.spec import ModelConfig
+
+# (messages, schema, params) -> one completion, its own retries and fallbacks included
+Complete = Callable[[list[dict[str, Any]], dict[str, Any] | None, dict[str, Any] | None],
+                    Completion]
 
 
 @dataclass
@@ -51,7 +56,13 @@ def ask(
     params: dict[str, Any] | None = None,
     max_repairs: int = 2,
     step_tag: str | None = None,
+    complete: Complete | None = None,
 ) -> Answer:
+    """`complete` makes the calls (the gateway); by default `chat` on `client` and `cfg`."""
+    if complete is None:
+        def complete(m: list[dict[str, Any]], s: dict[str, Any] | None,
+                     p: dict[str, Any] | None) -> Completion:
+            return chat(client, cfg, m, schema=s, params=p, step_tag=step_tag)
     messages: list[dict[str, Any]] = []
     if system:
         messages.append({"role": "system", "content": system})
@@ -59,8 +70,7 @@ def ask(
     usage = Usage()
     attempts: list[dict[str, Any]] = []
     for attempt in range(max_repairs + 1):
-        completion = chat(client, cfg, messages, schema=output_schema, params=params,
-                          step_tag=step_tag)
+        completion = complete(messages, output_schema, params)
         usage = usage + completion.usage
         if output_schema is None:
             return Answer(completion.text, usage, attempts)
@@ -69,7 +79,9 @@ def ask(
         except OutputInvalid as exc:
             attempts.append({"attempt": attempt + 1, "error": str(exc)})
             if attempt == max_repairs:
-                raise OutputInvalid(f"{exc} (after {max_repairs} repair attempts)") from exc
+                failed = OutputInvalid(f"{exc} (after {max_repairs} repair attempts)")
+                failed.attempts = attempts  # type: ignore[attr-defined]
+                raise failed from exc
             messages = [
                 *messages,
                 {"role": "assistant", "content": completion.text},

@@ -1,33 +1,82 @@
-"""The tool registry: `@tool` registers a typed function; its arguments are checked by pydantic."""
+"""The tool registry: `@tool` turns a typed function into a tool a step or an agent can call.
+
+    @tool(timeout=10, retries=2, queue="legato.tools.slow")
+    def lookup(order_id: str, idempotency_key: str = "") -> dict: ...
+
+Arguments are checked by pydantic from the type hints, and the same hints give the JSON schema
+models see for function calling (`ToolSpec.openai()`). A parameter named `idempotency_key` is
+filled by Legato with a key derived from (run, step, call), the same on every redelivery, so a
+tool with side effects can make them happen once.
+"""
 
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any
 
-from pydantic import validate_call
+from pydantic import ConfigDict, TypeAdapter, create_model, validate_call
 
-F = TypeVar("F", bound=Callable[..., Any])
+IDEMPOTENCY_PARAM = "idempotency_key"
 
-_TOOLS: dict[str, Callable[..., Any]] = {}
+
+@dataclass(frozen=True)
+class ToolSpec:
+    name: str
+    fn: Callable[..., Any]  # validated: arguments are checked and coerced by pydantic
+    description: str
+    parameters: dict[str, Any]  # JSON schema of the arguments a model supplies
+    timeout: float | None = None
+    retries: int = 0
+    queue: str | None = None
+    wants_idempotency_key: bool = False
+
+    def openai(self) -> dict[str, Any]:
+        """The tool as OpenAI's function-calling API describes it."""
+        return {"type": "function", "function": {
+            "name": self.name, "description": self.description, "parameters": self.parameters}}
+
+
+_TOOLS: dict[str, ToolSpec] = {}
 
 
 class ToolNotFound(KeyError):
     pass
 
 
-def tool(fn: F | None = None, *, name: str | None = None) -> Any:
+def _parameters(fn: Callable[..., Any]) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for name, param in inspect.signature(fn).parameters.items():
+        if name == IDEMPOTENCY_PARAM:
+            continue
+        annotation = param.annotation if param.annotation is not inspect.Parameter.empty else Any
+        default = param.default if param.default is not inspect.Parameter.empty else ...
+        fields[name] = (annotation, default)
+    model = create_model(f"{fn.__name__}_args", __config__=ConfigDict(extra="forbid"), **fields)
+    schema = TypeAdapter(model).json_schema()
+    schema.pop("title", None)
+    return schema
+
+
+def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None,
+         timeout: float | None = None, retries: int = 0, queue: str | None = None) -> Any:
     """Register `fn` as a tool under `name` (default: the function's name)."""
 
-    def register(f: F) -> F:
-        _TOOLS[name or f.__name__] = validate_call(f)
+    def register(f: Callable[..., Any]) -> Callable[..., Any]:
+        params = inspect.signature(f).parameters
+        spec = ToolSpec(
+            name=name or f.__name__, fn=validate_call(f),
+            description=inspect.getdoc(f) or "", parameters=_parameters(f), timeout=timeout,
+            retries=retries, queue=queue, wants_idempotency_key=IDEMPOTENCY_PARAM in params)
+        _TOOLS[spec.name] = spec
         return f
 
     return register(fn) if fn is not None else register
 
 
-def get_tool(name: str) -> Callable[..., Any]:
+def get_tool(name: str) -> ToolSpec:
     try:
         return _TOOLS[name]
     except KeyError:

@@ -42,7 +42,8 @@ def test_a_failed_run_exits_1_and_shows_its_reason(stack_env, workers, fake):
     failed = legato_cli("submit", "summarize", "--input", '{"text": "x y z"}', "--wait",
                         env=stack_env)
     assert failed.returncode == 1
-    assert "summary: HTTP 400" in failed.stdout and "context length exceeded" in failed.stdout
+    assert "error: summary: " in failed.stdout and "(HTTP 400)" in failed.stdout
+    assert "context length exceeded" in failed.stdout
     listed = legato_cli("runs", "--status", "failed", "--json", env=stack_env)
     assert all(r["status"] == "failed" for r in json.loads(listed.stdout))
 
@@ -70,4 +71,22 @@ def test_bad_input_and_unknown_run_exit_2(stack_env):
     not_json = legato_cli("submit", "summarize", "--input", "{oops", env=stack_env)
     assert not_json.returncode == 2 and "--input is not JSON" in not_json.stderr
     unknown = legato_cli("status", "no-such-run", env=stack_env)
+    assert unknown.returncode == 2 and "no run 'no-such-run'" in unknown.stderr
+
+
+def test_cancel_and_resume_from_the_command_line(stack_env, workers, fake):
+    fake.script({"faults": [{"kind": "status", "code": 400, "body": "refused once", "times": 1}]})
+    failed = legato_cli("submit", "summarize", "--input", '{"text": "resume me"}', "--wait",
+                        "--json", env=stack_env)
+    assert failed.returncode == 1
+    run_id = json.loads(failed.stdout)["id"]
+
+    resumed = legato_cli("resume", run_id, "--wait", env=stack_env)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "succeeded" in resumed.stdout
+    again = legato_cli("resume", run_id, env=stack_env)
+    assert again.returncode == 2 and "only failed or cancelled runs resume" in again.stderr
+    done = legato_cli("cancel", run_id, env=stack_env)
+    assert done.returncode == 0 and "had already finished" in done.stdout
+    unknown = legato_cli("cancel", "no-such-run", env=stack_env)
     assert unknown.returncode == 2 and "no run 'no-such-run'" in unknown.stderr

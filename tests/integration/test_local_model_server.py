@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 import pytest
 from pydantic import BaseModel, ConfigDict
 
 from pipeline.local.model_server import LocalModelServer, find_smollm2_gguf, llama_server_missing
+from pipeline.models import Gateway, ask
+from pipeline.spec import ModelConfig
 
 pytestmark = pytest.mark.local_model
 
@@ -77,3 +79,21 @@ def test_json_schema_constrained_completion(server: LocalModelServer) -> None:
     content = body["choices"][0]["message"]["content"]
     Sentiment.model_validate(json.loads(content))
     assert body["usage"]["completion_tokens"] > 0
+
+
+def test_ask_returns_schema_valid_output_through_the_gateway(server: LocalModelServer) -> None:
+    # The whole `ask` path a step takes: the gateway (retry policy, trace), the json_object +
+    # schema request llama.cpp constrains with a grammar, parsing, validation and repairs.
+    cfg = ModelConfig(base_url=server.base_url, model=server.model_name,
+                      structured_output="json_object", params={"max_tokens": 64}, timeout=120)
+    trace: list[dict[str, Any]] = []
+    with httpx.Client() as client:
+        gateway = Gateway(client)
+        answer = ask(client, cfg, "I love this product, it works great!",
+                     system="Classify the sentiment. Answer in JSON.", output_schema=SCHEMA,
+                     max_repairs=2,
+                     complete=lambda m, s, p: gateway.complete({"local": cfg}, "local", m,
+                                                               schema=s, params=p, trace=trace))
+    Sentiment.model_validate(answer.output)
+    assert answer.usage.calls == len(answer.attempts) + 1 <= 3
+    assert all(call["outcome"] == "ok" for call in trace) and len(trace) == answer.usage.calls

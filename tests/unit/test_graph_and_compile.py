@@ -217,7 +217,8 @@ def test_orchestrate_is_a_plan_task_then_workers_and_a_synthesizer(app: Celery) 
     assert isinstance(fan, _chord)
     assert [s.kwargs["step"]["path"] for s in fan.tasks] == ["o/worker[0]", "o/worker[1]"]
     assert [s.kwargs["step"]["item"] for s in fan.tasks] == subtasks
-    assert (fan.body.task, fan.body.kwargs["step"]["item"]) == ("legato.synthesize", subtasks)
+    assert fan.body.task == "legato.synthesize"
+    assert fan.body.kwargs["step"]["item"] == {"subtasks": subtasks, "round": 0}
 
 
 def test_the_run_canvas_runs_every_step_then_finalize(app: Celery) -> None:

@@ -118,7 +118,7 @@ def test_the_request_goes_to_chat_completions_with_the_step_tag() -> None:
     completion = chat(server.client(), cfg, MESSAGES, step_tag="RUN/summary")
     assert completion.text == "hello" and completion.finish_reason == "stop"
     assert completion.usage.model_dump() == {"prompt_tokens": 7, "completion_tokens": 3,
-                                             "calls": 1}
+                                             "calls": 1, "cost": 0.0}
     (request,) = server.requests
     assert (request.method, str(request.url)) == ("POST", "http://model.test/v1/chat/completions")
     assert request.headers["X-Legato-Step"] == "RUN/summary"

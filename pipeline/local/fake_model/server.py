@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
@@ -31,6 +32,8 @@ class Stats:
         self.by_status: Counter[str] = Counter()
         self.by_fault: Counter[str] = Counter()
         self.by_step: Counter[str] = Counter()
+        self.by_step_ok: Counter[str] = Counter()  # 200 answers per step: calls that completed
+        self.by_second: Counter[str] = Counter()  # chat requests per wall-clock second (int)
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -39,6 +42,8 @@ class Stats:
             "by_status": dict(self.by_status),
             "by_fault": dict(self.by_fault),
             "by_step": dict(self.by_step),
+            "by_step_ok": dict(self.by_step_ok),
+            "by_second": dict(self.by_second),
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
         }
@@ -163,6 +168,7 @@ class FakeModelServer:
     async def _chat(self, request: Request) -> Response:
         stats = self.stats
         stats.requests += 1
+        stats.by_second[str(int(time.time()))] += 1
         step = request.headers.get("x-legato-step")
         if step is not None:
             stats.by_step[step] += 1
@@ -174,6 +180,8 @@ class FakeModelServer:
             stats.in_flight -= 1
         if response is not None:
             stats.by_status[str(response[0])] += 1
+            if response[0] == 200 and step is not None:
+                stats.by_step_ok[step] += 1
         return response
 
     async def _answer(self, request: Request) -> Response:

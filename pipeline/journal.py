@@ -1,0 +1,198 @@
+"""The step journal: memoized results, leases, heartbeats, and claiming steps whose worker died.
+
+Beginning a step is one round trip (a Lua script) that either
+- returns the stored result, if the step already succeeded (a redelivered message costs nothing);
+- says `busy`, if another delivery of the step holds a live lease (it must not run twice);
+- says `stopped`, if the run is already terminal (cancelled, failed, succeeded);
+- or writes the `running` record, takes the lease, keeps the task's signature (to dispatch it
+  again if this worker dies), and returns the job input and the outputs the step reads.
+Ending a step is one round trip too: the record, the outputs, usage, and the lease let go.
+
+Both are safe to send again when a connection drops mid-call (the client retries): beginning
+again with the same token re-takes the lease; ending again finds its record written and
+stops (usage is counted once).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.envelope import StepRecord
+from pipeline.keys import Keys, lease_member
+
+# KEYS: run, steps, outputs, leases, owner, sig, active, attempts
+# ARGV: path, running record (attempt 0), now, lease until, member, token, signature, run id,
+#       ids to read...
+_BEGIN = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {'missing'} end
+local prior = redis.call('HGET', KEYS[2], ARGV[1])
+if prior and string.find(prior, '"status":"succeeded"', 1, true) then
+  return {'done', prior}
+end
+if status ~= 'queued' and status ~= 'running' then return {'stopped', status} end
+if prior and string.find(prior, '"status":"running"', 1, true) then
+  local expiry = redis.call('ZSCORE', KEYS[4], ARGV[5])
+  local owner = redis.call('HGET', KEYS[5], ARGV[5])
+  local mine = owner == 'redispatch' or owner == ARGV[6]  -- a claimed lease, or this very call
+  if expiry and tonumber(expiry) > tonumber(ARGV[3]) and not mine then
+    return {'busy'}
+  end
+end
+local attempt = redis.call('HINCRBY', KEYS[8], ARGV[1], 1)
+local record = string.gsub(ARGV[2], '"attempt":0', '"attempt":' .. attempt, 1)
+redis.call('HSET', KEYS[2], ARGV[1], record)
+redis.call('ZADD', KEYS[4], ARGV[4], ARGV[5])
+redis.call('HSET', KEYS[5], ARGV[5], ARGV[6])
+redis.call('HSET', KEYS[6], ARGV[5], ARGV[7])
+redis.call('ZADD', KEYS[7], 'XX', ARGV[3], ARGV[8])
+if status == 'queued' then
+  redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[3])
+end
+local reply = {'go', redis.call('HGET', KEYS[1], 'input'), tostring(attempt)}
+for i = 9, #ARGV do
+  reply[#reply + 1] = redis.call('HGET', KEYS[3], ARGV[i]) or ''
+end
+return reply
+"""
+
+# KEYS: steps, outputs, run, leases, owner, sig, active
+# ARGV: path, record, member, token, now, run id, prompt, completion, calls, cost, output, ids...
+_END = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return 0 end  -- sent twice
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+for i = 12, #ARGV do
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[11])
+end
+if tonumber(ARGV[9]) > 0 then
+  redis.call('HINCRBY', KEYS[3], 'prompt_tokens', ARGV[7])
+  redis.call('HINCRBY', KEYS[3], 'completion_tokens', ARGV[8])
+  redis.call('HINCRBY', KEYS[3], 'calls', ARGV[9])
+  if tonumber(ARGV[10]) > 0 then
+    redis.call('HINCRBYFLOAT', KEYS[3], 'cost', ARGV[10])
+  end
+end
+if redis.call('HGET', KEYS[5], ARGV[3]) == ARGV[4] then
+  redis.call('ZREM', KEYS[4], ARGV[3])
+  redis.call('HDEL', KEYS[5], ARGV[3])
+  redis.call('HDEL', KEYS[6], ARGV[3])
+end
+redis.call('ZADD', KEYS[7], 'XX', ARGV[5], ARGV[6])
+return 1
+"""
+
+# KEYS: leases, owner, active. ARGV: lease until, now, then (member, token, run id) triples.
+_RENEW = """
+local renewed = 0
+for i = 3, #ARGV, 3 do
+  if redis.call('HGET', KEYS[2], ARGV[i]) == ARGV[i + 1] then
+    redis.call('ZADD', KEYS[1], ARGV[1], ARGV[i])
+    redis.call('ZADD', KEYS[3], 'XX', ARGV[2], ARGV[i + 2])
+    renewed = renewed + 1
+  end
+end
+return renewed
+"""
+
+# KEYS: leases, owner, sig. ARGV: now, grace until, limit.
+# Claims expired leases for dispatching again: returns member, signature pairs.
+_CLAIM = """
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+local claimed = {}
+for _, member in ipairs(expired) do
+  local sig = redis.call('HGET', KEYS[3], member)
+  if sig then
+    redis.call('ZADD', KEYS[1], ARGV[2], member)
+    redis.call('HSET', KEYS[2], member, 'redispatch')
+    claimed[#claimed + 1] = member
+    claimed[#claimed + 1] = sig
+  else
+    redis.call('ZREM', KEYS[1], member)
+  end
+end
+return claimed
+"""
+
+
+@dataclass
+class Begin:
+    """What a step sees when it starts."""
+
+    state: str  # go | done | busy | stopped | missing
+    input: Any = None
+    outputs: dict[str, Any] = field(default_factory=dict)
+    prior: StepRecord | None = None
+    attempt: int = 1
+    run_status: str | None = None
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+class Journal:
+    def __init__(self, client: Any, keys: Keys) -> None:
+        self.redis = client
+        self.keys = keys
+        self._begin = client.register_script(_BEGIN)
+        self._end = client.register_script(_END)
+        self._renew = client.register_script(_RENEW)
+        self._claim = client.register_script(_CLAIM)
+
+    def _attempts(self, run_id: str) -> str:
+        return f"{self.keys.run(run_id)}:attempts"
+
+    def begin(self, run_id: str, record: StepRecord, reads: tuple[str, ...], *, token: str,
+              signature: dict[str, Any], now: float, lease_seconds: float) -> Begin:
+        k = self.keys
+        running = record.model_copy(update={"attempt": 0}).model_dump_json()
+        reply = self._begin(
+            keys=[k.run(run_id), k.steps(run_id), k.outputs(run_id), k.leases, k.lease_owner,
+                  k.lease_sig, k.active, self._attempts(run_id)],
+            args=[record.path, running, repr(now), repr(now + lease_seconds),
+                  lease_member(run_id, record.path), token,
+                  json.dumps(signature, separators=(",", ":"), default=str), run_id, *reads],
+        )
+        state = reply[0]
+        if state == "done":
+            return Begin("done", prior=StepRecord.model_validate_json(reply[1]))
+        if state == "stopped":
+            return Begin("stopped", run_status=reply[1])
+        if state != "go":
+            return Begin(state)
+        outputs = {k: json.loads(v) for k, v in zip(reads, reply[3:], strict=True) if v}
+        return Begin("go", input=json.loads(reply[1]), outputs=outputs, attempt=int(reply[2]))
+
+    def end(self, run_id: str, record: StepRecord, publishes: tuple[str, ...], *, token: str,
+            now: float) -> None:
+        k = self.keys
+        ids = publishes if record.ok else ()
+        u = record.usage
+        self._end(
+            keys=[k.steps(run_id), k.outputs(run_id), k.run(run_id), k.leases, k.lease_owner,
+                  k.lease_sig, k.active],
+            args=[record.path, record.model_dump_json(), lease_member(run_id, record.path), token,
+                  repr(now), run_id, u.prompt_tokens, u.completion_tokens, u.calls,
+                  repr(getattr(u, "cost", 0.0)), _dumps(record.output), *ids],
+        )
+
+    def renew(self, held: list[tuple[str, str, str]], *, now: float,
+              lease_seconds: float) -> int:
+        """Extend the leases this process holds: (run id, path, token) each. One round trip."""
+        if not held:
+            return 0
+        k = self.keys
+        args: list[Any] = [repr(now + lease_seconds), repr(now)]
+        for run_id, path, token in held:
+            args += [lease_member(run_id, path), token, run_id]
+        return int(self._renew(keys=[k.leases, k.lease_owner, k.active], args=args))
+
+    def claim_expired(self, *, now: float, grace_seconds: float,
+                      limit: int = 100) -> list[tuple[str, dict[str, Any]]]:
+        """Steps whose lease ran out (their worker died): (member, signature) to dispatch again."""
+        k = self.keys
+        flat = self._claim(keys=[k.leases, k.lease_owner, k.lease_sig],
+                           args=[repr(now), repr(now + grace_seconds), limit])
+        return [(flat[i], json.loads(flat[i + 1])) for i in range(0, len(flat), 2)]

@@ -1,0 +1,73 @@
+"""Every Redis key Legato uses, in one place.
+
+    <p>:spec:<hash>            pinned pipeline JSON, written once per content hash
+    <p>:run:{<id>}             hash: the run record
+    <p>:run:{<id>}:steps       hash: step path -> StepRecord JSON (the journal)
+    <p>:run:{<id>}:outputs     hash: step id -> output JSON (what templates read)
+    <p>:runs                   sorted set: run ids by creation time
+    <p>:active                 sorted set: unfinished run ids by their last sign of life
+    <p>:idem:<key>             idempotency key -> run id
+    <p>:leases                 sorted set: "<run>|<path>" of steps being worked on, by lease expiry
+    <p>:lease:owner            hash: "<run>|<path>" -> token of the delivery holding the lease
+    <p>:lease:sig              hash: "<run>|<path>" -> the task's signature, to dispatch it again
+    <p>:done:<id>              pub/sub channel: the run reached a terminal state
+
+Lua scripts touch a run's keys and the global lease keys together, so Legato wants one Redis
+(a primary, with replicas if you like), not Redis Cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "legato"
+
+    def spec(self, digest: str) -> str:
+        return f"{self.prefix}:spec:{digest}"
+
+    def run(self, run_id: str) -> str:
+        return f"{self.prefix}:run:{{{run_id}}}"
+
+    def steps(self, run_id: str) -> str:
+        return f"{self.run(run_id)}:steps"
+
+    def outputs(self, run_id: str) -> str:
+        return f"{self.run(run_id)}:outputs"
+
+    def idem(self, key: str) -> str:
+        return f"{self.prefix}:idem:{key}"
+
+    def done(self, run_id: str) -> str:
+        return f"{self.prefix}:done:{run_id}"
+
+    @property
+    def runs(self) -> str:
+        return f"{self.prefix}:runs"
+
+    @property
+    def active(self) -> str:
+        return f"{self.prefix}:active"
+
+    @property
+    def leases(self) -> str:
+        return f"{self.prefix}:leases"
+
+    @property
+    def lease_owner(self) -> str:
+        return f"{self.prefix}:lease:owner"
+
+    @property
+    def lease_sig(self) -> str:
+        return f"{self.prefix}:lease:sig"
+
+
+def lease_member(run_id: str, path: str) -> str:
+    return f"{run_id}|{path}"
+
+
+def split_member(member: str) -> tuple[str, str]:
+    run_id, _, path = member.partition("|")
+    return run_id, path

@@ -1,0 +1,70 @@
+"""A circuit breaker per provider (base_url + model), shared by every worker through Redis.
+
+Closed: calls go through and each failed attempt counts. `failures` consecutive failed attempts
+open it: calls skip this provider (to a fallback) for `cooldown` seconds. Then it is half-open:
+one caller at a time gets a probe; a success closes it, a failure opens it for another cool-down.
+Keys: `<prefix>:breaker:<provider>` (a hash: failures, opened_at) and `...:probe` (a lock).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pipeline.spec import ModelConfig
+
+State = Literal["closed", "open", "half-open"]
+
+
+def provider_id(cfg: ModelConfig) -> str:
+    return hashlib.sha1(f"{cfg.base_url.rstrip('/')}|{cfg.model}".encode()).hexdigest()[:16]
+
+
+class CircuitBreaker:
+    def __init__(self, redis: Any, prefix: str = "legato", *,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.clock = clock
+
+    def key(self, cfg: ModelConfig) -> str:
+        return f"{self.prefix}:breaker:{provider_id(cfg)}"
+
+    def state(self, cfg: ModelConfig) -> State:
+        if cfg.breaker is None:
+            return "closed"
+        opened = self.redis.hget(self.key(cfg), "opened_at")
+        if opened is None:
+            return "closed"
+        return "open" if self.clock() - float(opened) < cfg.breaker.cooldown else "half-open"
+
+    def allow(self, cfg: ModelConfig) -> bool:
+        """May a call go to this provider now? In half-open, only the one probe may."""
+        state = self.state(cfg)
+        if state != "half-open":
+            return state == "closed"
+        assert cfg.breaker is not None
+        lock_ms = max(1, int(cfg.breaker.cooldown * 1000))
+        return bool(self.redis.set(self.key(cfg) + ":probe", "1", nx=True, px=lock_ms))
+
+    def is_open(self, cfg: ModelConfig) -> bool:
+        return self.state(cfg) == "open"
+
+    def failure(self, cfg: ModelConfig) -> None:
+        if cfg.breaker is None:
+            return
+        key = self.key(cfg)
+        pipe = self.redis.pipeline()
+        pipe.hincrby(key, "failures", 1)
+        pipe.delete(key + ":probe")
+        pipe.hexists(key, "opened_at")
+        failures, probing, was_open = pipe.execute()
+        if probing or was_open or failures >= cfg.breaker.failures:
+            self.redis.hset(key, "opened_at", repr(self.clock()))
+            self.redis.expire(key, int(cfg.breaker.cooldown * 10) + 60)
+
+    def success(self, cfg: ModelConfig) -> None:
+        if cfg.breaker is not None:
+            self.redis.delete(self.key(cfg), self.key(cfg) + ":probe")

@@ -1,0 +1,56 @@
+"""A content-addressed model response cache in Redis, for the same result on Tuesday as on Monday.
+
+The key is a hash of what decides a response: protocol, model, messages, params (after the
+deterministic defaults), schema and tools. Modes: `off`; `read-write` (a hit answers, a miss is
+called and stored); `replay` (a hit answers, a miss is an error: nothing reaches a model).
+Key: `<prefix>:cache:<sha256>` (JSON: text, usage, finish_reason, tool_calls).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pipeline.envelope import Usage
+from pipeline.models.openai_compat import Completion
+from pipeline.spec import ModelConfig
+
+Mode = Literal["off", "read-write", "replay"]
+MODES: tuple[str, ...] = ("off", "read-write", "replay")
+
+
+def cache_key(cfg: ModelConfig, messages: list[dict[str, Any]], *,
+              schema: dict[str, Any] | None, params: dict[str, Any] | None,
+              tools: list[dict[str, Any]] | None = None) -> str:
+    merged = {"temperature": 0, "seed": 0, **cfg.params, **(params or {})}
+    identity = {"protocol": cfg.protocol, "model": cfg.model, "messages": messages,
+                "params": merged, "schema": schema, "tools": tools,
+                "structured_output": cfg.structured_output if schema else None}
+    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class ResponseCache:
+    def __init__(self, redis: Any, prefix: str = "legato", ttl: int | None = None) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.ttl = ttl
+
+    def _key(self, digest: str) -> str:
+        return f"{self.prefix}:cache:{digest}"
+
+    def get(self, digest: str) -> Completion | None:
+        raw = self.redis.get(self._key(digest))
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        return Completion(text=data["text"], usage=Usage.model_validate(data["usage"]),
+                          finish_reason=data.get("finish_reason"),
+                          tool_calls=tuple(data.get("tool_calls") or ()))
+
+    def put(self, digest: str, completion: Completion) -> None:
+        data = {"text": completion.text, "usage": completion.usage.model_dump(),
+                "finish_reason": completion.finish_reason,
+                "tool_calls": list(completion.tool_calls)}
+        self.redis.set(self._key(digest), json.dumps(data, ensure_ascii=False), ex=self.ttl)

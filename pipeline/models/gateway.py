@@ -1,0 +1,190 @@
+"""The gateway: one per worker process, every model call goes through it.
+
+A call is a small pipeline of named policies around one wire request::
+
+    cache → budget.check → for each model in [alias, *fallbacks]:
+        breaker.allow → ratelimit.acquire → retry(post) → breaker / ratelimit / budget bookkeeping
+
+Whether an error is retried is decided by its type: TransientError is retried under the model's
+policy (`retry.for_model`) and then falls back to the next model; PermanentError, OutputInvalid
+and BudgetExceeded go straight up. An open circuit sends calls past a model, never into a failure:
+when every model's circuit is open the alias itself is called under its retry policy, so a short
+outage without fallbacks costs waits, not failed runs. Every attempt, its cause and the wait after
+it go into `trace`, which the step record keeps as `detail.model_calls`. Without Redis (unit
+tests, plain library use) the shared policies — breaker, rate limits, budgets, cache — are off.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from pipeline.envelope import Usage
+from pipeline.errors import PermanentError, StepError, TransientError
+from pipeline.models import anthropic, openai_compat
+from pipeline.models.breaker import CircuitBreaker
+from pipeline.models.budget import BudgetMeter, cost_of
+from pipeline.models.cache import Mode, ResponseCache, cache_key
+from pipeline.models.openai_compat import Completion
+from pipeline.models.ratelimit import RateLimiter, estimate_tokens
+from pipeline.models.retry import for_model
+from pipeline.spec import Budget, ModelConfig
+
+Post = Callable[..., Completion]
+PROTOCOLS: dict[str, Post] = {"openai": openai_compat.post, "anthropic": anthropic.post}
+
+
+@dataclass(frozen=True)
+class RunScope:
+    """What the gateway needs to know about the run a call belongs to."""
+
+    run_id: str
+    budget: Budget | None = None
+    cache: Mode | None = None  # None: the gateway's default (LEGATO_CACHE)
+    started_at: float | None = None  # when the run was created: its deadline counts from here
+
+
+class Gateway:
+    def __init__(self, http: httpx.Client, redis: Any = None, prefix: str = "legato", *,
+                 sleep: Callable[[float], None] = time.sleep, default_cache: Mode = "off") -> None:
+        self.http = http
+        self.redis = redis
+        self.sleep = sleep
+        self.default_cache = default_cache
+        self.breaker = CircuitBreaker(redis, prefix) if redis is not None else None
+        self.limiter = RateLimiter(redis, prefix, sleep=sleep) if redis is not None else None
+        self.budgets = BudgetMeter(redis, prefix) if redis is not None else None
+        self.cache = ResponseCache(redis, prefix) if redis is not None else None
+
+    def complete(
+        self, models: dict[str, ModelConfig], alias: str, messages: list[dict[str, Any]], *,
+        schema: dict[str, Any] | None = None, params: dict[str, Any] | None = None,
+        step_tag: str | None = None, run: RunScope | None = None,
+        trace: list[dict[str, Any]] | None = None,
+    ) -> Completion:
+        trace = trace if trace is not None else []
+        primary = models[alias]
+        mode = (run.cache if run is not None else None) or self.default_cache
+        digest = None
+        if mode != "off" and self.cache is not None:
+            digest = cache_key(primary, messages, schema=schema, params=params)
+            hit = self.cache.get(digest)
+            if hit is not None:  # no call made: nothing used, nothing charged
+                trace.append({"model": alias, "cached": digest[:16], "outcome": "ok"})
+                return Completion(hit.text, Usage(), hit.finish_reason, hit.tool_calls)
+            if mode == "replay":
+                trace.append({"model": alias, "cached": digest[:16], "outcome": "miss"})
+                raise PermanentError(f"replay: no recorded response for this call to {alias!r} "
+                                     f"(cache key {digest[:16]})")
+        if run is not None and run.budget is not None and self.budgets is not None:
+            self.budgets.check(run.run_id, run.budget, started_at=run.started_at)
+        last: TransientError | None = None
+        candidates = _candidates(models, alias)
+        tried = False
+        for i, name in enumerate([*candidates, alias]):
+            cfg = models[name]
+            rest = [models[n] for n in candidates[i + 1:]]
+            if i == len(candidates):  # every circuit was open: no better place, retry as ever
+                if tried:
+                    break
+                rest = []
+            elif self.breaker is not None and not self.breaker.allow(cfg):
+                trace.append({"model": name, "attempts": [], "outcome": "circuit open"})
+                continue
+            entry: dict[str, Any] = {"model": name, "attempts": []}
+            trace.append(entry)
+            tried = True
+            try:
+                completion = self._call(name, cfg, messages, schema, params, step_tag, entry,
+                                        rest=rest)
+            except TransientError as exc:
+                entry["outcome"] = "failed"
+                last = exc
+                continue
+            except StepError:
+                entry["outcome"] = "failed"
+                raise
+            entry["outcome"] = "ok"
+            usage = completion.usage.model_copy(update={"cost": cost_of(cfg, completion.usage)})
+            completion = Completion(completion.text, usage, completion.finish_reason,
+                                    completion.tool_calls)
+            if run is not None and run.budget is not None and self.budgets is not None:
+                self.budgets.charge(run.run_id, run.budget, usage)
+            if digest is not None and self.cache is not None:
+                self.cache.put(digest, completion)
+            return completion
+        names = ", ".join(e["model"] + ("" if e.get("attempts") else f" ({e['outcome']})")
+                          for e in trace if "attempts" in e)
+        if last is None:
+            raise TransientError(f"no model available for {alias!r}: tried {names}")
+        raise TransientError(f"{last} (tried {names})", status_code=last.status_code,
+                             retry_after=last.retry_after)
+
+    def _call(self, name: str, cfg: ModelConfig, messages: list[dict[str, Any]],
+              schema: dict[str, Any] | None, params: dict[str, Any] | None,
+              step_tag: str | None, entry: dict[str, Any], *,
+              rest: list[ModelConfig]) -> Completion:
+        attempts: list[dict[str, Any]] = entry["attempts"]
+        post = PROTOCOLS[cfg.protocol]
+        breaker, limiter = self.breaker, self.limiter
+        estimate = 0
+
+        def once() -> Completion:
+            nonlocal estimate
+            if limiter is not None and cfg.rate_limit is not None:
+                estimate = estimate_tokens(messages, {**cfg.params, **(params or {})})
+                waited = limiter.acquire(name, cfg.rate_limit, estimate)
+                if waited:
+                    entry["rate_limited"] = round(entry.get("rate_limited", 0) + waited, 3)
+            started = time.monotonic()
+            try:
+                completion = post(self.http, cfg, messages, schema=schema, params=params,
+                                  step_tag=step_tag)
+            except StepError as exc:
+                attempt: dict[str, Any] = {"error": str(exc), "type": type(exc).__name__,
+                                           "seconds": round(time.monotonic() - started, 3)}
+                if getattr(exc, "status_code", None) is not None:
+                    attempt["status"] = exc.status_code  # type: ignore[attr-defined]
+                if getattr(exc, "retry_after", None) is not None:
+                    attempt["retry_after"] = exc.retry_after  # type: ignore[attr-defined]
+                attempts.append(attempt)
+                if isinstance(exc, TransientError) and breaker is not None:
+                    breaker.failure(cfg)
+                if limiter is not None and cfg.rate_limit is not None:
+                    limiter.reconcile(name, cfg.rate_limit, estimate, 0)
+                raise
+            attempts.append({"status": 200, "seconds": round(time.monotonic() - started, 3)})
+            if breaker is not None:
+                breaker.success(cfg)
+            if limiter is not None and cfg.rate_limit is not None:
+                limiter.reconcile(name, cfg.rate_limit, estimate, completion.usage.total_tokens)
+            return completion
+
+        def waited(seconds: float) -> None:
+            attempts[-1]["wait"] = round(seconds, 3)
+
+        def give_up() -> bool:  # the circuit opened: go on to a model whose circuit is not
+            if breaker is None or not breaker.is_open(cfg):
+                return False
+            return any(not breaker.is_open(other) for other in rest)
+
+        policy = for_model(cfg.max_attempts, cfg.max_retry_wait, give_up=give_up, waited=waited)
+        policy.sleep = self.sleep
+        return policy(once)
+
+
+def _candidates(models: dict[str, ModelConfig], alias: str) -> list[str]:
+    """The alias, then its fallbacks (and theirs), each once, in order."""
+    order: list[str] = []
+    pending = [alias]
+    while pending:
+        name = pending.pop(0)
+        if name in order or name not in models:
+            continue
+        order.append(name)
+        pending.extend(models[name].fallbacks)
+    return order

@@ -1,0 +1,49 @@
+"""Calling a tool: argument checks, a timeout, retries, and an idempotency key.
+
+A timed-out call cannot be killed (it is Python code in a thread); it is abandoned and its result
+ignored, and the step sees `TransientError`. That is why tools with side effects take the
+idempotency key: the retry or redelivery that follows carries the same key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+from pydantic import ValidationError
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from pipeline.errors import PermanentError, StepError, TransientError
+from pipeline.tools.registry import ToolSpec
+
+_pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="legato-tool")
+
+
+def idempotency_key(run_id: str, path: str, call_id: str) -> str:
+    return hashlib.sha256(f"{run_id}/{path}/{call_id}".encode()).hexdigest()[:32]
+
+
+def _once(spec: ToolSpec, args: dict[str, Any]) -> Any:
+    future = _pool.submit(spec.fn, **args)
+    try:
+        return future.result(timeout=spec.timeout)
+    except FutureTimeout:
+        raise TransientError(f"tool {spec.name!r} timed out after {spec.timeout}s") from None
+    except ValidationError as exc:
+        raise PermanentError(f"tool {spec.name!r} refused its arguments: {exc}") from exc
+    except StepError:
+        raise
+    except Exception as exc:
+        raise PermanentError(f"tool {spec.name!r} raised {type(exc).__name__}: {exc}") from exc
+
+
+def call_tool(spec: ToolSpec, args: dict[str, Any], *, key: str) -> Any:
+    """Run a tool under its timeout, retrying transient failures `spec.retries` times."""
+    if spec.wants_idempotency_key:
+        args = {**args, "idempotency_key": key}
+    retrying = Retrying(retry=retry_if_exception_type(TransientError),
+                        stop=stop_after_attempt(spec.retries + 1),
+                        wait=wait_exponential(multiplier=0.2, max=5), reraise=True)
+    return retrying(_once, spec, args)

@@ -1,0 +1,31 @@
+"""The bench harness runs end to end at tiny sizes and produces every row (no timing checks)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+ROWS = ("1. per-step overhead", "2. I/O throughput", "2b. raw Celery", "2c. Legato vs raw",
+        "2d. worker CPU", "3. fan-out", "4. Redis round trips", "5. worker RSS", "6. peer",
+        "6b. peer")
+
+
+def test_bench_quick_produces_every_row_the_doc_and_the_chart(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LEGATO_", "BENCH_"))}
+    out = tmp_path / "benchmarks.md"
+    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ROWS:
+        assert name in proc.stdout, (name, proc.stdout)
+    doc = out.read_text()
+    assert "<!-- bench:begin -->" in doc and "<!-- bench:end -->" in doc
+    assert all(name in doc for name in ROWS)
+    assert "nproc" in doc and "celery" in doc and "redis server" in doc
+    assert "Failed jobs: none" in doc, doc
+    if importlib.util.find_spec("matplotlib"):  # the chart needs the bench extra
+        assert (tmp_path / "benchmarks.png").stat().st_size > 1000

@@ -1,0 +1,143 @@
+"""docker-compose.yml, checked without a Docker engine: valid against the Compose specification's
+JSON schema (vendored: tests/data/compose-spec.json, from compose-spec/compose-spec), every command
+a Legato service runs parses as a real `legato` subcommand or `celery -A workers.app` command, and
+the operational promises hold (AOF + password, a worker per queue, scalable, Flower with auth)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import typer
+import yaml
+
+from pipeline.cli import app as legato_app
+from pipeline.compile import DEFAULT_QUEUES
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA = json.loads((ROOT / "tests" / "data" / "compose-spec.json").read_text())
+ENV = {"REDIS_PASSWORD": "pw", "FLOWER_BASIC_AUTH": "ops:secret", "LEGATO_MODEL_API_KEY": "sk-x"}
+REQUIRED = ("REDIS_PASSWORD", "FLOWER_BASIC_AUTH")
+
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+
+
+def interpolate(value: Any, env: dict[str, str]) -> Any:
+    """Compose's `${VAR}`, `${VAR:-default}`, `${VAR:?error}` and `$$`, recursively."""
+    if isinstance(value, dict):
+        return {k: interpolate(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name, op, arg = m.groups()
+        have = env.get(name)
+        if op in (":-", "-"):
+            return have if have else (arg or "")
+        if op in (":?", "?") and not have:
+            raise KeyError(f"{name}: {arg}")
+        return have or ""
+
+    return _VAR.sub(sub, value)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    raw = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return interpolate(raw, ENV)
+
+
+def legato_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {name: s for name, s in compose["services"].items() if "build" in s}
+
+
+def test_the_compose_file_is_valid_against_the_compose_spec(compose):
+    validator = jsonschema.Draft7Validator(SCHEMA)  # the schema's own draft
+    validator.validate(compose)
+    # ... and the check can fail: a typo'd service key is refused by the schema.
+    broken = json.loads(json.dumps(compose))
+    broken["services"]["worker-llm"]["comand"] = ["legato", "worker"]
+    with pytest.raises(jsonschema.ValidationError, match="comand"):
+        validator.validate(broken)
+
+
+def test_required_secrets_must_come_from_the_environment():
+    raw = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    for missing in REQUIRED:
+        with pytest.raises(KeyError, match=missing):
+            interpolate(raw, {k: v for k, v in ENV.items() if k != missing})
+
+
+def _check_command(argv: list[str]) -> None:
+    """Parse argv the way the program would, without running it (raises click errors)."""
+    if argv[0] == "legato":
+        group = typer.main.get_command(legato_app)
+        sub = group.commands.get(argv[1])  # type: ignore[attr-defined]
+        assert sub is not None, f"`legato {argv[1]}` is not a subcommand"
+        sub.make_context(argv[1], list(argv[2:]))
+    elif argv[0] == "celery":
+        assert argv[1:3] == ["-A", "workers.app"], argv
+        from celery.bin.celery import celery as celery_cli
+
+        sub = celery_cli.commands[argv[3]]
+        params = {p.name for p in sub.params}
+        options = [a for a in argv[4:] if a.startswith("-")]
+        for opt in options:
+            assert any(opt in p.opts for p in sub.params), f"celery {argv[3]}: unknown {opt}"
+        assert params
+    else:
+        raise AssertionError(f"{argv[0]!r} is not a command the project provides")
+
+
+def test_every_legato_service_runs_a_command_the_project_provides(compose):
+    services = legato_services(compose)
+    assert {"model", "worker-control", "worker-llm", "worker-tools", "worker-billing",
+            "flower"} <= set(services)
+    for service in services.values():
+        _check_command(service["command"])
+    with pytest.raises(AssertionError):
+        _check_command(["legato", "teleport"])
+    with pytest.raises(Exception, match="No such option"):
+        _check_command(["legato", "worker", "--no-such-option"])
+
+
+def test_one_worker_service_per_queue_each_scalable(compose):
+    queues: dict[str, str] = {}
+    for name, service in legato_services(compose).items():
+        argv = service["command"]
+        if "worker" not in argv:
+            continue
+        queue = argv[argv.index("-Q") + 1]
+        queues[queue] = name
+        # `--scale worker-x=N` needs replicas that do not collide.
+        assert "container_name" not in service and "ports" not in service, name
+        assert "-n" not in argv and "--name" not in argv, name
+    assert set(DEFAULT_QUEUES) | {"legato.branch.billing"} == set(queues)
+    assert queues["legato.llm"] == "worker-llm"
+
+
+def test_redis_has_aof_and_a_password_and_everyone_uses_it(compose):
+    redis_cmd = " ".join(compose["services"]["redis"]["command"])
+    assert "--appendonly yes" in redis_cmd and "--requirepass" in redis_cmd
+    for name, service in legato_services(compose).items():
+        assert service["environment"]["LEGATO_REDIS_URL"] == "redis://:pw@redis:6379/0", name
+
+
+def test_flower_runs_with_basic_auth(compose):
+    flower = compose["services"]["flower"]
+    assert flower["command"][:2] == ["legato", "flower"]
+    assert flower["environment"]["FLOWER_BASIC_AUTH"] == "ops:secret"
+
+
+def test_only_the_model_calling_workers_get_the_api_key(compose):
+    holders = {name for name, service in legato_services(compose).items()
+               if service["environment"].get("LEGATO_MODEL_API_KEY")}
+    assert holders == {"worker-llm", "worker-billing"}

@@ -1,0 +1,64 @@
+"""The tool registry: JSON schemas for function calling, options, idempotency keys."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.errors import PermanentError, TransientError
+from pipeline.loader import resolve
+from pipeline.spec import Agent, ModelConfig, Pipeline
+from pipeline.tools import get_tool, tool
+from pipeline.tools.runner import call_tool, idempotency_key
+
+
+@tool(name="unit_lookup", timeout=2.5, retries=2, queue="legato.tools.slow")
+def _lookup(order_id: str, limit: int = 3, idempotency_key: str = "") -> dict:
+    """Look up an order."""
+    return {"order": order_id, "limit": limit, "key": idempotency_key}
+
+
+def test_a_tool_describes_itself_for_function_calling():
+    spec = get_tool("unit_lookup")
+    described = spec.openai()
+    assert described["type"] == "function"
+    fn = described["function"]
+    assert fn["name"] == "unit_lookup" and fn["description"] == "Look up an order."
+    assert fn["parameters"]["properties"] == {
+        "order_id": {"title": "Order Id", "type": "string"},
+        "limit": {"default": 3, "title": "Limit", "type": "integer"},
+    }
+    assert fn["parameters"]["required"] == ["order_id"]
+    assert fn["parameters"]["additionalProperties"] is False  # the key is Legato's to give
+    assert (spec.timeout, spec.retries, spec.queue) == (2.5, 2, "legato.tools.slow")
+
+
+def test_calling_a_tool_checks_arguments_and_hands_it_the_idempotency_key():
+    spec = get_tool("unit_lookup")
+    key = idempotency_key("run1", "step/a", "call_7")
+    assert key == idempotency_key("run1", "step/a", "call_7") != idempotency_key("run1", "b", "0")
+    assert call_tool(spec, {"order_id": "A1", "limit": "5"}, key=key) == {
+        "order": "A1", "limit": 5, "key": key}
+    with pytest.raises(PermanentError, match="refused its arguments"):
+        call_tool(spec, {"limit": 1}, key=key)
+
+
+def test_a_slow_tool_times_out_as_a_transient_error():
+    @tool(name="unit_slow", timeout=0.05, retries=1)
+    def slow() -> str:
+        import time
+
+        time.sleep(0.5)
+        return "late"
+
+    with pytest.raises(TransientError, match="timed out after 0.05s"):
+        call_tool(get_tool("unit_slow"), {}, key="k")
+
+
+def test_an_agent_naming_an_unknown_tool_is_a_spec_error():
+    from pipeline.errors import SpecError
+
+    agent = Pipeline(name="a", steps=[Agent(id="a", model="m", prompt="p",
+                                            tools=["word_count", "no_such_tool"])])
+    with pytest.raises(SpecError) as info:
+        resolve(agent, {"m": ModelConfig(base_url="http://x/v1", model="m")})
+    assert info.value.path == "steps[0].tools[1]"

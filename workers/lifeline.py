@@ -1,0 +1,145 @@
+"""Keeping steps alive and bringing dead ones back.
+
+- `LeaseKeeper` (one per process that runs tasks): renews the leases of the steps in flight in
+  this process, every `heartbeat_seconds`, in one round trip.
+- `Sweeper` (one per worker): dispatches again the steps whose lease expired — their worker died —
+  with the same task id, chain and chord membership (claims are atomic, so several sweepers never
+  dispatch one step twice);
+  and recovers unfinished runs with no sign of life for `stall_seconds` (a message lost before
+  its step began), by sending the run's canvas again: completed steps are memoized, so only the
+  missing work runs. After `max_recoveries` such attempts the run fails as stalled.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from celery import Celery
+
+from pipeline.compile import Compiler
+from pipeline.keys import split_member
+from pipeline.settings import Settings
+from pipeline.store import RunStore
+
+log = logging.getLogger("legato.lifeline")
+
+
+class _Loop:
+    """A daemon thread calling `tick` every `every` seconds until stopped."""
+
+    def __init__(self, name: str, every: float) -> None:
+        self.every = every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                self.tick()
+            except Exception:  # Redis down for a moment: try again next time
+                log.warning("%s failed; retrying in %.1fs", self._thread.name, self.every,
+                            exc_info=True)
+
+    def tick(self) -> None:
+        raise NotImplementedError
+
+
+class LeaseKeeper(_Loop):
+    def __init__(self, store: RunStore, settings: Settings) -> None:
+        super().__init__("legato-heartbeat", settings.heartbeat_seconds)
+        self.store = store
+        self.lease_seconds = settings.lease_seconds
+        self._held: dict[tuple[str, str], str] = {}
+        self._lock = threading.Lock()
+
+    def hold(self, run_id: str, path: str, token: str) -> None:
+        with self._lock:
+            self._held[(run_id, path)] = token
+
+    def release(self, run_id: str, path: str) -> None:
+        with self._lock:
+            self._held.pop((run_id, path), None)
+
+    def tick(self) -> None:
+        with self._lock:
+            held = [(run_id, path, token) for (run_id, path), token in self._held.items()]
+        self.store.journal.renew(held, now=time.time(), lease_seconds=self.lease_seconds)
+
+
+class Sweeper(_Loop):
+    def __init__(self, store: RunStore, app: Celery, settings: Settings) -> None:
+        super().__init__("legato-sweeper", settings.sweep_seconds)
+        self.store = store
+        self.app = app
+        self.settings = settings
+
+    def tick(self) -> None:
+        self.sweep()
+
+    def sweep(self) -> dict[str, int]:
+        """One pass; returns what it did."""
+        done = {"redispatched": self._redispatch(), "recovered": 0, "failed": 0}
+        for run_id in self.store.claim_stalled(quiet_for=self.settings.stall_seconds):
+            done[self._recover(run_id)] += 1
+        return done
+
+    def _redispatch(self) -> int:
+        claimed = self.store.journal.claim_expired(
+            now=time.time(), grace_seconds=max(60.0, 4 * self.settings.lease_seconds))
+        for member, signature in claimed:
+            run_id, path = split_member(member)
+            log.warning("step %s of run %s lost its worker: dispatching it again", path, run_id)
+            self.app.signature(signature).apply_async()
+            self.store.bump(run_id, "redispatches")
+        return len(claimed)
+
+    def _recover(self, run_id: str) -> str:
+        try:
+            run = self.store.get_run(run_id)
+        except Exception:
+            self.store.redis.zrem(self.store.keys.active, run_id)
+            return "failed"
+        if self.store.bump(run_id, "recoveries") > self.settings.max_recoveries:
+            quiet = int(self.settings.stall_seconds)
+            self.store.finish_run(run_id, "failed",
+                                  error=f"stalled: no step made progress for {quiet}s")
+            return "failed"
+        log.warning("run %s shows no sign of life: sending it again", run_id)
+        spec = self.store.get_spec(run.spec_hash)
+        Compiler(self.app, run_id, run.spec_hash).run(spec).apply_async()
+        return "recovered"
+
+
+_keeper: LeaseKeeper | None = None
+_keeper_lock = threading.Lock()
+
+
+def keeper(store: RunStore, settings: Settings) -> LeaseKeeper:
+    """This process's lease keeper, started on first use (works for every pool)."""
+    global _keeper
+    if _keeper is None:
+        with _keeper_lock:
+            if _keeper is None:
+                _keeper = LeaseKeeper(store, settings)
+                _keeper.start()
+    return _keeper
+
+
+def forget_keeper() -> None:
+    """After a fork: the parent's thread did not come along."""
+    global _keeper
+    _keeper = None
+
+
+def signature_json(task: Any) -> dict[str, Any]:
+    """The running task's own signature — same id, chain and chord — as plain JSON data."""
+    return dict(task.signature_from_request())

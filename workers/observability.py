@@ -1,0 +1,175 @@
+"""What a worker tells operators: logs that carry run id and step path, and OpenTelemetry traces.
+
+Logs: a `task_prerun` hook puts the task's run id and step path in a context variable; a
+`logging.Filter` on the worker's handlers copies them onto every record (`record.run_id`,
+`record.step`), so any line logged while a step runs — Legato's, httpx's, Celery's "succeeded in"
+— says which run and step it belongs to. `LEGATO_LOG_FORMAT=json` writes one JSON object a line
+(for Loki, CloudWatch, ...); otherwise ` run=<id> step=<path>` is appended to the usual text.
+
+Traces: with `LEGATO_OTEL=1`, `opentelemetry-instrumentation-celery` (the `otel` extra) traces
+every publish and every task run, with the run id and step path as span attributes. Exporter:
+`OTEL_TRACES_EXPORTER` = `otlp` (default; `OTEL_EXPORTER_OTLP_ENDPOINT`) or `console`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from contextvars import ContextVar
+from typing import Any
+
+log = logging.getLogger("legato.worker")
+
+_current: ContextVar[tuple[str, str] | None] = ContextVar("legato_step", default=None)
+
+
+def step_of(kwargs: dict[str, Any] | None) -> tuple[str, str] | None:
+    """(run id, step path) from a Legato task's kwargs, if it is one."""
+    if not kwargs:
+        return None
+    step = kwargs.get("step")
+    if isinstance(step, dict) and "run_id" in step:
+        return str(step["run_id"]), str(step.get("path") or step.get("node") or "")
+    if "run_id" in kwargs:  # legato.finalize
+        return str(kwargs["run_id"]), "(finalize)"
+    return None
+
+
+def on_task_prerun(task: Any = None, kwargs: dict[str, Any] | None = None, **_: Any) -> None:
+    _current.set(step_of(kwargs))
+    if task is not None and (found := step_of(kwargs)) is not None:
+        _annotate_span(*found)
+
+
+def on_task_postrun(**_: Any) -> None:
+    _current.set(None)
+
+
+class StepContextFilter(logging.Filter):
+    """Adds `run_id` and `step` (or "-") to every record passing through a handler."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        found = _current.get()
+        record.run_id, record.step = found if found else ("-", "-")
+        return True
+
+
+class StepTextFormatter(logging.Formatter):
+    """The handler's own format, plus ` run=<id> step=<path>` while a step runs."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = self.inner.format(record)
+        run_id = getattr(record, "run_id", "-")
+        if run_id != "-":
+            text += f" run={run_id} step={getattr(record, 'step', '-')}"
+        return text
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+                  + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "process": record.process,
+            "thread": record.threadName,
+        }
+        run_id = getattr(record, "run_id", "-")
+        if run_id != "-":
+            entry["run_id"], entry["step"] = run_id, getattr(record, "step", "-")
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def install_log_context(logger: logging.Logger | None = None, **_: Any) -> None:
+    """Put the step filter and formatter on a logger's handlers (Celery's setup-logger hooks)."""
+    json_lines = os.environ.get("LEGATO_LOG_FORMAT", "text").lower() == "json"
+    for handler in (logger or logging.getLogger()).handlers:
+        if any(isinstance(f, StepContextFilter) for f in handler.filters):
+            continue
+        handler.addFilter(StepContextFilter())
+        if json_lines:
+            handler.setFormatter(JsonFormatter())
+        elif not isinstance(handler.formatter, StepTextFormatter):
+            handler.setFormatter(StepTextFormatter(handler.formatter))
+
+
+# -- OpenTelemetry ---------------------------------------------------------------------------
+
+_traced = False
+
+
+def otel_enabled() -> bool:
+    return os.environ.get("LEGATO_OTEL", "0").lower() in ("1", "true", "yes", "on")
+
+
+def setup_tracing(*, force: bool = False) -> bool:
+    """Instrument Celery with OpenTelemetry if LEGATO_OTEL is on (or `force`). True if it did.
+
+    A tracer provider already set by the host application is kept; otherwise one is made with
+    the exporter named by OTEL_TRACES_EXPORTER.
+    """
+    global _traced
+    if _traced or not (force or otel_enabled()):
+        return _traced
+    try:
+        from opentelemetry import trace
+        from opentelemetry.instrumentation.celery import CeleryInstrumentor
+    except ImportError:
+        log.warning("LEGATO_OTEL is on but OpenTelemetry is not installed: "
+                    "pip install 'legato[otel]'")
+        return False
+    if not _has_provider(trace):
+        provider = _make_provider()
+        if provider is not None:
+            trace.set_tracer_provider(provider)
+    CeleryInstrumentor().instrument()
+    _traced = True
+    return True
+
+
+def _has_provider(trace: Any) -> bool:
+    provider = trace.get_tracer_provider()
+    return type(provider).__name__ not in ("ProxyTracerProvider", "NoOpTracerProvider")
+
+
+def _make_provider() -> Any:
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+
+    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "legato")})
+    provider = TracerProvider(resource=resource)
+    kind = os.environ.get("OTEL_TRACES_EXPORTER", "otlp").lower()
+    if kind == "console":
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
+    elif kind == "otlp":
+        try:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        except ImportError:
+            log.warning("OTEL_TRACES_EXPORTER=otlp needs opentelemetry-exporter-otlp-proto-http")
+            return provider
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    return provider
+
+
+def _annotate_span(run_id: str, step: str) -> None:
+    if not _traced:
+        return
+    from opentelemetry import trace
+
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attribute("legato.run_id", run_id)
+        span.set_attribute("legato.step", step)
