@@ -4,7 +4,7 @@ import socket
 import time
 from pathlib import Path
 
-from pipeline.tools import tool
+from pipeline.tools import http_tool, tool
 
 
 @tool
@@ -42,3 +42,7 @@ def flaky_ledger(path: str, idempotency_key: str = "") -> int:
 def where_am_i() -> str:
     """Runs on the queue the tool names, whatever the step says."""
     return socket.gethostname()
+
+
+# An HTTP tool whose URL template takes the port: the fake model server's health check.
+http_tool("local_health", url="http://127.0.0.1:{port}/health", timeout=2, retries=0)

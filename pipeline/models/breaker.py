@@ -4,6 +4,10 @@ Closed: calls go through and each failed attempt counts. `failures` consecutive 
 open it: calls skip this provider (to a fallback) for `cooldown` seconds. Then it is half-open:
 one caller at a time gets a probe; a success closes it, a failure opens it for another cool-down.
 Keys: `<prefix>:breaker:<provider>` (a hash: failures, opened_at) and `...:probe` (a lock).
+
+The healthy path costs no round trip: a process that found a provider closed with no failure on
+record trusts that for `TRUST_CLOSED` seconds, and a success is written only when there may be
+something to reset. So a breaker opened elsewhere is noticed here within a second.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any, Literal
 from pipeline.spec import ModelConfig
 
 State = Literal["closed", "open", "half-open"]
+TRUST_CLOSED = 1.0
 
 
 def provider_id(cfg: ModelConfig) -> str:
@@ -28,6 +33,7 @@ class CircuitBreaker:
         self.redis = redis
         self.prefix = prefix
         self.clock = clock
+        self._closed_until: dict[str, float] = {}  # provider -> until when "closed" is trusted
 
     def key(self, cfg: ModelConfig) -> str:
         return f"{self.prefix}:breaker:{provider_id(cfg)}"
@@ -35,10 +41,16 @@ class CircuitBreaker:
     def state(self, cfg: ModelConfig) -> State:
         if cfg.breaker is None:
             return "closed"
-        opened = self.redis.hget(self.key(cfg), "opened_at")
-        if opened is None:
+        key, now = self.key(cfg), self.clock()
+        if self._closed_until.get(key, 0.0) > now:
             return "closed"
-        return "open" if self.clock() - float(opened) < cfg.breaker.cooldown else "half-open"
+        opened, failures = self.redis.hmget(key, "opened_at", "failures")
+        if opened is None:
+            if failures is None:  # not a failure on record anywhere: trust it for a moment
+                self._closed_until[key] = now + TRUST_CLOSED
+            return "closed"
+        self._closed_until.pop(key, None)
+        return "open" if now - float(opened) < cfg.breaker.cooldown else "half-open"
 
     def allow(self, cfg: ModelConfig) -> bool:
         """May a call go to this provider now? In half-open, only the one probe may."""
@@ -56,6 +68,7 @@ class CircuitBreaker:
         if cfg.breaker is None:
             return
         key = self.key(cfg)
+        self._closed_until.pop(key, None)
         pipe = self.redis.pipeline()
         pipe.hincrby(key, "failures", 1)
         pipe.delete(key + ":probe")
@@ -66,5 +79,9 @@ class CircuitBreaker:
             self.redis.expire(key, int(cfg.breaker.cooldown * 10) + 60)
 
     def success(self, cfg: ModelConfig) -> None:
-        if cfg.breaker is not None:
-            self.redis.delete(self.key(cfg), self.key(cfg) + ":probe")
+        if cfg.breaker is None:
+            return
+        key = self.key(cfg)
+        if self._closed_until.get(key, 0.0) > self.clock():
+            return  # found closed just now and no failure since: nothing to reset
+        self.redis.delete(key, key + ":probe")

@@ -76,6 +76,12 @@ def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None,
     return register(fn) if fn is not None else register
 
 
+def register_spec(spec: ToolSpec) -> ToolSpec:
+    """Register a tool built by hand (e.g. `http_tool`); its `fn` checks its own arguments."""
+    _TOOLS[spec.name] = spec
+    return spec
+
+
 def get_tool(name: str) -> ToolSpec:
     try:
         return _TOOLS[name]

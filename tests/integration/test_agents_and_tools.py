@@ -110,3 +110,27 @@ def test_a_tool_runs_on_the_queue_it_names(legato, fake):
     assert run.status == "succeeded", run.error
     here = _steps(legato, run.id)["here"]
     assert here.queue == "legato.branch.technical" and here.worker.startswith("branches@")
+
+
+def _port(fake) -> str:
+    return fake.root.rsplit(":", 1)[1]
+
+
+def test_http_tools_call_allowed_hosts_and_refuse_others(legato, fake):
+    pipeline = Pipeline(name="http_tools", steps=[
+        Tool(id="declared", tool="local_health", args={"port": "{{ input.port }}"}),
+        Tool(id="adhoc", tool="http_get", args={"url": "{{ input.url }}"}),
+    ])
+    ok = legato.wait(legato.submit(pipeline, {"port": _port(fake),
+                                              "url": f"{fake.root}/health"}), timeout=30)
+    assert ok.status == "succeeded", ok.error
+    steps = _steps(legato, ok.id)
+    assert steps["declared"].output["status"] == 200
+    assert steps["adhoc"].output == steps["declared"].output
+
+    refused = legato.wait(legato.submit(pipeline, {
+        "port": _port(fake), "url": "http://169.254.169.254/latest/meta-data"}), timeout=30)
+    assert refused.status == "failed"
+    assert refused.error == ("adhoc: refused URL 'http://169.254.169.254/latest/meta-data': "
+                             "host '169.254.169.254' is not in LEGATO_HTTP_TOOL_HOSTS")
+    assert _steps(legato, refused.id)["adhoc"].error_type == "PermanentError"

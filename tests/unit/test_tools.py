@@ -62,3 +62,22 @@ def test_an_agent_naming_an_unknown_tool_is_a_spec_error():
     with pytest.raises(SpecError) as info:
         resolve(agent, {"m": ModelConfig(base_url="http://x/v1", model="m")})
     assert info.value.path == "steps[0].tools[1]"
+
+
+@pytest.mark.parametrize(("hosts", "url", "allowed"), [
+    ("api.example.com", "https://api.example.com/v1/x", True),
+    ("api.example.com", "https://evil.example.com/", False),
+    ("*.example.com", "https://deep.api.example.com/", True),
+    ("*.example.com", "https://example.com.evil.net/", False),
+    ("", "https://api.example.com/", False),
+    ("api.example.com", "file:///etc/passwd", False),
+])
+def test_http_tools_obey_the_host_allow_list(monkeypatch, hosts, url, allowed):
+    from pipeline.tools.http import check_url
+
+    monkeypatch.setenv("LEGATO_HTTP_TOOL_HOSTS", hosts)
+    if allowed:
+        check_url(url)
+    else:
+        with pytest.raises(PermanentError, match="refused URL"):
+            check_url(url)
