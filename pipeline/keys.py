@@ -11,6 +11,11 @@
     <p>:lease:owner            hash: "<run>|<path>" -> token of the delivery holding the lease
     <p>:lease:sig              hash: "<run>|<path>" -> the task's signature, to dispatch it again
     <p>:done:<id>              pub/sub channel: the run reached a terminal state
+    <p>:run:{<id>}:attempts    hash: step path -> attempts begun
+    <p>:run:{<id>}:vote:<node>:votes|reached    quorum tallies (voting.py)
+
+The model layer keeps its shared state beside these (pipeline/models/): `<p>:breaker:<provider>`,
+`<p>:ratelimit:<alias>:requests|tokens`, `<p>:budget:<run>`, `<p>:cache:<digest>`.
 
 Lua scripts touch a run's keys and the global lease keys together, so Legato wants one Redis
 (a primary, with replicas if you like), not Redis Cluster.

@@ -82,6 +82,7 @@ class RunStore:
         self._finish = client.register_script(_FINISH)
         self._reopen = client.register_script(_REOPEN)
         self._claim_stalled = client.register_script(_CLAIM_STALLED)
+        self._stored_specs: set[str] = set()
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "legato") -> RunStore:
@@ -102,7 +103,9 @@ class RunStore:
 
     def put_spec(self, pipeline: Pipeline) -> str:
         digest = pipeline.content_hash()
-        self.redis.set(self.keys.spec(digest), pipeline.canonical_json(), nx=True)
+        if digest not in self._stored_specs:  # content-addressed: once per process is enough
+            self.redis.set(self.keys.spec(digest), pipeline.canonical_json(), nx=True)
+            self._stored_specs.add(digest)
         return digest
 
     def get_spec(self, digest: str) -> Pipeline:

@@ -16,7 +16,7 @@ from workers.app import app
 _client: Legato | None = None
 
 
-@app.task(name="legato.submit")
+@app.task(name="legato.submit", ignore_result=False)
 def submit(*, pipeline: str, input: Any, idempotency_key: str | None = None) -> dict[str, str]:
     global _client
     if _client is None:

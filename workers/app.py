@@ -53,6 +53,11 @@ def create_app(settings: Settings | None = None) -> Celery:
         worker_send_task_events=True,
         task_send_sent_event=True,
         result_expires=24 * 3600,
+        # Step results live in the journal and travel in messages: storing them in the result
+        # backend as well is a round trip per task for nobody. Chords still count their members
+        # (the Redis backend records each header result with the chord itself); `legato.submit`
+        # keeps its result for the Celery clients that call it.
+        task_ignore_result=True,
         broker_connection_retry_on_startup=True,
         # A Redis restart or a dropped connection is ridden out, not turned into lost work.
         broker_connection_max_retries=None,
