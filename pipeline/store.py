@@ -6,6 +6,7 @@ The key layout is in `keys.py`; the step journal (memo, leases) in `journal.py`.
 from __future__ import annotations
 
 import json
+import ssl
 import time
 from functools import lru_cache
 from typing import Any
@@ -68,6 +69,20 @@ return quiet
 """
 
 
+class _OutageRetry(Retry):
+    """redis-py's Retry, minus the ConnectionErrors that retrying cannot mend."""
+
+    def call_with_retry(self, do: Any, fail: Any, is_retryable: Any = None,
+                        with_failure_count: bool = False) -> Any:
+        def retryable(error: Exception) -> bool:
+            if isinstance(error, redis.AuthenticationError | ssl.SSLError) or (
+                    isinstance(error.__cause__ or error.__context__, ssl.SSLError)):
+                return False
+            return is_retryable(error) if is_retryable else True
+
+        return super().call_with_retry(do, fail, retryable, with_failure_count)
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
@@ -88,7 +103,8 @@ class RunStore:
     def from_url(cls, url: str, prefix: str = "legato") -> RunStore:
         # Ride out a Redis restart or a dropped connection: reconnect and retry each command for
         # about half a minute. The journal's scripts are safe to run again (see journal.py).
-        retry = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=20)
+        # A wrong password or an untrusted certificate is no outage: it fails at once.
+        retry = _OutageRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=20)
         client = redis.Redis.from_url(
             url, decode_responses=True, health_check_interval=30, socket_keepalive=True,
             retry=retry, retry_on_error=[redis.ConnectionError, redis.TimeoutError],
