@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -86,6 +87,7 @@ def run_demo(settings: Settings, *, model: str = "local", keep: bool | None = No
              timeout: float = 900.0) -> int:
     """Returns the exit code: 0 all succeeded, 1 some run did not, 130 interrupted."""
     console = Console()
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the stack as cleanly as Ctrl-C
     try:
         return _run(console, settings, model, keep, timeout)
     except KeyboardInterrupt:  # during start-up or a run: the stack is already stopped
@@ -131,6 +133,10 @@ def _run(console: Console, settings: Settings, model: str, keep: bool | None,
         console.print("stopped")
     failed = [r for r in records if r.status != "succeeded"]
     return 1 if failed else 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _tempdir() -> tempfile.TemporaryDirectory[str]:

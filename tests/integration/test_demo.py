@@ -40,5 +40,9 @@ def test_demo_with_the_fake_model_runs_everything_and_stops_on_ctrl_c(tmp_path):
         assert not port_open("127.0.0.1", redis_port)
         assert not port_open("127.0.0.1", flower_port)
     finally:
-        if demo.poll() is None:
-            demo.kill()
+        if demo.poll() is None:  # SIGTERM stops the demo's stack too; SIGKILL would not
+            demo.terminate()
+            try:
+                demo.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                demo.kill()
