@@ -1,4 +1,5 @@
-"""Rendering runs for people: a run summary, the step tree, a list of runs (rich)."""
+"""Rendering runs for people: a run summary and a list of runs (rich); the step waterfall is
+in waterfall.py, the HTML page in html_report.py."""
 
 from __future__ import annotations
 
@@ -47,26 +48,6 @@ def run_summary(run: RunRecord) -> Group:
         output = run.output if isinstance(run.output, str) else json.dumps(run.output, indent=2)
         lines.append(Text(f"output: {output}"))
     return Group(*lines)
-
-
-def step_table(run: RunRecord, steps: list[StepRecord]) -> Table:
-    """The step tree: one row per journaled step, indented by depth, in start order."""
-    origin = run.started_at or run.created_at
-    table = Table(show_edge=False, header_style="bold")
-    for column in ("step", "kind", "status", "queue", "worker", "start", "took", "tokens",
-                   "output / error"):
-        table.add_column(column, overflow="fold" if column == "output / error" else "ellipsis")
-    for s in _tree_order(steps):
-        depth = s.path.count("/")
-        name = "  " * depth + s.path.rsplit("/", 1)[-1]
-        start = f"+{s.started_at - origin:.2f}s" if s.started_at else ""
-        tokens = str(s.usage.total_tokens) if s.usage.calls else ""
-        detail = s.error if s.error else _preview(s.output)
-        if s.kind == "route" and isinstance(s.output, dict):
-            detail = f"→ {s.output.get('branch')}"
-        table.add_row(name, s.kind, _status(s.status), s.queue or "", (s.worker or "")[:24],
-                      start, _seconds(s.started_at, s.ended_at), tokens, detail)
-    return table
 
 
 def _tree_order(steps: list[StepRecord]) -> list[StepRecord]:

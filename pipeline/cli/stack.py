@@ -1,0 +1,89 @@
+"""Commands that run processes: worker, flower, model-server, fake-model, demo."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.cli import app, fail
+from pipeline.settings import get_settings
+
+
+@app.command()
+def worker(
+    queues: Annotated[str, typer.Option("--queues", "-Q", help="comma-separated")] = (
+        "legato.control,legato.llm,legato.tools"),
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c")] = 64,
+    pool: Annotated[str, typer.Option(help="threads holds many model calls in flight")] = (
+        "threads"),
+    name: Annotated[str | None, typer.Option("--name", "-n")] = None,
+    loglevel: str = "INFO",
+) -> None:
+    """Run a worker on the given queues (same as `celery -A workers.app worker`)."""
+    from workers.app import app as celery_app
+
+    argv = ["worker", "-Q", queues, "-c", str(concurrency), "-P", pool, f"--loglevel={loglevel}"]
+    if name:
+        argv += ["-n", name]
+    celery_app.worker_main(argv)
+
+
+@app.command()
+def flower(
+    port: int = 5555,
+    address: str = "127.0.0.1",
+    basic_auth: Annotated[str | None, typer.Option(help="user:password")] = None,
+) -> None:
+    """Run Flower against Legato's broker (tasks show under their public names)."""
+    argv = [sys.executable, "-m", "celery", "-A", "workers.app", "flower", f"--port={port}",
+            f"--address={address}"]
+    auth = basic_auth or os.environ.get("FLOWER_BASIC_AUTH")
+    if auth:
+        argv.append(f"--basic-auth={auth}")
+    os.execv(sys.executable, argv)
+
+
+@app.command("model-server")
+def model_server(
+    port: int = 8080,
+    host: str = "127.0.0.1",
+    model_path: Annotated[Path | None, typer.Option(help="a GGUF; default SmolLM2-135M")] = None,
+) -> None:
+    """Serve the local model (llama.cpp's OpenAI-compatible server) in the foreground."""
+    from pipeline.local.model_server import LocalModelServer
+
+    argv = LocalModelServer(model_path, port=port).command()
+    argv[argv.index("--host") + 1] = host
+    os.execv(argv[0], argv)
+
+
+@app.command("fake-model")
+def fake_model(
+    port: int = 8089,
+    host: str = "127.0.0.1",
+    script: Annotated[Path | None, typer.Option(help="YAML/JSON replies and faults")] = None,
+) -> None:
+    """Serve the deterministic, fault-injecting OpenAI-compatible fake model."""
+    from pipeline.local import fake_model as fake
+
+    fake.run(host, port, str(script) if script else None)
+
+
+@app.command()
+def demo(
+    model: Annotated[str, typer.Option(help="local (llama.cpp + SmolLM2) or fake")] = "local",
+    keep: Annotated[bool | None, typer.Option(help="keep running until Ctrl-C")] = None,
+) -> None:
+    """Start Redis, a model, workers and Flower; submit every example pipeline; show results.
+
+    With LEGATO_MODEL_BASE_URL set, the pipelines call that OpenAI-compatible API instead.
+    """
+    from pipeline.local.demo import run_demo
+
+    if model not in ("local", "fake"):
+        fail("--model is `local` or `fake`")
+    raise typer.Exit(run_demo(get_settings(), model=model, keep=keep))
