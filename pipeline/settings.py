@@ -38,6 +38,7 @@ class Settings:
     step_retries: int = 3
     step_retry_seconds: float = 2.0
     max_input_bytes: int = 1024 * 1024  # a job input's JSON size; larger ones are refused
+    max_output_bytes: int = 1024 * 1024  # a step output's JSON size; larger fails the step
 
     @property
     def broker(self) -> str:
@@ -66,6 +67,7 @@ class Settings:
             step_retries=int(_env("STEP_RETRIES", str(cls.step_retries))),
             step_retry_seconds=float(_env("STEP_RETRY_SECONDS", str(cls.step_retry_seconds))),
             max_input_bytes=int(_env("MAX_INPUT_BYTES", str(cls.max_input_bytes))),
+            max_output_bytes=int(_env("MAX_OUTPUT_BYTES", str(cls.max_output_bytes))),
         )
 
 

@@ -7,6 +7,7 @@ chain pass the failed result on untouched, and `legato.finalize` marks the run f
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -19,7 +20,7 @@ from celery.exceptions import Ignore
 
 from pipeline import graph
 from pipeline.envelope import StepInput, StepRecord, StepResult
-from pipeline.errors import StepError
+from pipeline.errors import PermanentError, StepError
 from pipeline.graph import Node
 from pipeline.journal import Begin
 from pipeline.kinds import Outcome, StepContext, check_gate
@@ -85,6 +86,14 @@ def journaled(task: Task, envelope: dict[str, Any], kind: str, work: Work, *,
     return record.result()
 
 
+def _check_size(output: Any, limit: int) -> None:
+    """Outputs live in Redis and feed later prompts: refuse one over the limit, readably."""
+    size = len(json.dumps(output, ensure_ascii=False, default=str).encode())
+    if size > limit:
+        raise PermanentError(f"output of {size} bytes is over the limit of {limit} "
+                             f"(LEGATO_MAX_OUTPUT_BYTES)")
+
+
 def _retry_in(task: Task, record: StepRecord, settings: Settings) -> float | None:
     """Seconds until a transiently failed step is tried again as a whole task, or None."""
     retries = task.request.retries or 0
@@ -101,6 +110,7 @@ def _work(record: StepRecord, work: Work, node: Node, spec: Pipeline, step: Step
                       run=resources.run_scope(step.run_id, spec))
     try:
         outcome = work(ctx, node, spec)
+        _check_size(outcome.output, get_settings().max_output_bytes)
         if final and node.step.gate is not None:
             check_gate(node.step.gate, outcome.output, ctx)
         record.status, record.output = "succeeded", outcome.output

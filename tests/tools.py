@@ -44,5 +44,11 @@ def where_am_i() -> str:
     return socket.gethostname()
 
 
+@tool
+def blob(size: int) -> str:
+    """A string of `size` characters: for size limits."""
+    return "x" * size
+
+
 # An HTTP tool whose URL template takes the port: the fake model server's health check.
 http_tool("local_health", url="http://127.0.0.1:{port}/health", timeout=2, retries=0)

@@ -306,3 +306,18 @@ def test_an_input_over_the_size_limit_is_refused_at_submit(legato):
     with pytest.raises(InputError, match="over the limit of 100"):
         small.submit("summarize", {"text": "y" * 200})
     assert legato.submit("summarize", {"text": "y" * 200})  # the default limit lets it through
+
+
+def test_a_step_output_over_the_size_limit_fails_the_step_readably(legato, fake):
+    from pipeline import Pipeline, Tool
+
+    pipeline = Pipeline(name="sizes", steps=[Tool(id="big", tool="blob", args={"size": 200_000})])
+    run = legato.wait(legato.submit(pipeline, {}), timeout=30)
+    assert run.status == "failed"
+    assert run.error == ("big: output of 200002 bytes is over the limit of 100000 "
+                         "(LEGATO_MAX_OUTPUT_BYTES)")
+    assert legato.store.redis.hget(legato.store.keys.outputs(run.id), "big") is None
+
+    small = legato.wait(legato.submit(Pipeline(name="sizes_ok", steps=[
+        Tool(id="small", tool="blob", args={"size": 1000})]), {}), timeout=30)
+    assert small.status == "succeeded" and len(small.output) == 1000
