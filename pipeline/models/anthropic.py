@@ -17,12 +17,14 @@ import httpx
 
 from pipeline.envelope import Usage
 from pipeline.errors import TransientError
-from pipeline.models.openai_compat import Completion, _timeout, permanent
+from pipeline.models.openai_compat import Completion
+from pipeline.models.wire import send
 from pipeline.spec import ModelConfig
 
 VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 1024
 ANSWER_TOOL = "answer"
+RESET_HEADERS = ("retry-after", "anthropic-ratelimit-requests-reset")
 _DROPPED = {"seed", "response_format", "frequency_penalty", "presence_penalty", "n"}
 
 
@@ -78,42 +80,14 @@ def parse(data: dict[str, Any]) -> Completion:
     )
 
 
-def _message(response: httpx.Response) -> str:
-    try:
-        return str(response.json().get("error", {}).get("message") or response.text[:300])
-    except ValueError:
-        return response.text[:300]
-
-
 def post(client: httpx.Client, cfg: ModelConfig, messages: list[dict[str, Any]], *,
          schema: dict[str, Any] | None = None, params: dict[str, Any] | None = None,
          step_tag: str | None = None) -> Completion:
     """One request to `<base_url>/messages`, no retry. Raises StepError subclasses."""
     url = cfg.base_url.rstrip("/") + "/messages"
     body = request_body(cfg, messages, schema=schema, params=params)
+    data = send(client, cfg, url, body, headers(cfg, step_tag), reset_headers=RESET_HEADERS)
     try:
-        response = client.post(url, json=body, headers=headers(cfg, step_tag),
-                               timeout=_timeout(cfg))
-    except httpx.TimeoutException as exc:
-        raise TransientError(f"model call timed out: {type(exc).__name__}") from exc
-    except httpx.TransportError as exc:
-        raise TransientError(f"model server unreachable: {exc!r}") from exc
-    status = response.status_code
-    if status in (408, 429) or status >= 500:
-        retry_after = None
-        for name in ("retry-after", "anthropic-ratelimit-requests-reset"):
-            value = response.headers.get(name)
-            if value:
-                try:
-                    retry_after = float(value)
-                    break
-                except ValueError:
-                    continue
-        raise TransientError(f"HTTP {status} from {cfg.model}: {_message(response)}",
-                             status_code=status, retry_after=retry_after)
-    if status >= 400:
-        raise permanent(status, cfg.model, _message(response))
-    try:
-        return parse(response.json())
-    except (ValueError, KeyError, TypeError) as exc:
+        return parse(data)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise TransientError(f"malformed response from {cfg.model}: {exc!r}") from exc

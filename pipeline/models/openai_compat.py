@@ -1,9 +1,9 @@
 """The OpenAI Chat Completions wire protocol over httpx, for any compatible server.
 
-`post` is one request: errors are mapped to Legato's types (429/5xx/timeouts are transient, other
-4xx permanent; a context-length 400 says so). `chat` is `post` under `retry.MODEL_CALL`; the
-gateway (gateway.py) runs `post` under its own per-model policy instead. Keys are read from the
-environment of the process making the call, never from messages.
+`post` is one request: errors are mapped to Legato's types by `wire.send` (429/5xx/timeouts are
+transient, other 4xx permanent; a context-length 400 says so). `chat` is `post` under
+`retry.MODEL_CALL`; the gateway (gateway.py) runs `post` under its own per-model policy instead.
+Keys are read from the environment of the process making the call, never from messages.
 """
 
 from __future__ import annotations
@@ -16,9 +16,13 @@ from typing import Any
 import httpx
 
 from pipeline.envelope import Usage
-from pipeline.errors import PermanentError, TransientError
+from pipeline.errors import TransientError
 from pipeline.models.retry import MODEL_CALL
+from pipeline.models.wire import send
 from pipeline.spec import ModelConfig
+
+# Where OpenAI-compatible servers say when to try again.
+RESET_HEADERS = ("retry-after", "x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")
 
 
 @dataclass(frozen=True)
@@ -37,31 +41,6 @@ def _headers(cfg: ModelConfig, step_tag: str | None) -> dict[str, str]:
     if step_tag:
         headers["X-Legato-Step"] = step_tag
     return headers
-
-
-def _timeout(cfg: ModelConfig) -> float | httpx._client.UseClientDefault:
-    """The model's own timeout, else the client's (LEGATO_HTTP_TIMEOUT); never None, which
-    would mean no timeout at all."""
-    return cfg.timeout if cfg.timeout else httpx.USE_CLIENT_DEFAULT
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    for name in ("retry-after", "x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"):
-        value = response.headers.get(name)
-        if value:
-            try:
-                return float(value.rstrip("s"))
-            except ValueError:
-                continue
-    return None
-
-
-def _error_message(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-        return str(body.get("error", {}).get("message") or body)
-    except ValueError:
-        return response.text[:300]
 
 
 def request_body(
@@ -88,18 +67,6 @@ def request_body(
     return body
 
 
-_CONTEXT_HINTS = ("context length", "context_length", "maximum context", "too many tokens",
-                  "prompt is too long", "context window")
-
-
-def permanent(status: int, model: str, message: str) -> PermanentError:
-    """A non-retryable 4xx; a context-length refusal is named as such."""
-    if any(h in message.lower() for h in _CONTEXT_HINTS):
-        return PermanentError(f"context too long for {model} (HTTP {status}): {message}",
-                              status_code=status)
-    return PermanentError(f"HTTP {status} from {model}: {message}", status_code=status)
-
-
 def post(client: httpx.Client, cfg: ModelConfig, messages: list[dict[str, Any]], *,
          schema: dict[str, Any] | None = None, params: dict[str, Any] | None = None,
          step_tag: str | None = None) -> Completion:
@@ -111,22 +78,8 @@ def post(client: httpx.Client, cfg: ModelConfig, messages: list[dict[str, Any]],
 def _post_once(client: httpx.Client, cfg: ModelConfig, body: dict[str, Any],
                headers: dict[str, str]) -> Completion:
     url = cfg.base_url.rstrip("/") + "/chat/completions"
+    data = send(client, cfg, url, body, headers, reset_headers=RESET_HEADERS)
     try:
-        response = client.post(url, json=body, headers=headers, timeout=_timeout(cfg))
-    except httpx.TimeoutException as exc:
-        raise TransientError(f"model call timed out: {type(exc).__name__}") from exc
-    except httpx.TransportError as exc:
-        raise TransientError(f"model server unreachable: {exc!r}") from exc
-    status = response.status_code
-    if status in (408, 429) or status >= 500:
-        raise TransientError(
-            f"HTTP {status} from {cfg.model}: {_error_message(response)}",
-            status_code=status, retry_after=_retry_after(response),
-        )
-    if status >= 400:
-        raise permanent(status, cfg.model, _error_message(response))
-    try:
-        data = response.json()
         choice = data["choices"][0]
         usage = data.get("usage") or {}
         calls = tuple({"id": c.get("id"), "name": c["function"]["name"],
@@ -142,7 +95,7 @@ def _post_once(client: httpx.Client, cfg: ModelConfig, body: dict[str, Any],
             ),
             finish_reason=choice.get("finish_reason"),
         )
-    except (ValueError, KeyError, IndexError, TypeError) as exc:
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
         raise TransientError(f"malformed response from {cfg.model}: {exc!r}") from exc
 
 

@@ -1,0 +1,74 @@
+"""What every provider's wire protocol shares: one POST, its errors mapped to Legato's types.
+
+Transport failures, 408, 429 and 5xx are `TransientError` (with the server's reset hint, if it
+gives one); other 4xx are `PermanentError`, a context-length refusal named as such. The protocols
+(openai_compat.py, anthropic.py) build the request and parse the answer around `send`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from pipeline.errors import PermanentError, TransientError
+from pipeline.spec import ModelConfig
+
+_CONTEXT_HINTS = ("context length", "context_length", "maximum context", "too many tokens",
+                  "prompt is too long", "context window")
+
+
+def timeout(cfg: ModelConfig) -> float | httpx._client.UseClientDefault:
+    """The model's own timeout, else the client's (LEGATO_HTTP_TIMEOUT); never None, which
+    would mean no timeout at all."""
+    return cfg.timeout if cfg.timeout else httpx.USE_CLIENT_DEFAULT
+
+
+def retry_after(response: httpx.Response, names: tuple[str, ...]) -> float | None:
+    """Seconds the server asks us to wait, from the first of `names` that parses."""
+    for name in names:
+        value = response.headers.get(name)
+        if value:
+            try:
+                return float(value.rstrip("s"))
+            except ValueError:
+                continue
+    return None
+
+
+def error_message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+        return str(body.get("error", {}).get("message") or body)
+    except (ValueError, AttributeError):
+        return response.text[:300]
+
+
+def permanent(status: int, model: str, message: str) -> PermanentError:
+    """A non-retryable 4xx; a context-length refusal is named as such."""
+    if any(h in message.lower() for h in _CONTEXT_HINTS):
+        return PermanentError(f"context too long for {model} (HTTP {status}): {message}",
+                              status_code=status)
+    return PermanentError(f"HTTP {status} from {model}: {message}", status_code=status)
+
+
+def send(client: httpx.Client, cfg: ModelConfig, url: str, body: dict[str, Any],
+         headers: dict[str, str], *, reset_headers: tuple[str, ...]) -> Any:
+    """POST `body`; return the answer's JSON, or raise TransientError / PermanentError."""
+    try:
+        response = client.post(url, json=body, headers=headers, timeout=timeout(cfg))
+    except httpx.TimeoutException as exc:
+        raise TransientError(f"model call timed out: {type(exc).__name__}") from exc
+    except httpx.TransportError as exc:
+        raise TransientError(f"model server unreachable: {exc!r}") from exc
+    status = response.status_code
+    if status in (408, 429) or status >= 500:
+        raise TransientError(f"HTTP {status} from {cfg.model}: {error_message(response)}",
+                             status_code=status,
+                             retry_after=retry_after(response, reset_headers))
+    if status >= 400:
+        raise permanent(status, cfg.model, error_message(response))
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise TransientError(f"malformed response from {cfg.model}: {exc!r}") from exc
