@@ -1,8 +1,13 @@
-"""Loop tasks: each round (or turn) is one task that replaces itself with the next one."""
+"""Loop tasks: each round (or turn) is one task that replaces itself with the next one.
+
+Iteration `i` is journaled at `<step>/<label>[i]` and reads iteration `i-1`'s output from the
+journal; the iteration that stops journals the step itself at `<step>`.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 from celery import Task
 
@@ -13,10 +18,38 @@ from pipeline.errors import BudgetExceeded
 from pipeline.graph import Node
 from pipeline.kinds import Outcome, StepContext
 from pipeline.loops import agent_turn, evaluate_round, next_move
-from pipeline.spec import Agent, Evaluate, Pipeline
+from pipeline.spec import Agent, Evaluate, Pipeline, Step
 from tasks.base import journaled, upstream_failure
 from workers import resources
 from workers.app import app
+
+
+def _previous(envelope: StepInput, label: str) -> Any:
+    """The output of the iteration before this one (None for the first)."""
+    i = envelope.index or 0
+    if not i:
+        return None
+    record = resources.store().get_step(envelope.run_id, f"{envelope.node}/{label}[{i - 1}]")
+    return record.output if record else None
+
+
+def _loop_step(envelope: StepInput) -> Step:
+    return graph.node(resources.store().get_spec(envelope.spec_hash), envelope.node).step
+
+
+def _go_on(task: Task, envelope: StepInput, label: str) -> NoReturn:
+    """Become the next iteration, on the queue this one came from."""
+    i = (envelope.index or 0) + 1
+    following = envelope.model_copy(update={"path": f"{envelope.node}/{label}[{i}]", "index": i})
+    compiler = Compiler(app, envelope.run_id, envelope.spec_hash)
+    raise task.replace(compiler.again(task.name, following, task.request))
+
+
+def _close(task: Task, step: dict[str, Any], kind: str,
+           outcome: Callable[[], Outcome]) -> dict[str, Any]:
+    """Journal the loop step itself (gate and outputs included) with the final outcome."""
+    closing = {**step, "path": step["node"], "index": None}
+    return journaled(task, closing, kind, lambda *_: outcome(), final=True).wire()
 
 
 @app.task(name="legato.evaluate", bind=True)
@@ -26,10 +59,7 @@ def evaluate(self: Task, prev: Any = None, *, step: dict[str, Any]) -> dict[str,
         return failed
     envelope = StepInput.model_validate(step)
     round_no = envelope.index or 0
-    store = resources.store()
-    previous_record = (store.get_step(envelope.run_id, f"{envelope.node}/round[{round_no - 1}]")
-                       if round_no else None)
-    previous = previous_record.output if previous_record else None
+    previous = _previous(envelope, "round")
 
     def work(ctx: StepContext, node: Node, _: Pipeline) -> Outcome:
         assert isinstance(node.step, Evaluate)
@@ -38,28 +68,14 @@ def evaluate(self: Task, prev: Any = None, *, step: dict[str, Any]) -> dict[str,
     result = journaled(self, step, "round", work, final=False)
     if not result.ok:
         return result.wire()
-    spec = store.get_spec(envelope.spec_hash)
-    evaluate_step = spec_step(spec, envelope.node)
-    move = next_move(evaluate_step, round_no, result.output, previous)
+    spec_step = _loop_step(envelope)
+    assert isinstance(spec_step, Evaluate)
+    move = next_move(spec_step, round_no, result.output, previous)
     if move is None:
-        following = envelope.model_copy(update={"path": f"{envelope.node}/round[{round_no + 1}]",
-                                                "index": round_no + 1})
-        compiler = Compiler(app, envelope.run_id, envelope.spec_hash)
-        raise self.replace(compiler.again("legato.evaluate", following, self.request))
+        _go_on(self, envelope, "round")
     why, kept = move
-
-    def close(ctx: StepContext, node: Node, _: Pipeline) -> Outcome:
-        return Outcome(kept, detail={"rounds": round_no + 1, "stopped": why,
-                                     "best_round": result.output["best"]["round"]})
-
-    closing = {**step, "path": envelope.node, "index": None}
-    return journaled(self, closing, "evaluate", close, final=True).wire()
-
-
-def spec_step(spec: Pipeline, node: str) -> Evaluate:
-    found = graph.node(spec, node).step
-    assert isinstance(found, Evaluate)
-    return found
+    return _close(self, step, "evaluate", lambda: Outcome(kept, detail={
+        "rounds": round_no + 1, "stopped": why, "best_round": result.output["best"]["round"]}))
 
 
 @app.task(name="legato.agent", bind=True)
@@ -70,9 +86,8 @@ def agent(self: Task, prev: Any = None, *, step: dict[str, Any]) -> dict[str, An
         return failed
     envelope = StepInput.model_validate(step)
     turn = envelope.index or 0
-    store = resources.store()
-    last = store.get_step(envelope.run_id, f"{envelope.node}/turn[{turn - 1}]") if turn else None
-    transcript = last.output["messages"] if last and last.output else None
+    last = _previous(envelope, "turn")
+    transcript = last["messages"] if last else None
 
     def work(ctx: StepContext, node: Node, _: Pipeline) -> Outcome:
         assert isinstance(node.step, Agent)
@@ -81,20 +96,16 @@ def agent(self: Task, prev: Any = None, *, step: dict[str, Any]) -> dict[str, An
     result = journaled(self, step, "turn", work, final=False)
     if not result.ok:
         return result.wire()
-    spec_agent = graph.node(store.get_spec(envelope.spec_hash), envelope.node).step
+    spec_agent = _loop_step(envelope)
     assert isinstance(spec_agent, Agent)
     answer = result.output["final"]
     if answer is None and turn + 1 < spec_agent.max_turns:
-        following = envelope.model_copy(update={"path": f"{envelope.node}/turn[{turn + 1}]",
-                                                "index": turn + 1})
-        compiler = Compiler(app, envelope.run_id, envelope.spec_hash)
-        raise self.replace(compiler.again("legato.agent", following, self.request))
+        _go_on(self, envelope, "turn")
 
-    def close(ctx: StepContext, node: Node, _: Pipeline) -> Outcome:
+    def close() -> Outcome:
         if answer is None:
             raise BudgetExceeded(f"the agent used its {turn + 1} turns without a final answer")
         calls = sum(1 for m in result.output["messages"] if m.get("role") == "tool")
         return Outcome(answer, detail={"turns": turn + 1, "tool_calls": calls})
 
-    closing = {**step, "path": envelope.node, "index": None}
-    return journaled(self, closing, "agent", close, final=True).wire()
+    return _close(self, step, "agent", close)
