@@ -19,9 +19,11 @@ from types import TracebackType
 
 class Service:
     def __init__(self, name: str, argv: list[str], *, env: dict[str, str] | None = None,
-                 ready: str | None = None, log_dir: Path | None = None) -> None:
+                 ready: str | None = None, log_dir: Path | None = None,
+                 cwd: Path | None = None) -> None:
         self.name = name
         self.argv = argv
+        self.cwd = cwd
         self.env = {**os.environ, **(env or {})}
         self.ready = re.compile(ready) if ready else None
         log_dir = log_dir or Path(tempfile.mkdtemp(prefix="legato-"))
@@ -31,7 +33,8 @@ class Service:
 
     def start(self, timeout: float = 30.0, *, wait: bool = True) -> Service:
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log,
+            self.proc = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd,
+                                         stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True)
         if self.ready is not None and wait:
             self._wait_ready(timeout)
@@ -71,6 +74,11 @@ class Service:
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.running():
+            assert self.proc is not None
             self.signal(signal.SIGKILL)
             self.proc.wait(5)
 

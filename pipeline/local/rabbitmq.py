@@ -11,17 +11,14 @@ an empty env file and no plugins (so no management listener on 15672).
 from __future__ import annotations
 
 import atexit
-import contextlib
 import os
 import shutil
-import signal
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 from types import TracebackType
 
-from pipeline.local.net import free_port, port_open
+from pipeline.local import processes
+from pipeline.local.net import free_port, port_open, wait_for_port
 
 _LIB_SCRIPT = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")  # Debian: the wrapper su's to rabbitmq
 
@@ -44,8 +41,11 @@ class RabbitServer:
         self.node = f"legato-{self.port}@localhost"
         self.dir = Path(tempfile.mkdtemp(prefix="legato-rabbit-"))
         self.startup_timeout = startup_timeout
-        self._epmd: subprocess.Popen[bytes] | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._epmd = processes.Service(
+            "epmd", [self.epmd, "-port", str(self.epmd_port), "-address", "127.0.0.1"],
+            log_dir=self.dir)
+        self._rabbit = processes.Service("rabbitmq", [self.executable], env=self.env(),
+                                         ready=r"completed with", log_dir=self.dir, cwd=self.dir)
 
     @property
     def url(self) -> str:
@@ -53,7 +53,7 @@ class RabbitServer:
 
     @property
     def log_path(self) -> Path:
-        return self.dir / "stdout.log"
+        return self._rabbit.log_path
 
     def env(self) -> dict[str, str]:
         d = self.dir
@@ -81,61 +81,26 @@ class RabbitServer:
         for port in (self.port, self.dist_port, self.epmd_port):
             if port_open("127.0.0.1", port):
                 raise RuntimeError(f"port {port} is already taken")
-        with open(d / "epmd.log", "wb") as log:
-            self._epmd = subprocess.Popen(
-                [self.epmd, "-port", str(self.epmd_port), "-address", "127.0.0.1"],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        with open(self.log_path, "wb") as log:
-            self._proc = subprocess.Popen([self.executable], cwd=d, env=self.env(),
-                                          stdin=subprocess.DEVNULL, stdout=log,
-                                          stderr=subprocess.STDOUT, start_new_session=True)
+        self._epmd.start()
         atexit.register(self.kill)
         try:
-            self._wait_ready()
+            self._rabbit.start(self.startup_timeout)
+            wait_for_port("127.0.0.1", self.port, self.startup_timeout)
         except BaseException:
             self.kill()
             raise
         return self
 
-    def _wait_ready(self) -> None:
-        assert self._proc is not None
-        deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"rabbitmq-server exited with {self._proc.returncode}:\n"
-                                   f"{self.log_tail()}")
-            if "completed with" in self.log_path.read_text(errors="replace") and port_open(
-                    "127.0.0.1", self.port):
-                return
-            time.sleep(0.1)
-        raise TimeoutError(f"rabbitmq-server not ready in {self.startup_timeout:g}s:\n"
-                           f"{self.log_tail()}")
-
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def _signal(self, proc: subprocess.Popen[bytes] | None, sig: int) -> None:
-        if proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, sig)  # its own session: beam and its helper children
+        return self._rabbit.log_tail(lines)
 
     def stop(self, timeout: float = 15.0) -> None:
-        self._signal(self._proc, signal.SIGTERM)
-        if self._proc is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._proc.wait(timeout)
+        self._rabbit.stop(timeout)
         self.kill()
 
     def kill(self) -> None:
-        for proc in (self._proc, self._epmd):
-            self._signal(proc, signal.SIGKILL)
-            if proc is not None:
-                proc.wait()
-        self._proc = self._epmd = None
+        self._rabbit.kill()
+        self._epmd.kill()
         atexit.unregister(self.kill)
 
     def __enter__(self) -> RabbitServer:
