@@ -18,21 +18,15 @@ from typing import Any
 import httpx
 from celery import Celery
 
+from workers.celery_config import WIRE_AND_DELIVERY
+
 QUEUE = "bench.raw"
 
 app = Celery("bench_raw", broker=os.environ.get("BENCH_RAW_REDIS_URL", "redis://127.0.0.1:6379/1"),
              backend=os.environ.get("BENCH_RAW_REDIS_URL", "redis://127.0.0.1:6379/1"))
 app.conf.update(
-    task_serializer="json",
-    result_serializer="json",
-    accept_content=["json"],
-    result_accept_content=["json"],
+    **WIRE_AND_DELIVERY,
     task_default_queue=QUEUE,
-    task_acks_late=True,
-    task_reject_on_worker_lost=True,
-    worker_prefetch_multiplier=1,
-    worker_send_task_events=True,
-    task_send_sent_event=True,
     broker_connection_retry_on_startup=True,
     broker_transport_options={"visibility_timeout": 3600},
     worker_hijack_root_logger=False,

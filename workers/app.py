@@ -33,6 +33,7 @@ from pipeline.settings import Settings, get_settings
 from pipeline.tools import load_tool_modules
 from workers import lifeline, observability, resources, tls
 from workers.backend import backend_url
+from workers.celery_config import WIRE_AND_DELIVERY
 
 TASK_MODULES = ("tasks.steps", "tasks.flow", "tasks.loops", "tasks.submit")
 
@@ -42,16 +43,8 @@ def create_app(settings: Settings | None = None) -> Celery:
     app = Celery("legato", broker=tls.verified(settings.broker),
                  backend=backend_url(tls.verified(settings.redis_url)), include=list(TASK_MODULES))
     app.conf.update(
-        task_serializer="json",
-        result_serializer="json",
-        accept_content=["json"],
-        result_accept_content=["json"],
+        **WIRE_AND_DELIVERY,
         task_default_queue=CONTROL,
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        worker_send_task_events=True,
-        task_send_sent_event=True,
         result_expires=24 * 3600,
         # Step results live in the journal and travel in messages: storing them in the result
         # backend as well is a round trip per task for nobody. Chords still count their members
