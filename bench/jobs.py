@@ -104,13 +104,6 @@ class LegatoJobs:
                      failed=sum(r[0] != "succeeded" for r in rows))
 
     def close(self) -> None:
-        # Stock Celery keeps every sent result pending; let them go while Redis is still up, not
-        # at interpreter exit.
-        pending = getattr(rawapp.app.backend, "_pending_results", None)
-        if pending is not None:
-            for store in pending:
-                store.clear()
-        gc.collect()
         self.poller.close()
         self.client.store.redis.close()
 
