@@ -13,7 +13,7 @@ from rich.text import Text
 
 from pipeline.envelope import RunRecord, StepRecord
 
-_STATUS_STYLE = {"succeeded": "green", "failed": "red", "running": "yellow", "queued": "cyan",
+STATUS_STYLE = {"succeeded": "green", "failed": "red", "running": "yellow", "queued": "cyan",
                  "cancelled": "magenta", "skipped": "dim"}
 
 
@@ -23,8 +23,8 @@ def _preview(value: Any, width: int = 70) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _status(status: str) -> Text:
-    return Text(status, style=_STATUS_STYLE.get(status, ""))
+def status_text(status: str) -> Text:
+    return Text(status, style=STATUS_STYLE.get(status, ""))
 
 
 def _seconds(start: float | None, end: float | None) -> str:
@@ -35,7 +35,7 @@ def _seconds(start: float | None, end: float | None) -> str:
 
 def run_summary(run: RunRecord) -> Group:
     head = Text.assemble(("run ", "bold"), run.id, "  ", (run.pipeline, "bold"), "  ",
-                         _status(run.status))
+                         status_text(run.status))
     lines: list[Any] = [head]
     took = _seconds(run.started_at or run.created_at, run.finished_at)
     u = run.usage
@@ -50,7 +50,7 @@ def run_summary(run: RunRecord) -> Group:
     return Group(*lines)
 
 
-def _tree_order(steps: list[StepRecord]) -> list[StepRecord]:
+def tree_order(steps: list[StepRecord]) -> list[StepRecord]:
     """Parents before children, siblings by when their subtree started."""
     first: dict[str, float] = {}
     for s in steps:
@@ -73,7 +73,7 @@ def runs_table(runs: list[RunRecord]) -> Table:
         table.add_column(column)
     for r in runs:
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at))
-        table.add_row(r.id, r.pipeline, _status(r.status), created,
+        table.add_row(r.id, r.pipeline, status_text(r.status), created,
                       _seconds(r.started_at, r.finished_at) if r.finished_at else "",
                       _preview(r.error or "", 60))
     return table

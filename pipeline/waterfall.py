@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from pipeline.envelope import RunRecord, StepRecord
-from pipeline.report import _STATUS_STYLE, _tree_order
+from pipeline.report import STATUS_STYLE, status_text, tree_order
 
 BAR_WIDTH = 32
 
@@ -43,7 +43,7 @@ def timeline(run: RunRecord, steps: list[StepRecord], now: float | None = None
     fallback_end = run.finished_at or now or max(
         [s.ended_at or s.started_at or origin for s in steps] + [origin])
     spans = []
-    for s in _tree_order(steps):
+    for s in tree_order(steps):
         start = (s.started_at or origin) - origin
         end = (s.ended_at or fallback_end) - origin
         spans.append(Span(s, s.path.count("/"), start, max(start, end)))
@@ -80,7 +80,7 @@ def _bar(span: Span, total: float, width: int = BAR_WIDTH) -> Text:
     length = max(1, round(span.took / total * width))
     left = min(left, width - 1)
     length = min(length, width - left)
-    style = _STATUS_STYLE.get(span.record.status, "")
+    style = STATUS_STYLE.get(span.record.status, "")
     return Text.assemble(" " * left, ("█" * length, style), " " * (width - left - length))
 
 
@@ -98,7 +98,7 @@ def waterfall(run: RunRecord, steps: list[StepRecord], now: float | None = None)
         if s.usage.cost:
             tokens += f" ({s.usage.cost:.4g})"
         table.add_row(
-            name, s.kind, Text(s.status, style=_STATUS_STYLE.get(s.status, "")), s.queue or "",
+            name, s.kind, status_text(s.status), s.queue or "",
             (s.worker or "")[:28], f"+{sp.start:.2f}s", f"{sp.took:.2f}s", tokens,
             _bar(sp, total), Text(decision(s), style="red" if s.error else ""),
         )
