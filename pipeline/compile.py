@@ -1,9 +1,13 @@
 """Pipeline -> Celery canvas: the one place that knows canvas shapes.
 
     llm, tool     one task on its queue
-    chain         celery.chain of its steps
+    chain         celery.chain of its steps; consecutive llm steps on one queue are one
+                  `legato.segment` task (each step still journaled), unless `fuse: false`
+    run           the pipeline's steps as a chain, then `legato.finalize` — folded into the
+                  last segment when the pipeline ends with llm steps
     route         a router task, which replaces itself with the chosen branch (on its queue)
-    parallel      chord(group(sections or votes), aggregate)
+    parallel      chord(group(sections or votes), aggregate); a vote's members go
+                  `LEGATO_BATCH_SIZE` to a `legato.llm_batch` task (unless it has a quorum)
     orchestrate   a plan task, which replaces itself with chord(group(work...), synthesize)
     evaluate      an evaluate task per round, each replacing itself with the next round
     agent         an agent task per turn, likewise
@@ -18,6 +22,8 @@ from typing import Any
 
 from celery import Celery, chain, chord, group
 from celery.canvas import Signature
+
+from pipeline.settings import get_settings
 
 from pipeline.envelope import StepInput
 from pipeline.spec import (
@@ -48,28 +54,67 @@ def _tool_queue(name: str) -> str | None:
 
 
 class Compiler:
-    def __init__(self, app: Celery, run_id: str, spec_hash: str) -> None:
+    def __init__(self, app: Celery, run_id: str, spec_hash: str, *, fuse: bool = True) -> None:
         self.app = app
         self.run_id = run_id
         self.spec_hash = spec_hash
+        self.fuse = fuse  # the pipeline's `fuse`
+
+    def _envelope(self, node: str, *, path: str | None = None, index: int | None = None,
+                  item: Any = None, quorum: int | None = None) -> dict[str, Any]:
+        envelope = StepInput(run_id=self.run_id, spec_hash=self.spec_hash, node=node,
+                             path=path or node, index=index, item=item, quorum=quorum)
+        return envelope.model_dump(mode="json", exclude_none=True)
 
     def _task(self, name: str, queue: str, node: str, *, path: str | None = None,
               index: int | None = None, item: Any = None,
               quorum: int | None = None) -> Signature:
-        envelope = StepInput(run_id=self.run_id, spec_hash=self.spec_hash, node=node,
-                             path=path or node, index=index, item=item, quorum=quorum)
-        return self.app.signature(
-            name, kwargs={"step": envelope.model_dump(mode="json", exclude_none=True)},
-            queue=queue,
-        )
+        step = self._envelope(node, path=path, index=index, item=item, quorum=quorum)
+        return self.app.signature(name, kwargs={"step": step}, queue=queue)
 
     def run(self, pipeline: Pipeline) -> Signature:
-        steps = [self.step(s, s.id) for s in pipeline.steps]
+        self.fuse = pipeline.fuse
+        steps = self._sequence(pipeline.steps, "", None, last=True)
+        if steps[-1].task == "legato.segment":
+            steps[-1].kwargs["finalize"] = True
+            return chain(*steps)
         finalize = self.app.signature(
             "legato.finalize", kwargs={"run_id": self.run_id, "spec_hash": self.spec_hash},
             queue=CONTROL,
         )
         return chain(*steps, finalize)
+
+    def _sequence(self, steps: list[Step], prefix: str, queue: str | None, *,
+                  last: bool = False) -> list[Signature]:
+        """Signatures for steps run in order. Consecutive llm steps on one queue become one
+        segment; a lone llm step stays a plain task, unless it ends the run (`last`), where a
+        segment of one also closes the run."""
+        out: list[Signature] = []
+        run: list[str] = []  # paths of the llm steps being fused
+        run_queue = ""
+
+        def flush(ending: bool = False) -> None:
+            if len(run) > 1 or (run and ending):
+                envelopes = [self._envelope(path) for path in run]
+                out.append(self.app.signature("legato.segment", kwargs={"steps": envelopes},
+                                              queue=run_queue))
+            elif run:
+                out.append(self._task("legato.llm", run_queue, run[0]))
+            run.clear()
+
+        for s in steps:
+            path = f"{prefix}{s.id}"
+            if isinstance(s, Llm) and self.fuse:
+                q = s.queue or queue or LLM
+                if run and q != run_queue:
+                    flush()
+                run.append(path)
+                run_queue = q
+                continue
+            flush()
+            out.append(self.step(s, path, queue))
+        flush(ending=last)
+        return out
 
     def step(self, step: Step, path: str, queue: str | None = None) -> Signature:
         queue = step.queue or queue
@@ -79,19 +124,13 @@ class Compiler:
             return self._task("legato.tool", step.queue or _tool_queue(step.tool) or queue
                               or TOOLS, path)
         if isinstance(step, Chain):
-            return chain(*[self.step(s, f"{path}/{s.id}", queue) for s in step.steps])
+            return chain(*self._sequence(step.steps, f"{path}/", queue))
         if isinstance(step, Route):
             by_model = step.classifier.model is not None
             return self._task("legato.route", queue or (LLM if by_model else CONTROL), path)
         if isinstance(step, Parallel):
             if step.vote is not None:
-                vote = step.vote.step
-                node = f"{path}/{vote.id}"
-                members = [
-                    self._task("legato.llm", vote.queue or queue or LLM, node,
-                               path=f"{node}[{i}]", index=i, quorum=step.vote.quorum)
-                    for i in range(step.vote.n)
-                ]
+                members = self._votes(step, path, queue)
             else:
                 members = [self.step(s, f"{path}/{s.id}", queue) for s in step.sections or []]
             by_model = step.aggregate.method == "llm"
@@ -106,6 +145,23 @@ class Compiler:
             return self._task("legato.agent", queue or LLM, path, path=f"{path}/turn[0]",
                               index=0)
         raise TypeError(f"no canvas for step kind {type(step).__name__}")
+
+    def _votes(self, step: Parallel, path: str, queue: str | None) -> list[Signature]:
+        """A vote's members: a task each when a quorum may skip the later ones, else batches
+        that run their members concurrently."""
+        assert step.vote is not None
+        vote, n, quorum = step.vote.step, step.vote.n, step.vote.quorum
+        node, queue = f"{path}/{vote.id}", vote.queue or queue or LLM
+        if quorum is not None or not self.fuse:
+            return [self._task("legato.llm", queue, node, path=f"{node}[{i}]", index=i,
+                               quorum=quorum) for i in range(n)]
+        size = max(1, get_settings().batch_size)
+        return [
+            self.app.signature("legato.llm_batch", queue=queue, kwargs={"steps": [
+                self._envelope(node, path=f"{node}[{i}]", index=i)
+                for i in range(start, min(n, start + size))]})
+            for start in range(0, n, size)
+        ]
 
     def again(self, name: str, envelope: StepInput, request: Any) -> Signature:
         """The next round of a loop task, on the queue this one came from."""

@@ -128,6 +128,18 @@ class Begin:
     run_status: str | None = None
 
 
+def _parse_begin(reply: list[Any], reads: tuple[str, ...]) -> Begin:
+    state = reply[0]
+    if state == "done":
+        return Begin("done", prior=StepRecord.model_validate_json(reply[1]))
+    if state == "stopped":
+        return Begin("stopped", run_status=reply[1])
+    if state != "go":
+        return Begin(state)
+    outputs = {k: json.loads(v) for k, v in zip(reads, reply[3:], strict=True) if v}
+    return Begin("go", input=json.loads(reply[1]), outputs=outputs, attempt=int(reply[2]))
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
@@ -146,37 +158,62 @@ class Journal:
 
     def begin(self, run_id: str, record: StepRecord, reads: tuple[str, ...], *, token: str,
               signature: dict[str, Any], now: float, lease_seconds: float) -> Begin:
+        reply = self._begin(**self._begin_call(run_id, record, reads, token=token,
+                                               signature=signature, now=now,
+                                               lease_seconds=lease_seconds))
+        return _parse_begin(reply, reads)
+
+    def begin_many(self, run_id: str, steps: list[tuple[StepRecord, tuple[str, ...]]], *,
+                   token: str, signature: dict[str, Any], now: float,
+                   lease_seconds: float) -> list[Begin]:
+        """`begin` for many steps of one run (a batch task's items), in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for record, reads in steps:
+            self._begin(**self._begin_call(run_id, record, reads, token=token,
+                                           signature=signature, now=now,
+                                           lease_seconds=lease_seconds), client=pipe)
+        replies = pipe.execute()
+        return [_parse_begin(reply, reads) for reply, (_, reads) in zip(replies, steps,
+                                                                         strict=True)]
+
+    def _begin_call(self, run_id: str, record: StepRecord, reads: tuple[str, ...], *,
+                    token: str, signature: dict[str, Any], now: float,
+                    lease_seconds: float) -> dict[str, list[Any]]:
         k = self.keys
         running = record.model_copy(update={"attempt": 0}).model_dump_json()
-        reply = self._begin(
-            keys=[k.run(run_id), k.steps(run_id), k.outputs(run_id), k.leases, k.lease_owner,
-                  k.lease_sig, k.active, self._attempts(run_id)],
-            args=[record.path, running, repr(now), repr(now + lease_seconds),
-                  lease_member(run_id, record.path), token,
-                  json.dumps(signature, separators=(",", ":"), default=str), run_id, *reads],
-        )
-        state = reply[0]
-        if state == "done":
-            return Begin("done", prior=StepRecord.model_validate_json(reply[1]))
-        if state == "stopped":
-            return Begin("stopped", run_status=reply[1])
-        if state != "go":
-            return Begin(state)
-        outputs = {k: json.loads(v) for k, v in zip(reads, reply[3:], strict=True) if v}
-        return Begin("go", input=json.loads(reply[1]), outputs=outputs, attempt=int(reply[2]))
+        return {
+            "keys": [k.run(run_id), k.steps(run_id), k.outputs(run_id), k.leases, k.lease_owner,
+                     k.lease_sig, k.active, self._attempts(run_id)],
+            "args": [record.path, running, repr(now), repr(now + lease_seconds),
+                     lease_member(run_id, record.path), token,
+                     json.dumps(signature, separators=(",", ":"), default=str), run_id, *reads],
+        }
 
     def end(self, run_id: str, record: StepRecord, publishes: tuple[str, ...], *, token: str,
             now: float) -> None:
+        self._end(**self._end_call(run_id, record, publishes, token=token, now=now))
+
+    def end_many(self, run_id: str, steps: list[tuple[StepRecord, tuple[str, ...]]], *,
+                 token: str, now: float) -> None:
+        """`end` for many steps of one run, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for record, publishes in steps:
+            self._end(**self._end_call(run_id, record, publishes, token=token, now=now),
+                      client=pipe)
+        pipe.execute()
+
+    def _end_call(self, run_id: str, record: StepRecord, publishes: tuple[str, ...], *,
+                  token: str, now: float) -> dict[str, list[Any]]:
         k = self.keys
         ids = publishes if record.ok else ()
         u = record.usage
-        self._end(
-            keys=[k.steps(run_id), k.outputs(run_id), k.run(run_id), k.leases, k.lease_owner,
-                  k.lease_sig, k.active],
-            args=[record.path, record.model_dump_json(), lease_member(run_id, record.path), token,
-                  repr(now), run_id, u.prompt_tokens, u.completion_tokens, u.calls,
-                  repr(getattr(u, "cost", 0.0)), _dumps(record.output), *ids],
-        )
+        return {
+            "keys": [k.steps(run_id), k.outputs(run_id), k.run(run_id), k.leases,
+                     k.lease_owner, k.lease_sig, k.active],
+            "args": [record.path, record.model_dump_json(), lease_member(run_id, record.path),
+                     token, repr(now), run_id, u.prompt_tokens, u.completion_tokens, u.calls,
+                     repr(getattr(u, "cost", 0.0)), _dumps(record.output), *ids],
+        }
 
     def renew(self, held: list[tuple[str, str, str]], *, now: float,
               lease_seconds: float) -> int:

@@ -9,10 +9,22 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal, cast
 
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"LEGATO_{name}", default)
+
+
+def _choice(name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = _env(name, default).strip().lower()
+    if value not in allowed:
+        raise ValueError(f"LEGATO_{name}={value!r}: expected one of {', '.join(allowed)}")
+    return value
+
+
+ModelTransport = Literal["aiohttp", "httpx"]
+MODEL_TRANSPORTS: tuple[ModelTransport, ...] = ("aiohttp", "httpx")
 
 
 @dataclass(frozen=True)
@@ -24,6 +36,10 @@ class Settings:
     key_prefix: str = "legato"
     http_timeout: float = 60.0
     http_max_connections: int = 256
+    # How a worker process makes model calls: "aiohttp" (one event-loop thread per process, pool
+    # threads parked on futures; ~0.4 ms CPU a call) or "httpx" (one shared sync client, 2–9 ms
+    # a call at 100–500 connections). See docs/benchmarks.md, "The model-call path".
+    model_transport: ModelTransport = "aiohttp"
     tool_modules: tuple[str, ...] = ()
     # Durability: a step's lease outlives a few missed heartbeats; an expired lease means its
     # worker died, and the sweeper dispatches the step again (within lease + sweep seconds).
@@ -39,6 +55,8 @@ class Settings:
     step_retry_seconds: float = 2.0
     max_input_bytes: int = 1024 * 1024  # a job input's JSON size; larger ones are refused
     max_output_bytes: int = 1024 * 1024  # a step output's JSON size; larger fails the step
+    batch_size: int = 100  # a vote's members per task (run concurrently in it)
+    batch_concurrency: int = 500  # a worker process's threads for those members
 
     @property
     def broker(self) -> str:
@@ -58,6 +76,8 @@ class Settings:
             key_prefix=_env("KEY_PREFIX", cls.key_prefix),
             http_timeout=float(_env("HTTP_TIMEOUT", str(cls.http_timeout))),
             http_max_connections=int(_env("HTTP_MAX_CONNECTIONS", str(cls.http_max_connections))),
+            model_transport=cast(ModelTransport, _choice("MODEL_TRANSPORT", cls.model_transport,
+                                                         MODEL_TRANSPORTS)),
             tool_modules=tuple(m for m in _env("TOOL_MODULES", "").split(",") if m.strip()),
             lease_seconds=float(_env("LEASE_SECONDS", str(cls.lease_seconds))),
             heartbeat_seconds=float(_env("HEARTBEAT_SECONDS", str(cls.heartbeat_seconds))),
@@ -68,6 +88,8 @@ class Settings:
             step_retry_seconds=float(_env("STEP_RETRY_SECONDS", str(cls.step_retry_seconds))),
             max_input_bytes=int(_env("MAX_INPUT_BYTES", str(cls.max_input_bytes))),
             max_output_bytes=int(_env("MAX_OUTPUT_BYTES", str(cls.max_output_bytes))),
+            batch_size=int(_env("BATCH_SIZE", str(cls.batch_size))),
+            batch_concurrency=int(_env("BATCH_CONCURRENCY", str(cls.batch_concurrency))),
         )
 
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import random
+import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from typing import Any
 
 from celery import Task
@@ -26,7 +28,7 @@ from pipeline.journal import Begin
 from pipeline.kinds import Outcome, StepContext, check_gate
 from pipeline.settings import Settings, get_settings
 from pipeline.spec import Pipeline
-from workers import lifeline, resources
+from workers import lifeline, observability, resources
 
 log = logging.getLogger("legato.step")
 
@@ -52,23 +54,15 @@ def journaled(task: Task, envelope: dict[str, Any], kind: str, work: Work, *,
     store = resources.store()
     spec = store.get_spec(step.spec_hash)
     node = graph.node(spec, step.node)
-    request = task.request
-    record = StepRecord(
-        path=step.path, status="running", kind=kind,
-        queue=(request.delivery_info or {}).get("routing_key"), worker=request.hostname,
-        task_id=request.id, started_at=time.time(),
-    )
+    record = _running(task, step, kind)
     token = uuid.uuid4().hex
     begin = store.journal.begin(step.run_id, record, node.reads, token=token,
                                 signature=lifeline.signature_json(task), now=time.time(),
                                 lease_seconds=settings.lease_seconds)
     if begin.state == "busy":
         raise Ignore()
-    if begin.state == "done" and begin.prior is not None:
-        return begin.prior.result()
     if begin.state != "go":
-        reason = f"the run is {begin.run_status}" if begin.run_status else "the run is gone"
-        return StepResult(path=step.path, status="failed", error=reason, error_type="Cancelled")
+        return _not_run(step, begin)
     record.attempt = begin.attempt
     keeper = lifeline.keeper(store, settings)
     keeper.hold(step.run_id, step.path, token)
@@ -76,14 +70,103 @@ def journaled(task: Task, envelope: dict[str, Any], kind: str, work: Work, *,
         _work(record, work, node, spec, step, begin, final)
     finally:
         keeper.release(step.run_id, step.path)
-    retry_in = _retry_in(task, record, settings)
-    if retry_in is not None:  # keep the step open, free the lease, come back later
-        record.status, record.detail = "running", {**record.detail, "retrying_in": retry_in}
+    retry_in = _hold_for_retry(task, record, settings)
     store.journal.end(step.run_id, record, node.publishes if final else (), token=token,
                       now=record.ended_at or time.time())
     if retry_in is not None:
         raise task.retry(countdown=retry_in, max_retries=settings.step_retries)
     return record.result()
+
+
+def journaled_many(task: Task, envelopes: list[dict[str, Any]], kind: str,
+                   work: Work) -> list[StepResult]:
+    """`journaled` for the members of a fan-out (never final), run concurrently in one task.
+
+    Beginning is one round trip for all; ends are written in batches as members finish, so a
+    redelivered batch redoes only the members that had not finished. A transiently failed
+    member retries the whole task later (the finished ones are memoized).
+    """
+    steps = [StepInput.model_validate(e) for e in envelopes]
+    run_id = steps[0].run_id
+    settings = get_settings()
+    store = resources.store()
+    spec = store.get_spec(steps[0].spec_hash)
+    nodes = [graph.node(spec, s.node) for s in steps]
+    records = [_running(task, s, kind) for s in steps]
+    token = uuid.uuid4().hex
+    begins = store.journal.begin_many(
+        run_id, [(r, n.reads) for r, n in zip(records, nodes, strict=True)], token=token,
+        signature=lifeline.signature_json(task), now=time.time(),
+        lease_seconds=settings.lease_seconds)
+    if any(b.state == "busy" for b in begins):
+        raise Ignore()
+    results = [None if b.state == "go" else _not_run(s, b)
+               for s, b in zip(steps, begins, strict=True)]
+    keeper = lifeline.keeper(store, settings)
+    running: dict[Future[None], int] = {}
+    for i, begin in enumerate(begins):
+        if begin.state == "go":
+            records[i].attempt = begin.attempt
+            keeper.hold(run_id, steps[i].path, token)
+            running[pool().submit(_work, records[i], work, nodes[i], spec, steps[i], begin,
+                                  False)] = i
+    retry_in: float | None = None
+    finished: list[int] = []
+    for n, future in enumerate(as_completed(running), start=1):
+        i = running[future]
+        keeper.release(run_id, steps[i].path)
+        retry_in = _hold_for_retry(task, records[i], settings) or retry_in
+        finished.append(i)
+        if len(finished) >= END_BATCH or n == len(running):
+            store.journal.end_many(run_id, [(records[j], ()) for j in finished], token=token,
+                                   now=time.time())
+            finished.clear()
+    if retry_in is not None:
+        raise task.retry(countdown=retry_in, max_retries=settings.step_retries)
+    return [r if r is not None else records[i].result() for i, r in enumerate(results)]
+
+
+# Members of a fan-out run on this pool (their model calls wait on the transport's event loop,
+# so a thread costs little); ends are written END_BATCH at a time.
+END_BATCH = 32
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def pool() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        with _pool_lock:
+            if _pool is None:
+                _pool = ThreadPoolExecutor(get_settings().batch_concurrency,
+                                           thread_name_prefix="legato-batch")
+    return _pool
+
+
+def _running(task: Task, step: StepInput, kind: str) -> StepRecord:
+    request = task.request
+    return StepRecord(
+        path=step.path, status="running", kind=kind,
+        queue=(request.delivery_info or {}).get("routing_key"), worker=request.hostname,
+        task_id=request.id, started_at=time.time(),
+    )
+
+
+def _not_run(step: StepInput, begin: Begin) -> StepResult:
+    """The result of a step that did not run now: done before, or its run is over or gone."""
+    if begin.state == "done" and begin.prior is not None:
+        return begin.prior.result()
+    reason = f"the run is {begin.run_status}" if begin.run_status else "the run is gone"
+    return StepResult(path=step.path, status="failed", error=reason, error_type="Cancelled")
+
+
+def _hold_for_retry(task: Task, record: StepRecord, settings: Settings) -> float | None:
+    """If the step will be tried again as a whole task, keep its record open (running, the
+    lease let go) and return the seconds until then."""
+    retry_in = _retry_in(task, record, settings)
+    if retry_in is not None:
+        record.status, record.detail = "running", {**record.detail, "retrying_in": retry_in}
+    return retry_in
 
 
 def _check_size(output: Any, limit: int) -> None:
@@ -109,7 +192,8 @@ def _work(record: StepRecord, work: Work, node: Node, spec: Pipeline, step: Step
                       item=step.item, index=step.index, gateway=resources.gateway(),
                       run=resources.run_scope(step.run_id, spec))
     try:
-        outcome = work(ctx, node, spec)
+        with observability.in_step(step.run_id, step.path):
+            outcome = work(ctx, node, spec)
         _check_size(outcome.output, get_settings().max_output_bytes)
         if final and node.step.gate is not None:
             check_gate(node.step.gate, outcome.output, ctx)

@@ -1,4 +1,4 @@
-"""Control-flow tasks: route, fan-in (aggregate, synthesize), plan, and finalizing a run."""
+"""Control-flow tasks: route, fan-in (aggregate, synthesize) and plan."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 from celery import Task
 
-from pipeline import graph, templates
+from pipeline import graph
 from pipeline.compile import Compiler
 from pipeline.envelope import StepInput, StepResult
 from pipeline.errors import PermanentError
@@ -20,8 +20,9 @@ from workers.app import app
 
 def _node_and_compiler(step: dict[str, Any]) -> tuple[Node, Compiler]:
     envelope = StepInput.model_validate(step)
-    node = graph.node(resources.store().get_spec(envelope.spec_hash), envelope.node)
-    return node, Compiler(app, envelope.run_id, envelope.spec_hash)
+    spec = resources.store().get_spec(envelope.spec_hash)
+    node = graph.node(spec, envelope.node)
+    return node, Compiler(app, envelope.run_id, envelope.spec_hash, fuse=spec.fuse)
 
 
 def _route(ctx: StepContext, node: Node, _: Pipeline) -> Outcome:
@@ -80,7 +81,10 @@ def plan_task(self: Task, prev: Any = None, *, step: dict[str, Any]) -> dict[str
 
 def _wire_results(results: Any) -> list[StepResult]:
     items = results if isinstance(results, list) else [results]  # a one-member group
-    return [StepResult.model_validate(r) for r in items]
+    flat: list[Any] = []
+    for item in items:  # a batch task returns its members' results as a list
+        flat.extend(item if isinstance(item, list) else [item])
+    return [StepResult.model_validate(r) for r in flat]
 
 
 def _upstream_of(results: list[StepResult], own: str) -> StepResult | None:
@@ -152,28 +156,3 @@ def synthesize(self: Task, results: Any, *, step: dict[str, Any]) -> dict[str, A
                                                 start=len(subtasks), round_no=round_no + 1))
     work = _fan_in(items, step["run_id"])
     return journaled(self, step, "orchestrate", work, final=True).wire()
-
-
-@app.task(name="legato.finalize", bind=True)
-def finalize(self: Task, last: Any = None, *, run_id: str, spec_hash: str) -> dict[str, Any]:
-    """Close the run: succeeded with its output, or failed with the first failure's reason."""
-    store = resources.store()
-    result = StepResult.model_validate(last) if isinstance(last, dict) else None
-    if result is None or not result.ok:
-        reason = f"{result.path}: {result.error}" if result else "no result reached the end"
-        store.finish_run(run_id, "failed", error=reason)
-        return {"run_id": run_id, "status": "failed"}
-    try:
-        spec = store.get_spec(spec_hash)
-        output: Any
-        if spec.output is not None:
-            context = {"input": store.get_run(run_id).input, "outputs": store.get_outputs(run_id)}
-            output = templates.render(spec.output, context)
-        else:
-            record = store.get_step(run_id, result.path)
-            output = record.output if record else None
-    except Exception as exc:
-        store.finish_run(run_id, "failed", error=f"output failed: {type(exc).__name__}: {exc}")
-        return {"run_id": run_id, "status": "failed"}
-    store.finish_run(run_id, "succeeded", output=output)
-    return {"run_id": run_id, "status": "succeeded"}

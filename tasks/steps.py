@@ -1,4 +1,6 @@
-"""Leaf step tasks: one model call (`legato.llm`) or one tool call (`legato.tool`)."""
+"""Leaf step tasks: one model call (`legato.llm`) or one tool call (`legato.tool`); several
+model-call steps in one task — a chain's consecutive steps in order (`legato.segment`), a vote's
+members at once (`legato.llm_batch`). Every step is journaled on its own either way."""
 
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ from pipeline.envelope import StepRecord
 from pipeline.graph import Node
 from pipeline.kinds import Outcome, StepContext, run_llm, run_tool
 from pipeline.spec import Llm, Orchestrate, Pipeline, Tool
-from tasks.base import journaled, upstream_failure
+from tasks.base import journaled, journaled_many, upstream_failure
+from tasks.finish import close_run
 from workers import resources
 from workers.app import app
 
@@ -55,3 +58,28 @@ def tool(self: Task, prev: Any = None, *, step: dict[str, Any]) -> dict[str, Any
     if failed := upstream_failure(prev):
         return failed
     return journaled(self, step, "tool", _tool, final=True).wire()
+
+
+@app.task(name="legato.segment", bind=True)
+def segment(self: Task, prev: Any = None, *, steps: list[dict[str, Any]],
+            finalize: bool = False) -> dict[str, Any]:
+    """Chain steps that share a queue, in order, stopping at the first failure; `finalize`: the
+    run's last steps, so close the run here too. A redelivery skips the steps already done."""
+    result = upstream_failure(prev)
+    if result is None:
+        for step in steps:
+            result = journaled(self, step, "llm", _llm, final=True).wire()
+            if result["status"] != "succeeded":
+                break
+    if finalize:
+        close_run(steps[0]["run_id"], steps[0]["spec_hash"], result)
+    return result or {}
+
+
+@app.task(name="legato.llm_batch", bind=True)
+def llm_batch(self: Task, prev: Any = None, *, steps: list[dict[str, Any]]) -> list[Any]:
+    """Members of a vote, run concurrently in this task; their results, as a list, feed the
+    chord's fan-in like single members' results do."""
+    if failed := upstream_failure(prev):
+        return [failed]
+    return [r.wire() for r in journaled_many(self, steps, "llm", _llm)]

@@ -35,7 +35,7 @@ from workers import lifeline, observability, resources, tls
 from workers.backend import backend_url
 from workers.celery_config import WIRE_AND_DELIVERY
 
-TASK_MODULES = ("tasks.steps", "tasks.flow", "tasks.loops", "tasks.submit")
+TASK_MODULES = ("tasks.steps", "tasks.flow", "tasks.loops", "tasks.finish", "tasks.submit")
 
 
 def create_app(settings: Settings | None = None) -> Celery:

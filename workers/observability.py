@@ -17,6 +17,8 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
@@ -32,6 +34,10 @@ def step_of(kwargs: dict[str, Any] | None) -> tuple[str, str] | None:
     step = kwargs.get("step")
     if isinstance(step, dict) and "run_id" in step:
         return str(step["run_id"]), str(step.get("path") or step.get("node") or "")
+    steps = kwargs.get("steps")  # a segment or a batch: its first..last step
+    if isinstance(steps, list) and steps and isinstance(steps[0], dict):
+        first, last = steps[0].get("path", ""), steps[-1].get("path", "")
+        return str(steps[0].get("run_id")), first if first == last else f"{first}..{last}"
     if "run_id" in kwargs:  # legato.finalize
         return str(kwargs["run_id"]), "(finalize)"
     return None
@@ -45,6 +51,17 @@ def on_task_prerun(task: Any = None, kwargs: dict[str, Any] | None = None, **_: 
 
 def on_task_postrun(**_: Any) -> None:
     _current.set(None)
+
+
+@contextmanager
+def in_step(run_id: str, path: str) -> Iterator[None]:
+    """Log lines say this step while one of a segment's or batch's steps runs (batch members
+    run on pool threads, which do not inherit the task's context)."""
+    outer = _current.set((run_id, path))
+    try:
+        yield
+    finally:
+        _current.reset(outer)
 
 
 class StepContextFilter(logging.Filter):

@@ -14,6 +14,7 @@ from celery.canvas import Signature, _chain, _chord, group
 
 from pipeline import graph
 from pipeline.compile import CONTROL, LLM, TOOLS, Compiler
+from pipeline.settings import get_settings
 from pipeline.spec import (
     Aggregate,
     Chain,
@@ -174,9 +175,10 @@ def test_a_route_branch_runs_on_the_branch_queue_else_the_routes(app: Celery) ->
     assert isinstance(route, Route)
     x = _compiler(app).branch(route, "r", "x", "q.route")
     assert (x.task, x.options["queue"], x.kwargs["step"]["path"]) == ("legato.llm", "q.x", "r/x")
-    y = _compiler(app).branch(route, "r", "y", "q.route")
-    assert [(s.options["queue"], s.kwargs["step"]["path"]) for s in y.tasks] == [
-        ("q.route", "r/y/y1"), ("q.route", "r/y/y2")]
+    y = _compiler(app).branch(route, "r", "y", "q.route")  # two llm steps: one segment
+    (segment,) = y.tasks
+    assert (segment.task, segment.options["queue"]) == ("legato.segment", "q.route")
+    assert [e["path"] for e in segment.kwargs["steps"]] == ["r/y/y1", "r/y/y2"]
 
 
 def test_parallel_sections_become_a_chord_with_an_aggregate_body(app: Celery) -> None:
@@ -195,15 +197,42 @@ def test_an_llm_aggregate_runs_on_the_llm_queue(app: Celery) -> None:
     assert _compiler(app).step(step, "p").body.options["queue"] == LLM
 
 
-def test_a_vote_becomes_n_indexed_members_of_one_node(app: Celery) -> None:
+def test_a_vote_becomes_batches_of_indexed_members_of_one_node(app: Celery) -> None:
     sig = _compiler(app).step(PIPELINE.steps[3], "v")
-    assert isinstance(sig, _chord) and len(sig.tasks) == 3
-    envelopes = [s.kwargs["step"] for s in sig.tasks]
+    assert isinstance(sig, _chord) and len(sig.tasks) == 1  # 3 members: one batch
+    (batch,) = sig.tasks
+    assert (batch.task, batch.options["queue"]) == ("legato.llm_batch", "q.v")  # inherited
+    envelopes = batch.kwargs["steps"]
     assert [e["path"] for e in envelopes] == ["v/judge[0]", "v/judge[1]", "v/judge[2]"]
     assert [e["index"] for e in envelopes] == [0, 1, 2]
     assert {e["node"] for e in envelopes} == {"v/judge"}
-    assert {s.options["queue"] for s in sig.tasks} == {"q.v"}  # inherited from the parallel
     assert (sig.body.task, sig.body.kwargs["step"]["path"]) == ("legato.aggregate", "v")
+
+
+def test_a_big_vote_is_split_into_batches_of_the_batch_size(
+        app: Celery, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEGATO_BATCH_SIZE", "4")
+    get_settings.cache_clear()
+    try:
+        step = Parallel(id="v", vote=Vote(n=10, step=Llm(id="j", model="m", prompt="p")))
+        sig = _compiler(app).step(step, "v")
+    finally:
+        monkeypatch.delenv("LEGATO_BATCH_SIZE")
+        get_settings.cache_clear()
+    sizes = [len(b.kwargs["steps"]) for b in sig.tasks]
+    assert sizes == [4, 4, 2]
+    paths = [e["path"] for b in sig.tasks for e in b.kwargs["steps"]]
+    assert paths == [f"v/j[{i}]" for i in range(10)]
+
+
+def test_a_quorum_vote_or_an_unfused_pipeline_gets_a_task_per_member(app: Celery) -> None:
+    quorum = Parallel(id="v", vote=Vote(n=3, quorum=2, step=Llm(id="j", model="m", prompt="p")))
+    unfused = Compiler(app, "RUN", "HASH", fuse=False)
+    for sig in (_compiler(app).step(quorum, "v"), unfused.step(PIPELINE.steps[3], "v")):
+        assert [s.task for s in sig.tasks] == ["legato.llm"] * 3
+        assert [s.kwargs["step"]["index"] for s in sig.tasks] == [0, 1, 2]
+    assert quorum.vote is not None and _compiler(app).step(quorum, "v").tasks[0].kwargs[
+        "step"]["quorum"] == 2
 
 
 def test_orchestrate_is_a_plan_task_then_workers_and_a_synthesizer(app: Celery) -> None:
@@ -228,7 +257,7 @@ def test_the_run_canvas_runs_every_step_then_finalize(app: Celery) -> None:
         ("legato.llm", "q.chain"), ("legato.tool", "q.chain"),
         ("legato.route", CONTROL),
         ("legato.llm", LLM), ("legato.llm", LLM), ("legato.aggregate", CONTROL),
-        ("legato.llm", "q.v"), ("legato.llm", "q.v"), ("legato.llm", "q.v"),
+        ("legato.llm_batch", "q.v"),
         ("legato.aggregate", "q.v"),
         ("legato.plan", LLM),
         ("legato.finalize", CONTROL),
@@ -237,14 +266,44 @@ def test_the_run_canvas_runs_every_step_then_finalize(app: Celery) -> None:
     assert last.kwargs == {"run_id": "RUN", "spec_hash": "HASH"}
 
 
+def _llms(*specs: tuple[str, str | None]) -> list[Llm]:
+    return [Llm(id=i, model="m", prompt="p", queue=q) for i, q in specs]
+
+
+def test_consecutive_llm_steps_on_one_queue_fuse_and_the_last_segment_finalizes(
+        app: Celery) -> None:
+    steps: list = [*_llms(("a", None), ("b", None)), Tool(id="t", tool="word_count"),
+                   *_llms(("c", None), ("d", "gpu"), ("e", "gpu"))]
+    canvas = _compiler(app).run(Pipeline(name="f", steps=steps))
+    shape = [(s.task, s.options.get("queue"),
+              [e["path"] for e in s.kwargs["steps"]] if "steps" in s.kwargs else
+              s.kwargs["step"]["path"], s.kwargs.get("finalize"))
+             for s in tasks_in_order(canvas)]
+    assert shape == [
+        ("legato.segment", LLM, ["a", "b"], None),
+        ("legato.tool", TOOLS, "t", None),
+        ("legato.llm", LLM, "c", None),  # alone on its queue, not last: a plain task
+        ("legato.segment", "gpu", ["d", "e"], True),  # ends the run: no legato.finalize
+    ]
+
+
+def test_fuse_false_keeps_a_task_per_step_and_a_finalize_task(app: Celery) -> None:
+    spec = Pipeline(name="f", fuse=False, steps=_llms(("a", None), ("b", None)))
+    canvas = _compiler(app).run(spec)
+    assert [s.task for s in tasks_in_order(canvas)] == [
+        "legato.llm", "legato.llm", "legato.finalize"]
+
+
 def test_messages_carry_only_ids(app: Celery) -> None:
     canvas = _compiler(app).run(PIPELINE)
     allowed = {"run_id", "spec_hash", "node", "path", "index"}
     for sig in tasks_in_order(canvas):
         if sig.task == "legato.finalize":
             continue
-        assert set(sig.kwargs) == {"step"}
-        assert set(sig.kwargs["step"]) <= allowed, sig.kwargs
-        assert sig.kwargs["step"]["run_id"] == "RUN" and sig.args == ()
+        envelopes = sig.kwargs["steps"] if "steps" in sig.kwargs else [sig.kwargs["step"]]
+        assert set(sig.kwargs) <= {"step", "steps", "finalize"}
+        for envelope in envelopes:
+            assert set(envelope) <= allowed, sig.kwargs
+            assert envelope["run_id"] == "RUN" and sig.args == ()
     wire = json.dumps(canvas)  # a canvas is a dict: this is what would be sent
     assert SECRET_PROMPT not in wire and "word_count" not in wire

@@ -1,0 +1,45 @@
+"""Closing a run: succeeded with its output, or failed with the first failure's reason.
+
+Runs as `legato.finalize` after a pipeline's last step, or inside the last step's own task when
+that is a segment (compile.py folds it in: one Celery task fewer per run).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Task
+
+from pipeline import templates
+from pipeline.envelope import StepResult
+from workers import resources
+from workers.app import app
+
+
+def close_run(run_id: str, spec_hash: str, last: Any) -> dict[str, Any]:
+    """Finish the run from the last step's wire result (or an upstream failure it carried)."""
+    store = resources.store()
+    result = StepResult.model_validate(last) if isinstance(last, dict) else None
+    if result is None or not result.ok:
+        reason = f"{result.path}: {result.error}" if result else "no result reached the end"
+        store.finish_run(run_id, "failed", error=reason)
+        return {"run_id": run_id, "status": "failed"}
+    try:
+        spec = store.get_spec(spec_hash)
+        output: Any
+        if spec.output is not None:
+            context = {"input": store.get_run(run_id).input, "outputs": store.get_outputs(run_id)}
+            output = templates.render(spec.output, context)
+        else:
+            record = store.get_step(run_id, result.path)
+            output = record.output if record else None
+    except Exception as exc:
+        store.finish_run(run_id, "failed", error=f"output failed: {type(exc).__name__}: {exc}")
+        return {"run_id": run_id, "status": "failed"}
+    store.finish_run(run_id, "succeeded", output=output)
+    return {"run_id": run_id, "status": "succeeded"}
+
+
+@app.task(name="legato.finalize", bind=True)
+def finalize(self: Task, last: Any = None, *, run_id: str, spec_hash: str) -> dict[str, Any]:
+    return close_run(run_id, spec_hash, last)

@@ -1,0 +1,75 @@
+"""Several steps in one task, each still journaled: chain segments and vote batches, end to end."""
+
+from __future__ import annotations
+
+from pipeline import Legato, Llm, Parallel, Pipeline
+from pipeline.spec import Aggregate, Vote
+
+
+def _chain(n: int, **extra) -> Pipeline:
+    steps = [Llm(id="s0", model="small", prompt="Start from {{ input.text }}")]
+    steps += [Llm(id=f"s{i}", model="small", prompt=f"Go on: {{{{ outputs.s{i - 1} }}}}")
+              for i in range(1, n)]
+    return Pipeline(name=f"chain_{n}", steps=steps, **extra)
+
+
+def test_a_chain_of_llm_steps_runs_as_one_task_journaling_every_step(legato: Legato, fake):
+    run = legato.wait(legato.submit(_chain(4), {"text": "segments"}), timeout=30)
+
+    assert run.status == "succeeded", run.error
+    steps = legato.steps(run.id)
+    assert [s.path for s in steps] == ["s0", "s1", "s2", "s3"]
+    assert len({s.task_id for s in steps}) == 1  # one Celery task ...
+    assert all(s.status == "succeeded" and s.attempt == 1 for s in steps)  # ... four records
+    assert all(a.ended_at <= b.started_at for a, b in zip(steps, steps[1:], strict=False))
+    assert "Go on" in steps[3].output and run.output == steps[3].output  # each read the last
+    assert fake.stats()["by_step"] == {f"{run.id}/s{i}": 1 for i in range(4)}
+
+
+def test_a_segment_sent_again_runs_nothing_twice(legato: Legato, fake):
+    """A redelivered segment (its worker died after some steps, say) replays from the journal."""
+    pipeline = _chain(3)
+    run = legato.wait(legato.submit(pipeline, {"text": "again"}), timeout=30)
+    assert run.status == "succeeded", run.error
+    first = {s.path: s.output for s in legato.steps(run.id)}
+    envelopes = [{"run_id": run.id, "spec_hash": run.spec_hash, "node": f"s{i}",
+                  "path": f"s{i}"} for i in range(3)]
+
+    segment = legato.app.signature("legato.segment", kwargs={"steps": envelopes},
+                                   queue="legato.llm")
+    result = segment.apply_async(ignore_result=False).get(timeout=30)
+
+    assert result["status"] == "succeeded" and result["path"] == "s2"
+    assert {s.path: s.output for s in legato.steps(run.id)} == first
+    assert fake.stats()["by_step"] == {f"{run.id}/s{i}": 1 for i in range(3)}
+
+
+def test_a_failing_step_stops_its_segment_and_fails_the_run(legato: Legato, fake):
+    fake.script({"faults": [{"kind": "status", "code": 400, "body": "no such thing",
+                             "match": {"contains": "Go on"}}]})
+    run = legato.wait(legato.submit(_chain(3), {"text": "stop"}), timeout=30)
+
+    assert run.status == "failed"
+    assert run.error.startswith("s1: HTTP 400")
+    steps = {s.path: s for s in legato.steps(run.id)}
+    assert steps["s0"].status == "succeeded" and steps["s1"].status == "failed"
+    assert "s2" not in steps
+
+
+def test_a_vote_runs_its_members_concurrently_in_batches(legato: Legato, fake):
+    fake.script({"latency_ms": 300})
+    vote = Parallel(id="fan", vote=Vote(n=40, step=Llm(id="call", model="small",
+                                                       prompt="Vote on {{ input.text }}")),
+                    aggregate=Aggregate(method="concat"))
+    run = legato.wait(legato.submit(Pipeline(name="fan", steps=[vote]), {"text": "x"}),
+                      timeout=60)
+
+    assert run.status == "succeeded", run.error
+    members = [s for s in legato.steps(run.id) if s.path.startswith("fan/call[")]
+    assert sorted(s.path for s in members) == sorted(f"fan/call[{i}]" for i in range(40))
+    assert all(s.status == "succeeded" for s in members)
+    assert len({s.task_id for s in members}) == 1  # 40 < LEGATO_BATCH_SIZE: one task
+    stats = fake.stats()
+    assert stats["max_in_flight"] >= 20  # held at once in that task, not one after another
+    assert run.usage.calls == 40
+    assert run.output == "\n\n".join(["[fake:smollm2] Vote on x"] * 40)
