@@ -23,9 +23,8 @@ from typing import Any
 from celery import Celery, chain, chord, group
 from celery.canvas import Signature
 
-from pipeline.settings import get_settings
-
 from pipeline.envelope import StepInput
+from pipeline.settings import get_settings
 from pipeline.spec import (
     Agent,
     Chain,

@@ -103,6 +103,9 @@ local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0
 local claimed = {}
 for _, member in ipairs(expired) do
   local sig = redis.call('HGET', KEYS[3], member)
+  if sig and string.sub(sig, 1, 1) == '@' then  -- a batch member: its batch's signature
+    sig = redis.call('HGET', KEYS[3], sig)
+  end
   if sig then
     redis.call('ZADD', KEYS[1], ARGV[2], member)
     redis.call('HSET', KEYS[2], member, 'redispatch')
@@ -140,6 +143,10 @@ def _parse_begin(reply: list[Any], reads: tuple[str, ...]) -> Begin:
     return Begin("go", input=json.loads(reply[1]), outputs=outputs, attempt=int(reply[2]))
 
 
+def _signature_json(signature: dict[str, Any]) -> str:
+    return json.dumps(signature, separators=(",", ":"), default=str)
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
@@ -164,20 +171,27 @@ class Journal:
         return _parse_begin(reply, reads)
 
     def begin_many(self, run_id: str, steps: list[tuple[StepRecord, tuple[str, ...]]], *,
-                   token: str, signature: dict[str, Any], now: float,
+                   token: str, signature: dict[str, Any], task_id: str, now: float,
                    lease_seconds: float) -> list[Begin]:
-        """`begin` for many steps of one run (a batch task's items), in one round trip."""
+        """`begin` for many steps of one run (a batch task's members), in one round trip. The
+        task's signature is kept once, under `@<task id>`, and each member refers to it."""
+        ref = f"@{task_id}"
         pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(self.keys.lease_sig, ref, _signature_json(signature))
         for record, reads in steps:
             self._begin(**self._begin_call(run_id, record, reads, token=token,
-                                           signature=signature, now=now,
+                                           signature=ref, now=now,
                                            lease_seconds=lease_seconds), client=pipe)
-        replies = pipe.execute()
+        replies = pipe.execute()[1:]
         return [_parse_begin(reply, reads) for reply, (_, reads) in zip(replies, steps,
                                                                          strict=True)]
 
+    def forget_batch(self, task_id: str) -> None:
+        """Drop a batch's shared signature once its members are ended."""
+        self.redis.hdel(self.keys.lease_sig, f"@{task_id}")
+
     def _begin_call(self, run_id: str, record: StepRecord, reads: tuple[str, ...], *,
-                    token: str, signature: dict[str, Any], now: float,
+                    token: str, signature: dict[str, Any] | str, now: float,
                     lease_seconds: float) -> dict[str, list[Any]]:
         k = self.keys
         running = record.model_copy(update={"attempt": 0}).model_dump_json()
@@ -186,7 +200,8 @@ class Journal:
                      k.lease_sig, k.active, self._attempts(run_id)],
             "args": [record.path, running, repr(now), repr(now + lease_seconds),
                      lease_member(run_id, record.path), token,
-                     json.dumps(signature, separators=(",", ":"), default=str), run_id, *reads],
+                     signature if isinstance(signature, str) else _signature_json(signature),
+                     run_id, *reads],
         }
 
     def end(self, run_id: str, record: StepRecord, publishes: tuple[str, ...], *, token: str,

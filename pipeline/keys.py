@@ -10,6 +10,7 @@
     <p>:leases                 sorted set: "<run>|<path>" of steps being worked on, by lease expiry
     <p>:lease:owner            hash: "<run>|<path>" -> token of the delivery holding the lease
     <p>:lease:sig              hash: "<run>|<path>" -> the task's signature, to dispatch it again
+                               (a batch member's: "@<task id>", the field holding its batch's)
     <p>:done:<id>              pub/sub channel: the run reached a terminal state
     <p>:run:{<id>}:attempts    hash: step path -> attempts begun
     <p>:run:{<id>}:vote:<node>:votes|reached    quorum tallies (voting.py)

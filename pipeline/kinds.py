@@ -1,7 +1,7 @@
 """What each step kind does, as plain Python: no Celery, no Redis.
 
 Tasks hand in a `StepContext` (the job input, the outputs the step reads, the models, the process's
-HTTP client) and get back an `Outcome`. Canvas shapes live in compile.py; journaling in tasks/.
+model transport) and get back an `Outcome`. Canvas shapes live in compile.py; journaling in tasks/.
 """
 
 from __future__ import annotations
@@ -11,12 +11,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
 from pipeline import templates
 from pipeline.envelope import StepResult, Usage
 from pipeline.errors import GateFailed, PermanentError, StepError
 from pipeline.models import Completion, Gateway, RunScope, ask
+from pipeline.models.transport import Client
 from pipeline.spec import Aggregate, Classifier, Gate, ModelCall, ModelConfig, Orchestrate, Tool
 from pipeline.tools import get_tool
 from pipeline.tools.registry import ToolNotFound
@@ -35,7 +34,7 @@ class StepContext:
     input: Any
     outputs: dict[str, Any]
     models: dict[str, ModelConfig]
-    http: httpx.Client
+    http: Client  # the process's model transport (or a plain httpx.Client)
     step_tag: str
     item: Any = None
     index: int | None = None

@@ -56,7 +56,7 @@ class Settings:
     max_input_bytes: int = 1024 * 1024  # a job input's JSON size; larger ones are refused
     max_output_bytes: int = 1024 * 1024  # a step output's JSON size; larger fails the step
     batch_size: int = 100  # a vote's members per task (run concurrently in it)
-    batch_concurrency: int = 500  # a worker process's threads for those members
+    batch_concurrency: int = 256  # a worker process's threads for those members
 
     @property
     def broker(self) -> str:

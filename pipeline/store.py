@@ -83,6 +83,10 @@ class _OutageRetry(Retry):
         return super().call_with_retry(do, fail, retryable, with_failure_count)
 
 
+MAX_CONNECTIONS = 128  # per process
+POOL_WAIT_SECONDS = 60.0
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
@@ -105,10 +109,14 @@ class RunStore:
         # about half a minute. The journal's scripts are safe to run again (see journal.py).
         # A wrong password or an untrusted certificate is no outage: it fails at once.
         retry = _OutageRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=20)
-        client = redis.Redis.from_url(
+        # Many threads share the pool (a worker's pool threads and its fan-out threads): one
+        # that finds every connection busy waits for one instead of failing.
+        pool = redis.BlockingConnectionPool.from_url(
             url, decode_responses=True, health_check_interval=30, socket_keepalive=True,
             retry=retry, retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+            max_connections=MAX_CONNECTIONS, timeout=POOL_WAIT_SECONDS,
         )
+        client = redis.Redis(connection_pool=pool)
         return cls(client, prefix)
 
     @property

@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from celery import Task
@@ -82,8 +82,9 @@ def journaled_many(task: Task, envelopes: list[dict[str, Any]], kind: str,
                    work: Work) -> list[StepResult]:
     """`journaled` for the members of a fan-out (never final), run concurrently in one task.
 
-    Beginning is one round trip for all; ends are written in batches as members finish, so a
-    redelivered batch redoes only the members that had not finished. A transiently failed
+    Beginning is one round trip for all; ends are written together as members finish (at most
+    END_BATCH at once, none left waiting over FLUSH_SECONDS), so a redelivered batch redoes only
+    the members that had not finished. A transiently failed
     member retries the whole task later (the finished ones are memoized).
     """
     steps = [StepInput.model_validate(e) for e in envelopes]
@@ -96,7 +97,7 @@ def journaled_many(task: Task, envelopes: list[dict[str, Any]], kind: str,
     token = uuid.uuid4().hex
     begins = store.journal.begin_many(
         run_id, [(r, n.reads) for r, n in zip(records, nodes, strict=True)], token=token,
-        signature=lifeline.signature_json(task), now=time.time(),
+        signature=lifeline.signature_json(task), task_id=task.request.id, now=time.time(),
         lease_seconds=settings.lease_seconds)
     if any(b.state == "busy" for b in begins):
         raise Ignore()
@@ -111,24 +112,35 @@ def journaled_many(task: Task, envelopes: list[dict[str, Any]], kind: str,
             running[pool().submit(_work, records[i], work, nodes[i], spec, steps[i], begin,
                                   False)] = i
     retry_in: float | None = None
+    pending, first_done = set(running), 0.0
     finished: list[int] = []
-    for n, future in enumerate(as_completed(running), start=1):
-        i = running[future]
-        keeper.release(run_id, steps[i].path)
-        retry_in = _hold_for_retry(task, records[i], settings) or retry_in
-        finished.append(i)
-        if len(finished) >= END_BATCH or n == len(running):
-            store.journal.end_many(run_id, [(records[j], ()) for j in finished], token=token,
-                                   now=time.time())
-            finished.clear()
+    try:
+        while pending:
+            done, pending = wait(pending, timeout=FLUSH_SECONDS if finished else None,
+                                 return_when=FIRST_COMPLETED)
+            for future in done:
+                i = running[future]
+                retry_in = _hold_for_retry(task, records[i], settings) or retry_in
+                first_done = first_done if finished else time.monotonic()
+                finished.append(i)
+            if finished and (not pending or len(finished) >= END_BATCH
+                             or time.monotonic() - first_done >= FLUSH_SECONDS):
+                store.journal.end_many(run_id, [(records[j], ()) for j in finished],
+                                       token=token, now=time.time())
+                finished.clear()
+    finally:  # on an error too: a lease not renewed runs out, and the sweeper sends us again
+        for i in running.values():
+            keeper.release(run_id, steps[i].path)
+    store.journal.forget_batch(task.request.id)
     if retry_in is not None:
         raise task.retry(countdown=retry_in, max_retries=settings.step_retries)
     return [r if r is not None else records[i].result() for i, r in enumerate(results)]
 
 
 # Members of a fan-out run on this pool (their model calls wait on the transport's event loop,
-# so a thread costs little); ends are written END_BATCH at a time.
+# so a thread costs little).
 END_BATCH = 32
+FLUSH_SECONDS = 0.05
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
@@ -188,7 +200,7 @@ def _retry_in(task: Task, record: StepRecord, settings: Settings) -> float | Non
 def _work(record: StepRecord, work: Work, node: Node, spec: Pipeline, step: StepInput,
           begin: Begin, final: bool) -> None:
     ctx = StepContext(input=begin.input, outputs=begin.outputs, models=spec.models,
-                      http=resources.http(), step_tag=f"{step.run_id}/{step.path}",
+                      http=resources.transport(), step_tag=f"{step.run_id}/{step.path}",
                       item=step.item, index=step.index, gateway=resources.gateway(),
                       run=resources.run_scope(step.run_id, spec))
     try:

@@ -95,9 +95,14 @@ class Sweeper(_Loop):
     def _redispatch(self) -> int:
         claimed = self.store.journal.claim_expired(
             now=time.time(), grace_seconds=max(60.0, 4 * self.settings.lease_seconds))
+        sent: set[str] = set()
         for member, signature in claimed:
             run_id, path = split_member(member)
             log.warning("step %s of run %s lost its worker: dispatching it again", path, run_id)
+            task_id = signature.get("options", {}).get("task_id")
+            if task_id is not None and task_id in sent:
+                continue  # a batch's members share its task: send it once
+            sent.add(task_id)
             self.app.signature(signature).apply_async()
             self.store.bump(run_id, "redispatches")
         return len(claimed)

@@ -1,4 +1,8 @@
-"""Per-process resources, made once and shared by every task in the process (and its threads)."""
+"""Per-process resources, made once and shared by every task in the process (and its threads).
+
+A forked child (prefork pool) must not use its parent's: workers/app.py calls `reset()` in
+`worker_process_init`, and the child makes its own on first use.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import httpx
 
 from pipeline.models import Gateway, RunScope
 from pipeline.models.cache import MODES, Mode
+from pipeline.models.transport import HttpxTransport, LoopTransport, Transport
 from pipeline.settings import get_settings
 from pipeline.spec import Pipeline
 from pipeline.store import RunStore
@@ -19,10 +24,11 @@ _lock = threading.Lock()
 _http: httpx.Client | None = None
 _store: RunStore | None = None
 _gateway: Gateway | None = None
+_transport: Transport | None = None
 
 
 def http() -> httpx.Client:
-    """The process's HTTP client: one connection pool for every model call in the process."""
+    """The process's sync HTTP client (the model transport when LEGATO_MODEL_TRANSPORT=httpx)."""
     global _http
     if _http is None:
         with _lock:
@@ -34,11 +40,28 @@ def http() -> httpx.Client:
     return _http
 
 
+def transport() -> Transport:
+    """The process's model transport: every model call in the process goes through it.
+
+    LEGATO_MODEL_TRANSPORT=aiohttp (default): one event-loop thread with one aiohttp session,
+    calling threads parked on futures; =httpx: the shared sync client `http()`.
+    """
+    global _transport
+    if _transport is None:
+        s = get_settings()
+        client = http() if s.model_transport == "httpx" else None  # http() takes _lock itself
+        with _lock:
+            if _transport is None:
+                _transport = (HttpxTransport(client) if client is not None else
+                              LoopTransport(s.http_max_connections, s.http_timeout))
+    return _transport
+
+
 def gateway() -> Gateway:
-    """The process's model gateway: every model call's policies, over `http()` and Redis."""
+    """The process's model gateway: every model call's policies, over `transport()` and Redis."""
     global _gateway
     if _gateway is None:
-        client, redis, s = http(), store().redis, get_settings()
+        client, redis, s = transport(), store().redis, get_settings()
         with _lock:
             if _gateway is None:
                 cache = os.environ.get("LEGATO_CACHE", "off")
@@ -72,8 +95,14 @@ def ballot() -> Ballot:
 
 
 def reset() -> None:
-    global _http, _store, _gateway
+    """Forget every resource. The loop transport is closed if this process made it; one inherited
+    through a fork is only dropped (its thread and sockets are the parent's)."""
+    global _http, _store, _gateway, _transport
     with _lock:
+        old = _transport
         _http = None
         _store = None
         _gateway = None
+        _transport = None
+    if isinstance(old, LoopTransport):
+        old.close()

@@ -1,4 +1,4 @@
-"""The Anthropic Messages API over httpx, behind the same interface as `openai_compat.post`.
+"""The Anthropic Messages API, behind the same interface as `openai_compat.post`.
 
 A provider is data: `base_url` (e.g. https://api.anthropic.com/v1), `api_key_env` (sent as
 `x-api-key`), `headers` (`anthropic-version` defaults to 2023-06-01). Chat messages are translated:
@@ -13,11 +13,10 @@ import json
 import os
 from typing import Any
 
-import httpx
-
 from pipeline.envelope import Usage
 from pipeline.errors import TransientError
 from pipeline.models.openai_compat import Completion
+from pipeline.models.transport import Client
 from pipeline.models.wire import send
 from pipeline.spec import ModelConfig
 
@@ -80,7 +79,7 @@ def parse(data: dict[str, Any]) -> Completion:
     )
 
 
-def post(client: httpx.Client, cfg: ModelConfig, messages: list[dict[str, Any]], *,
+def post(client: Client, cfg: ModelConfig, messages: list[dict[str, Any]], *,
          schema: dict[str, Any] | None = None, params: dict[str, Any] | None = None,
          step_tag: str | None = None) -> Completion:
     """One request to `<base_url>/messages`, no retry. Raises StepError subclasses."""

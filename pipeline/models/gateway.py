@@ -21,8 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
 from pipeline.envelope import Usage
 from pipeline.errors import PermanentError, StepError, TransientError
 from pipeline.models import anthropic, openai_compat
@@ -32,6 +30,7 @@ from pipeline.models.cache import Mode, ResponseCache, cache_key
 from pipeline.models.openai_compat import Completion
 from pipeline.models.ratelimit import RateLimiter, estimate_tokens
 from pipeline.models.retry import for_model
+from pipeline.models.transport import Client, as_transport
 from pipeline.spec import Budget, ModelConfig
 
 Post = Callable[..., Completion]
@@ -49,9 +48,9 @@ class RunScope:
 
 
 class Gateway:
-    def __init__(self, http: httpx.Client, redis: Any = None, prefix: str = "legato", *,
+    def __init__(self, http: Client, redis: Any = None, prefix: str = "legato", *,
                  sleep: Callable[[float], None] = time.sleep, default_cache: Mode = "off") -> None:
-        self.http = http
+        self.http = as_transport(http)  # wrapped once, not per call
         self.redis = redis
         self.sleep = sleep
         self.default_cache = default_cache

@@ -1,4 +1,4 @@
-"""The OpenAI Chat Completions wire protocol over httpx, for any compatible server.
+"""The OpenAI Chat Completions wire protocol, for any compatible server.
 
 `post` is one request: errors are mapped to Legato's types by `wire.send` (429/5xx/timeouts are
 transient, other 4xx permanent; a context-length 400 says so). `chat` is `post` under
@@ -13,11 +13,10 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
 from pipeline.envelope import Usage
 from pipeline.errors import TransientError
 from pipeline.models.retry import MODEL_CALL
+from pipeline.models.transport import Client
 from pipeline.models.wire import send
 from pipeline.spec import ModelConfig
 
@@ -67,7 +66,7 @@ def request_body(
     return body
 
 
-def post(client: httpx.Client, cfg: ModelConfig, messages: list[dict[str, Any]], *,
+def post(client: Client, cfg: ModelConfig, messages: list[dict[str, Any]], *,
          schema: dict[str, Any] | None = None, params: dict[str, Any] | None = None,
          step_tag: str | None = None) -> Completion:
     """One request, no retry. Raises StepError subclasses."""
@@ -75,7 +74,7 @@ def post(client: httpx.Client, cfg: ModelConfig, messages: list[dict[str, Any]],
     return _post_once(client, cfg, body, _headers(cfg, step_tag))
 
 
-def _post_once(client: httpx.Client, cfg: ModelConfig, body: dict[str, Any],
+def _post_once(client: Client, cfg: ModelConfig, body: dict[str, Any],
                headers: dict[str, str]) -> Completion:
     url = cfg.base_url.rstrip("/") + "/chat/completions"
     data = send(client, cfg, url, body, headers, reset_headers=RESET_HEADERS)
@@ -100,7 +99,7 @@ def _post_once(client: httpx.Client, cfg: ModelConfig, body: dict[str, Any],
 
 
 def chat(
-    client: httpx.Client,
+    client: Client,
     cfg: ModelConfig,
     messages: list[dict[str, Any]],
     *,

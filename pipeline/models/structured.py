@@ -11,13 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 from pydantic import ValidationError
 
 from pipeline import schema as schemas
 from pipeline.envelope import Usage
 from pipeline.errors import OutputInvalid
 from pipeline.models.openai_compat import Completion, chat
+from pipeline.models.transport import Client
 from pipeline.spec import ModelConfig
 
 # (messages, schema, params) -> one completion, its own retries and fallbacks included
@@ -47,7 +47,7 @@ def _parse(text: str, output_schema: dict[str, Any]) -> Any:
 
 
 def ask(
-    client: httpx.Client,
+    client: Client,
     cfg: ModelConfig,
     prompt: str,
     *,

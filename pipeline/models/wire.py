@@ -1,33 +1,33 @@
 """What every provider's wire protocol shares: one POST, its errors mapped to Legato's types.
 
-Transport failures, 408, 429 and 5xx are `TransientError` (with the server's reset hint, if it
-gives one); other 4xx are `PermanentError`, a context-length refusal named as such. The protocols
-(openai_compat.py, anthropic.py) build the request and parse the answer around `send`.
+Transport failures (mapped by the transport, transport.py), 408, 429 and 5xx are
+`TransientError` (with the server's reset hint, if it gives one); other 4xx are `PermanentError`,
+a context-length refusal named as such. The protocols (openai_compat.py, anthropic.py) build the
+request and parse the answer around `send`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import httpx
-
 from pipeline.errors import PermanentError, TransientError
+from pipeline.models.transport import Client, WireResponse, as_transport
 from pipeline.spec import ModelConfig
 
 _CONTEXT_HINTS = ("context length", "context_length", "maximum context", "too many tokens",
                   "prompt is too long", "context window")
 
 
-def timeout(cfg: ModelConfig) -> float | httpx._client.UseClientDefault:
-    """The model's own timeout, else the client's (LEGATO_HTTP_TIMEOUT); never None, which
-    would mean no timeout at all."""
-    return cfg.timeout if cfg.timeout else httpx.USE_CLIENT_DEFAULT
+def timeout(cfg: ModelConfig) -> float | None:
+    """The model's own timeout, else None: the transport's default (LEGATO_HTTP_TIMEOUT), never
+    "no timeout"."""
+    return cfg.timeout if cfg.timeout else None
 
 
-def retry_after(response: httpx.Response, names: tuple[str, ...]) -> float | None:
+def retry_after(response: WireResponse, names: tuple[str, ...]) -> float | None:
     """Seconds the server asks us to wait, from the first of `names` that parses."""
     for name in names:
-        value = response.headers.get(name)
+        value = response.header(name)
         if value:
             try:
                 return float(value.rstrip("s"))
@@ -36,7 +36,7 @@ def retry_after(response: httpx.Response, names: tuple[str, ...]) -> float | Non
     return None
 
 
-def error_message(response: httpx.Response) -> str:
+def error_message(response: WireResponse) -> str:
     try:
         body = response.json()
         return str(body.get("error", {}).get("message") or body)
@@ -52,16 +52,12 @@ def permanent(status: int, model: str, message: str) -> PermanentError:
     return PermanentError(f"HTTP {status} from {model}: {message}", status_code=status)
 
 
-def send(client: httpx.Client, cfg: ModelConfig, url: str, body: dict[str, Any],
+def send(client: Client, cfg: ModelConfig, url: str, body: dict[str, Any],
          headers: dict[str, str], *, reset_headers: tuple[str, ...]) -> Any:
     """POST `body`; return the answer's JSON, or raise TransientError / PermanentError."""
-    try:
-        response = client.post(url, json=body, headers=headers, timeout=timeout(cfg))
-    except httpx.TimeoutException as exc:
-        raise TransientError(f"model call timed out: {type(exc).__name__}") from exc
-    except httpx.TransportError as exc:
-        raise TransientError(f"model server unreachable: {exc!r}") from exc
-    status = response.status_code
+    # Timeouts and connection failures come out of the transport as TransientError already.
+    response = as_transport(client).post(url, json=body, headers=headers, timeout=timeout(cfg))
+    status = response.status
     if status in (408, 429) or status >= 500:
         raise TransientError(f"HTTP {status} from {cfg.model}: {error_message(response)}",
                              status_code=status,

@@ -17,7 +17,7 @@ from pipeline import Legato, Llm, Parallel, Pipeline
 from pipeline.envelope import RunRecord
 from pipeline.keys import lease_member
 from pipeline.local import processes
-from pipeline.spec import Aggregate
+from pipeline.spec import Aggregate, Vote
 from tests.conftest import DURABLE_QUEUE
 
 
@@ -81,6 +81,33 @@ def test_a_step_whose_worker_is_killed_is_dispatched_again_and_finishes(
     by_step = fake.stats()["by_step"]
     assert by_step[f"{run_id}/slow"] == 2  # the killed call, and the one that finished
     assert by_step[f"{run_id}/after"] == 1
+
+
+def test_a_batch_whose_worker_is_killed_is_sent_again_once_and_redoes_only_the_unfinished(
+        legato, fake, durable_worker):
+    fake.script({"faults": [{"kind": "latency", "ms": 1500, "every": 2,
+                             "match": {"contains": "batch kill"}}]})  # every other call is slow
+    victim = durable_worker("victim")
+    vote = Parallel(id="v", queue=DURABLE_QUEUE, aggregate=Aggregate(method="concat"),
+                    vote=Vote(n=6, step=Llm(id="call", model="small", prompt="batch kill")))
+    run_id = legato.submit(Pipeline(name="durable_batch", steps=[vote]), {})
+    paths = [f"v/call[{i}]" for i in range(6)]
+
+    def succeeded() -> list[str]:
+        return [p for p in paths if getattr(_step(legato, run_id, p), "status", "") == "succeeded"]
+
+    fast = _wait_for(lambda: succeeded() if len(succeeded()) == 3 else None)  # journaled early
+    victim.signal(signal.SIGKILL)
+    durable_worker("rescuer")
+
+    run = legato.wait(run_id, timeout=30)
+    assert run.status == "succeeded", run.error
+    store = legato.store
+    assert int(store.redis.hget(store.keys.run(run_id), "redispatches")) == 1  # the batch, once
+    by_step = fake.stats()["by_step"]
+    assert sorted(by_step[f"{run_id}/{p}"] for p in paths) == [1, 1, 1, 2, 2, 2]
+    assert all(by_step[f"{run_id}/{p}"] == 1 for p in fast)  # finished members not redone
+    assert not [f for f in store.redis.hkeys(store.keys.lease_sig) if f.startswith("@")]
 
 
 def test_a_healthy_long_step_is_never_started_twice(legato, fake, durable_worker):

@@ -47,7 +47,8 @@ def test_json_logs_and_opentelemetry_spans(stack_env, legato, fake, tmp_path):
             Llm(id="hello", model="small", queue=queue, prompt="Say hi to {{ input.who }}")])
         run_id = legato.submit(pipeline, {"who": "tracing"})
         assert legato.wait(run_id, timeout=30).status == "succeeded"
-        text = _wait_for(worker.log_path, r'"name": "run/legato.llm"')
+        # one llm step that ends the run: a segment that also closes it
+        text = _wait_for(worker.log_path, r'"name": "run/legato.segment"')
 
     records = []
     for line in text.splitlines():
@@ -58,10 +59,10 @@ def test_json_logs_and_opentelemetry_spans(stack_env, legato, fake, tmp_path):
     assert any("succeeded in" in r["message"] for r in mine)
 
     # The console exporter prints each span as a JSON document (multi-line).
-    span_texts = re.findall(r'\{\n    "name": "run/legato.llm".*?\n\}', text, flags=re.S)
+    span_texts = re.findall(r'\{\n    "name": "run/legato.segment".*?\n\}', text, flags=re.S)
     spans = [json.loads(s) for s in span_texts]
     assert spans, text[-2000:]
     attrs = spans[0]["attributes"]
     assert attrs["legato.run_id"] == run_id and attrs["legato.step"] == "hello"
-    assert attrs.get("celery.task_name") == "legato.llm"
+    assert attrs.get("celery.task_name") == "legato.segment"
     assert spans[0]["resource"]["attributes"]["service.name"] == "legato-test"

@@ -40,7 +40,8 @@ def voting(base_url: str, name: str, limit: RateLimit, n: int, *,
     cfg = ModelConfig(base_url=base_url, model=name, rate_limit=limit)
     judge = Llm(id="judge", model=f"limited-{name}", prompt=prompt, params=params or {},
                 queue=QUEUE)
-    return Pipeline(name="limited", models={f"limited-{name}": cfg}, steps=[
+    # fuse=False: a task per member, so the three processes share the vote (and the limit)
+    return Pipeline(name="limited", models={f"limited-{name}": cfg}, fuse=False, steps=[
         Parallel(id="vote", vote=Vote(step=judge, n=n), aggregate=Aggregate(method="concat"),
                  queue=QUEUE)])
 
