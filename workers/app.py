@@ -13,6 +13,8 @@ Why these settings:
 - Prefetch 1: a worker reserves no more messages than it has threads to run them, so a dead
   worker strands as little as possible.
 - Task events on, so Flower sees every task by its public name (`legato.llm`, ...).
+- A Redis broker goes through workers/broker.py: kombu's transport, minus a redis-py client
+  object built per message.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from celery.signals import (
 from pipeline.compile import CONTROL
 from pipeline.settings import Settings, get_settings
 from pipeline.tools import load_tool_modules
-from workers import lifeline, observability, resources, tls
+from workers import broker, lifeline, observability, resources, tls
 from workers.backend import backend_url
 from workers.celery_config import WIRE_AND_DELIVERY
 
@@ -59,6 +61,7 @@ def create_app(settings: Settings | None = None) -> Celery:
         task_publish_retry_policy={"max_retries": 30, "interval_start": 0.1,
                                    "interval_step": 0.5, "interval_max": 2.0},
         broker_transport_options={"visibility_timeout": 6 * 3600},
+        broker_transport=broker.transport_for(settings.broker),  # Redis: clients made once
         worker_hijack_root_logger=False,
         imports=list(settings.tool_modules),
     )
