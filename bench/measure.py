@@ -206,7 +206,8 @@ def _phase_one(cfg: Config, stack: Stack, legato: LegatoJobs, raw: RawJobs, res:
         Row("overhead", f"1. per-step overhead ({cfg.chain_steps}-step chain, 0 ms model)",
             "ms/step", per_step["legato"], per_step["raw"], "raw Celery no-op chain",
             "Legato ÷ raw", target=1.5, target_text="≤ 1.5×",
-            notes="Legato's time includes submit (validate, pin spec, run record) and finalize"),
+            notes="Legato's time includes submit (validate, pin spec, run record) and closing the "
+                  "run"),
         Row("throughput", f"2. I/O throughput ({steps}-step chain, {lat:g} ms, c={c})",
             "jobs/s", tput["legato"], [cfg.ideal] * len(tput["legato"]),
             f"ideal c÷latency÷steps = {cfg.ideal:.1f}", "Legato ÷ ideal", target=0.9,

@@ -107,9 +107,11 @@ def _setup(res: Results) -> str:
         f"- Repetitions: {c.runs} per measurement, median reported; Legato and its baseline "
         "interleaved in every repetition.",
         f"- Workers: one process each, Celery **threads** pool, concurrency **{c.concurrency}** "
-        f"(memory: {c.mem_calls}); Legato `legato worker` on legato.control/llm/tools, raw Celery "
-        "`celery -A bench.rawapp worker` (same settings as workers/app.py: JSON, late acks, "
-        "prefetch 1, task events on; stock Redis result backend). One private redis-server: "
+        f"(memory: {c.mem_calls}); Legato `legato worker` on legato.control/llm/tools with its "
+        "defaults (model calls on its aiohttp event-loop transport, chain segments and vote "
+        "batches, its Redis broker transport), raw Celery `celery -A bench.rawapp worker` (same "
+        "Celery settings as workers/app.py: JSON, late acks, prefetch 1, task events on; stock "
+        "kombu transport and Redis result backend; sync httpx). One private redis-server: "
         "Legato in db 0, raw in db 1.",
         "- Model: the fake OpenAI-compatible server (one asyncio process), latency scripted "
         "through `PUT /_fake/script`.",
