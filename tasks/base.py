@@ -84,8 +84,8 @@ def journaled_many(task: Task, envelopes: list[dict[str, Any]], kind: str,
 
     Beginning is one round trip for all; ends are written together as members finish (at most
     END_BATCH at once, none left waiting over FLUSH_SECONDS), so a redelivered batch redoes only
-    the members that had not finished. A transiently failed
-    member retries the whole task later (the finished ones are memoized).
+    the members that had not finished. A transiently failed member retries the whole task later
+    (the finished ones are memoized).
     """
     steps = [StepInput.model_validate(e) for e in envelopes]
     run_id = steps[0].run_id

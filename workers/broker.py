@@ -3,8 +3,9 @@
 Stock kombu builds a new `redis.Redis` for every publish, ack and queue operation
 (`Channel.conn_or_acquire`), and redis-py 8 fills a case-insensitive dict of ~170 response
 callbacks in each one: ~0.4 ms of CPU per message, much of it on the worker's consumer thread,
-which then delivers fewer tasks per second to the pool. A client object holds no connection of
-its own (each command takes one from the channel's pool), so one per channel serves every caller.
+which then delivers fewer tasks per second to the pool. A plain client object holds no connection
+of its own (each command takes one from the channel's pool, safely from any thread), so one per
+channel serves every caller.
 Used for `redis://` and `rediss://` brokers (workers/app.py); RabbitMQ is untouched.
 """
 
@@ -18,12 +19,16 @@ PATH = "workers.broker:Transport"
 
 
 class Channel(kombu_redis.Channel):
+    _commands_client: Any = None
+
     def _create_client(self, asynchronous: bool = False) -> Any:
-        cached = self.__dict__.setdefault("_legato_clients", {})
-        client = cached.get(asynchronous)
-        if client is None:
-            client = cached[asynchronous] = super()._create_client(asynchronous)
-        return client
+        # Only the plain client is shared: kombu pins a connection of its own on the
+        # asynchronous one (BRPOP, pub/sub), which it makes once per channel anyway.
+        if asynchronous:
+            return super()._create_client(asynchronous=True)
+        if self._commands_client is None:
+            self._commands_client = super()._create_client()
+        return self._commands_client
 
 
 class Transport(kombu_redis.Transport):
