@@ -21,6 +21,8 @@ from typing import Any
 from bench.jobs import LegatoJobs, RawJobs, chain_pipeline, fanout_pipeline
 from bench.roundtrips import Monitor
 from bench.stack import CpuMeter, Stack, rss_bytes, thread_count
+from pipeline.compile import DEFAULT_QUEUES
+from pipeline.local import processes
 
 
 @dataclass
@@ -102,6 +104,7 @@ def run_all(cfg: Config, stack: Stack) -> Results:
     raw = RawJobs(stack.raw_url, stack.model_url)
     try:
         _phase_one(cfg, stack, legato, raw, res)
+        _phase_host(cfg, stack, legato, res)
         _phase_memory(cfg, stack, legato, raw, res)
     finally:
         legato.close()
@@ -251,6 +254,48 @@ def _peer(stack: Stack, cfg: Config, details: dict[str, Any],
         return None
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     return result
+
+
+def _phase_host(cfg: Config, stack: Stack, legato: LegatoJobs, res: Results) -> None:
+    """What bounds row 2: the same chain on a worker host (two processes of c/2 threads, the
+    same c calls in flight in all), and the model transport alone at c calls in flight."""
+    c, half = cfg.concurrency, max(1, cfg.concurrency // 2)
+    chain_3 = chain_pipeline(cfg.steps, stack.model_url)
+    _log(f"host: two Legato workers of {half} threads; the transport alone at {c} in flight")
+    pair = [processes.worker(f"legato-host-{i}", list(DEFAULT_QUEUES), env=stack.legato_env(),
+                             concurrency=half, log_dir=stack.log_dir).start(timeout=60)
+            for i in range(2)]
+    host: list[float] = []
+    alone: list[float] = []
+    try:
+        stack.set_latency(0)
+        legato.run(chain_3, 10)  # warm up both
+        for _ in range(cfg.runs):
+            stack.set_latency(cfg.latency_ms)
+            b = legato.run(chain_3, cfg.jobs)
+            res.details["failures"]["host/legato"] += b.failed
+            host.append(cfg.jobs / b.elapsed)
+    finally:
+        for service in pair:
+            service.stop()
+    for _ in range(cfg.runs):
+        stack.set_latency(cfg.latency_ms)
+        argv = [sys.executable, "-m", "bench.transports", "--one", "threads-loop-aiohttp",
+                "--url", stack.model_url, "--n", str(c), "--rounds", str(3 * cfg.steps),
+                "--max-seconds", "20"]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        if proc.returncode == 0:
+            calls = json.loads(proc.stdout.strip().splitlines()[-1])["calls_per_s"]
+            alone.append(calls / cfg.steps)  # as jobs of `steps` calls
+    at = next(i for i, r in enumerate(res.rows) if r.key == "cpu") + 1
+    res.rows[at:at] = [
+        Row("host", f"2e. the same chain on a worker host: 2 processes × {half} threads",
+            "jobs/s", host, [cfg.ideal] * len(host), f"ideal {cfg.ideal:.1f}", "host ÷ ideal"),
+        Row("ceiling", f"2f. the model transport alone, {c} calls in flight, no orchestration",
+            "jobs/s", alone, [cfg.ideal] * len(alone), f"ideal {cfg.ideal:.1f}",
+            "transport ÷ ideal", notes="calls/s ÷ steps; `threads-loop-aiohttp` of "
+            "bench/transports.py, the path Legato's workers use"),
+    ]
 
 
 def _phase_memory(cfg: Config, stack: Stack, legato: LegatoJobs, raw: RawJobs,
