@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pipeline import Legato, Llm, Parallel, Pipeline
-from pipeline.spec import Aggregate, Vote
+from pipeline.spec import Aggregate, ModelConfig, Vote
 
 
 def _chain(n: int, **extra) -> Pipeline:
@@ -54,6 +54,27 @@ def test_a_failing_step_stops_its_segment_and_fails_the_run(legato: Legato, fake
     steps = {s.path: s for s in legato.steps(run.id)}
     assert steps["s0"].status == "succeeded" and steps["s1"].status == "failed"
     assert "s2" not in steps
+
+
+def test_a_segment_retried_after_a_model_outage_redoes_only_the_unfinished_steps(
+        legato: Legato, fake, fake_model):
+    # One HTTP attempt per call, so the outage reaches the task: the segment is retried as a
+    # whole (LEGATO_STEP_RETRY_SECONDS is 0.2 in the session) and the first step is memoized.
+    once = ModelConfig(base_url=fake_model, model="smollm2", max_attempts=1)
+    pipeline = Pipeline(name="outage_segment", models={"once": once}, steps=[
+        Llm(id="a", model="once", prompt="first {{ input.text }}"),
+        Llm(id="b", model="once", prompt="second {{ outputs.a }}"),
+        Llm(id="c", model="once", prompt="third {{ outputs.b }}"),
+    ])
+    fake.script({"faults": [{"kind": "status", "code": 503, "times": 2,
+                             "match": {"contains": "second"}}]})
+    run = legato.wait(legato.submit(pipeline, {"text": "outage"}), timeout=30)
+
+    assert run.status == "succeeded", run.error
+    assert fake.stats()["by_step"] == {f"{run.id}/a": 1, f"{run.id}/b": 3, f"{run.id}/c": 1}
+    steps = {s.path: s for s in legato.steps(run.id)}
+    assert steps["a"].attempt == 1 and steps["b"].attempt == 3 and steps["c"].attempt == 1
+    assert "third" in run.output
 
 
 def test_a_vote_runs_its_members_concurrently_in_batches(legato: Legato, fake):
