@@ -8,7 +8,8 @@
     route         a router task, which replaces itself with the chosen branch (on its queue)
     parallel      chord(group(sections or votes), aggregate); a vote's members go
                   `LEGATO_BATCH_SIZE` to a `legato.llm_batch` task (unless it has a quorum)
-    orchestrate   a plan task, which replaces itself with chord(group(work...), synthesize)
+    orchestrate   a plan task, which replaces itself with chord(group(work...), synthesize);
+                  the workers go in `legato.llm_batch` tasks like a vote's members
     evaluate      an evaluate task per round, each replacing itself with the next round
     agent         an agent task per turn, likewise
 
@@ -151,16 +152,22 @@ class Compiler:
         assert step.vote is not None
         vote, n, quorum = step.vote.step, step.vote.n, step.vote.quorum
         node, queue = f"{path}/{vote.id}", vote.queue or queue or LLM
-        if quorum is not None or not self.fuse:
+        if quorum is not None:
             return [self._task("legato.llm", queue, node, path=f"{node}[{i}]", index=i,
                                quorum=quorum) for i in range(n)]
+        return self._members([self._envelope(node, path=f"{node}[{i}]", index=i)
+                              for i in range(n)], queue)
+
+    def _members(self, envelopes: list[dict[str, Any]], queue: str) -> list[Signature]:
+        """Fan-out members as `legato.llm_batch` tasks of LEGATO_BATCH_SIZE (a task each when
+        the pipeline says `fuse: false`)."""
+        if not self.fuse:
+            return [self.app.signature("legato.llm", kwargs={"step": e}, queue=queue)
+                    for e in envelopes]
         size = max(1, get_settings().batch_size)
-        return [
-            self.app.signature("legato.llm_batch", queue=queue, kwargs={"steps": [
-                self._envelope(node, path=f"{node}[{i}]", index=i)
-                for i in range(start, min(n, start + size))]})
-            for start in range(0, n, size)
-        ]
+        return [self.app.signature("legato.llm_batch", kwargs={"steps": envelopes[i:i + size]},
+                                   queue=queue)
+                for i in range(0, len(envelopes), size)]
 
     def again(self, name: str, envelope: StepInput, request: Any) -> Signature:
         """The next round of a loop task, on the queue this one came from."""
@@ -176,13 +183,12 @@ class Compiler:
 
     def workers(self, step: Orchestrate, path: str, subtasks: list[Any], queue: str | None, *,
                 start: int = 0, round_no: int = 0) -> Signature:
-        """The orchestrator's fan-out: a worker task per new subtask (from `start`), then the
-        synthesizer, which carries every subtask so far and the round."""
-        work = [
-            self._task("legato.llm", queue or LLM, path, path=f"{path}/worker[{i}]", index=i,
-                       item=subtasks[i])
-            for i in range(start, len(subtasks))
-        ]
-        synthesize = self._task("legato.synthesize", queue or LLM, path,
+        """The orchestrator's fan-out: the new subtasks' workers (from `start`), in batches, then
+        the synthesizer, which carries every subtask so far and the round."""
+        queue = queue or LLM
+        members = [self._envelope(path, path=f"{path}/worker[{i}]", index=i, item=subtasks[i])
+                   for i in range(start, len(subtasks))]
+        work = self._members(members, queue)
+        synthesize = self._task("legato.synthesize", queue, path,
                                 item={"subtasks": subtasks, "round": round_no})
         return chord(group(work), synthesize)

@@ -262,7 +262,8 @@ class Pipeline(_Strict):
     cache: Literal["off", "read-write", "replay"] | None = Field(
         None, description="the model response cache; default: the worker's LEGATO_CACHE (off)")
     fuse: bool = Field(True, description="run consecutive llm steps on one queue as one task, "
-                       "and a vote's members in batches (each step journaled either way)")
+                       "and a vote's members and an orchestrator's workers in batches (each "
+                       "step journaled either way)")
 
     def content_hash(self) -> str:
         """Hash of the canonical JSON: a run is pinned to exactly this content."""

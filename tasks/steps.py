@@ -1,5 +1,5 @@
 """Leaf step tasks: one model call (`legato.llm`) or one tool call (`legato.tool`); several
-model-call steps in one task — a chain's consecutive steps in order (`legato.segment`), a vote's
+model-call steps in one task — a chain's consecutive steps in order (`legato.segment`), a fan-out's
 members at once (`legato.llm_batch`). Every step is journaled on its own either way."""
 
 from __future__ import annotations
@@ -78,8 +78,8 @@ def segment(self: Task, prev: Any = None, *, steps: list[dict[str, Any]],
 
 @app.task(name="legato.llm_batch", bind=True)
 def llm_batch(self: Task, prev: Any = None, *, steps: list[dict[str, Any]]) -> list[Any]:
-    """Members of a vote, run concurrently in this task; their results, as a list, feed the
-    chord's fan-in like single members' results do."""
+    """A vote's members or an orchestrator's workers, run concurrently in this task; their
+    results, as a list, feed the chord's fan-in like single members' results do."""
     if failed := upstream_failure(prev):
         return [failed]
     return [r.wire() for r in journaled_many(self, steps, "llm", _llm)]
