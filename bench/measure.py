@@ -18,6 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench import transports
 from bench.jobs import LegatoJobs, RawJobs, chain_pipeline, fanout_pipeline
 from bench.roundtrips import Monitor
 from bench.stack import CpuMeter, Stack, rss_bytes, thread_count
@@ -280,13 +281,10 @@ def _phase_host(cfg: Config, stack: Stack, legato: LegatoJobs, res: Results) -> 
             service.stop()
     for _ in range(cfg.runs):
         stack.set_latency(cfg.latency_ms)
-        argv = [sys.executable, "-m", "bench.transports", "--one", "threads-loop-aiohttp",
-                "--url", stack.model_url, "--n", str(c), "--rounds", str(3 * cfg.steps),
-                "--max-seconds", "20"]
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
-        if proc.returncode == 0:
-            calls = json.loads(proc.stdout.strip().splitlines()[-1])["calls_per_s"]
-            alone.append(calls / cfg.steps)  # as jobs of `steps` calls
+        row = transports.in_fresh_process("threads-loop-aiohttp", stack.model_url, c,
+                                          rounds=3 * cfg.steps, seconds=20, timeout=300)
+        if "error" not in row:
+            alone.append(row["calls_per_s"] / cfg.steps)  # as jobs of `steps` calls
     at = next(i for i, r in enumerate(res.rows) if r.key == "cpu") + 1
     res.rows[at:at] = [
         Row("host", f"2e. the same chain on a worker host: 2 processes × {half} threads",

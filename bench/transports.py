@@ -238,6 +238,20 @@ def one(transport: str, url: str, n: int, rounds: int, seconds: float) -> dict[s
             "max_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
+def in_fresh_process(transport: str, url: str, n: int, rounds: int, seconds: float, *,
+                     timeout: float = 900) -> dict[str, Any]:
+    """`one`, in a process of its own (so transports never share a heap or a loop); its row, or
+    {"transport", "n", "error"} with the last line it printed on stderr."""
+    argv = [sys.executable, "-m", "bench.transports", "--one", transport, "--url", url,
+            "--n", str(n), "--rounds", str(rounds), "--max-seconds", str(seconds)]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        return {"transport": transport, "n": n, "error": tail}
+    row: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return row
+
+
 # -- the driver -------------------------------------------------------------------------------
 
 
@@ -257,16 +271,11 @@ def drive(args: argparse.Namespace) -> list[dict[str, Any]]:
                 samples = []
                 for _ in range(args.runs):
                     server0 = cpu_seconds(fake.pid) if fake.pid else (0.0, 0.0)
-                    argv = [sys.executable, "-m", "bench.transports", "--one", transport,
-                            "--url", url, "--n", str(n), "--rounds", str(args.rounds),
-                            "--max-seconds", str(args.max_seconds)]
-                    proc = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+                    row = in_fresh_process(transport, url, n, args.rounds, args.max_seconds)
                     server1 = cpu_seconds(fake.pid) if fake.pid else (0.0, 0.0)
-                    if proc.returncode != 0:
-                        tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
-                        samples.append({"transport": transport, "n": n, "error": tail})
+                    if "error" in row:
+                        samples.append(row)
                         break
-                    row = json.loads(proc.stdout.strip().splitlines()[-1])
                     row["server_cpu"] = sum(server1) - sum(server0)
                     samples.append(row)
                 ok = [s for s in samples if "error" not in s]

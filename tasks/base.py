@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import random
-import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Any
 
 from celery import Task
@@ -109,8 +108,9 @@ def journaled_many(task: Task, envelopes: list[dict[str, Any]], kind: str,
         if begin.state == "go":
             records[i].attempt = begin.attempt
             keeper.hold(run_id, steps[i].path, token)
-            running[pool().submit(_work, records[i], work, nodes[i], spec, steps[i], begin,
-                                  False)] = i
+            future = resources.batch_pool().submit(_work, records[i], work, nodes[i], spec,
+                                                   steps[i], begin, False)
+            running[future] = i
     retry_in: float | None = None
     pending, first_done = set(running), 0.0
     finished: list[int] = []
@@ -137,22 +137,9 @@ def journaled_many(task: Task, envelopes: list[dict[str, Any]], kind: str,
     return [r if r is not None else records[i].result() for i, r in enumerate(results)]
 
 
-# Members of a fan-out run on this pool (their model calls wait on the transport's event loop,
-# so a thread costs little).
+# A batch's ends are written at most END_BATCH at once, none left waiting over FLUSH_SECONDS.
 END_BATCH = 32
 FLUSH_SECONDS = 0.05
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def pool() -> ThreadPoolExecutor:
-    global _pool
-    if _pool is None:
-        with _pool_lock:
-            if _pool is None:
-                _pool = ThreadPoolExecutor(get_settings().batch_concurrency,
-                                           thread_name_prefix="legato-batch")
-    return _pool
 
 
 def _running(task: Task, step: StepInput, kind: str) -> StepRecord:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import cast
 
 import httpx
@@ -25,6 +26,7 @@ _http: httpx.Client | None = None
 _store: RunStore | None = None
 _gateway: Gateway | None = None
 _transport: Transport | None = None
+_batch_pool: ThreadPoolExecutor | None = None
 
 
 def http() -> httpx.Client:
@@ -94,12 +96,25 @@ def ballot() -> Ballot:
     return Ballot(s.redis, s.keys)
 
 
+def batch_pool() -> ThreadPoolExecutor:
+    """The threads a batch task runs its members on (LEGATO_BATCH_CONCURRENCY): their model
+    calls wait on the transport's event loop, so a thread costs little."""
+    global _batch_pool
+    if _batch_pool is None:
+        with _lock:
+            if _batch_pool is None:
+                _batch_pool = ThreadPoolExecutor(get_settings().batch_concurrency,
+                                                 thread_name_prefix="legato-batch")
+    return _batch_pool
+
+
 def reset() -> None:
     """Forget every resource. The loop transport is closed if this process made it; one inherited
     through a fork is only dropped (its thread and sockets are the parent's)."""
-    global _http, _store, _gateway, _transport
+    global _http, _store, _gateway, _transport, _batch_pool
     with _lock:
         old = _transport
+        _batch_pool = None  # a forked child has none of the parent's threads
         _http = None
         _store = None
         _gateway = None
