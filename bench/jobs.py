@@ -18,9 +18,9 @@ import redis
 from celery import chain, chord
 
 from bench import rawapp
-from pipeline.client import Legato
-from pipeline.settings import Settings
-from pipeline.spec import Pipeline
+from legato.client import Legato
+from legato.settings import Settings
+from legato.spec import Pipeline
 
 POLL_S = 0.05
 

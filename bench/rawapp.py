@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 from celery import Celery
 
-from workers.celery_config import WIRE_AND_DELIVERY
+from legato.workers.celery_config import WIRE_AND_DELIVERY
 
 QUEUE = "bench.raw"
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import httpx
 
-from pipeline.compile import DEFAULT_QUEUES
-from pipeline.local import processes
-from pipeline.local.redis_server import RedisServer
+from legato.compile import DEFAULT_QUEUES
+from legato.local import processes
+from legato.local.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -259,7 +259,7 @@ def drive(args: argparse.Namespace) -> list[dict[str, Any]]:
     import httpx
 
     from bench.stack import cpu_seconds
-    from pipeline.local import processes
+    from legato.local import processes
 
     rows = []
     with processes.fake_model() as fake:

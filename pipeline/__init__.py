@@ -4,9 +4,9 @@ The public API: pipelines as data (the step kinds below, or YAML files), the pro
 error hierarchy, and the wire types a run is reported in.
 """
 
-from pipeline.client import Legato
-from pipeline.envelope import RunRecord, StepRecord, StepResult, Usage
-from pipeline.errors import (
+from legato.client import Legato
+from legato.envelope import RunRecord, StepRecord, StepResult, Usage
+from legato.errors import (
     BudgetExceeded,
     Cancelled,
     GateFailed,
@@ -19,8 +19,8 @@ from pipeline.errors import (
     StepError,
     TransientError,
 )
-from pipeline.loader import load_pipeline
-from pipeline.spec import (
+from legato.loader import load_pipeline
+from legato.spec import (
     Agent,
     Aggregate,
     Breaker,
@@ -41,7 +41,7 @@ from pipeline.spec import (
     Tool,
     Vote,
 )
-from pipeline.tools import tool
+from legato.tools import tool
 
 __all__ = [
     "Agent",

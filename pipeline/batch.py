@@ -18,9 +18,9 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pipeline.client import Legato, check_input
-from pipeline.envelope import RunRecord
-from pipeline.errors import InputError
+from legato.client import Legato, check_input
+from legato.envelope import RunRecord
+from legato.errors import InputError
 
 
 def read_jsonl(path: Path) -> list[Any]:

@@ -1,6 +1,6 @@
 """The producer API: submit a job, wait for it, read its status and steps.
 
-    from pipeline import Legato
+    from legato import Legato
     legato = Legato()                       # settings from LEGATO_* environment variables
     run_id = legato.submit("summarize", {"text": "..."})
     record = legato.wait(run_id, timeout=60)
@@ -19,15 +19,15 @@ from typing import Any
 from celery import Celery
 from pydantic import ValidationError
 
-from pipeline import schema
-from pipeline.compile import Compiler
-from pipeline.envelope import RunRecord, StepRecord
-from pipeline.errors import InputError, RunNotFound, StepError
-from pipeline.loader import load_models, load_pipeline, resolve
-from pipeline.settings import Settings, get_settings
-from pipeline.spec import Pipeline
-from pipeline.store import RunStore
-from pipeline.tools import load_tool_modules
+from legato import schema
+from legato.compile import Compiler
+from legato.envelope import RunRecord, StepRecord
+from legato.errors import InputError, RunNotFound, StepError
+from legato.loader import load_models, load_pipeline, resolve
+from legato.settings import Settings, get_settings
+from legato.spec import Pipeline
+from legato.store import RunStore
+from legato.tools import load_tool_modules
 
 
 class Legato:
@@ -41,7 +41,7 @@ class Legato:
     @property
     def app(self) -> Celery:
         if self._app is None:
-            from workers.app import create_app  # the producer needs the app only to send
+            from legato.workers.app import create_app  # the producer needs the app only to send
 
             self._app = create_app(self.settings)
         return self._app

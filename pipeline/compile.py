@@ -24,9 +24,9 @@ from typing import Any
 from celery import Celery, chain, chord, group
 from celery.canvas import Signature
 
-from pipeline.envelope import StepInput
-from pipeline.settings import get_settings
-from pipeline.spec import (
+from legato.envelope import StepInput
+from legato.settings import get_settings
+from legato.spec import (
     Agent,
     Chain,
     Evaluate,
@@ -38,7 +38,7 @@ from pipeline.spec import (
     Step,
     Tool,
 )
-from pipeline.tools import ToolNotFound, get_tool
+from legato.tools import ToolNotFound, get_tool
 
 CONTROL = "legato.control"
 LLM = "legato.llm"

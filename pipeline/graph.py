@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from pipeline import loader, templates
-from pipeline.spec import Chain, Parallel, Pipeline, Route, Step
+from legato import loader, templates
+from legato.spec import Chain, Parallel, Pipeline, Route, Step
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def _unique(*ids: str) -> tuple[str, ...]:
 
 @lru_cache(maxsize=256)
 def _index(canonical: str) -> dict[str, Node]:
-    from pipeline.spec import pipeline_from_json
+    from legato.spec import pipeline_from_json
 
     pipeline = pipeline_from_json(canonical)
     index: dict[str, Node] = {}

@@ -17,10 +17,10 @@ import time
 from html import escape
 from typing import Any
 
-from pipeline import graph, loader
-from pipeline.envelope import RunRecord, StepRecord
-from pipeline.spec import Pipeline
-from pipeline.waterfall import Span, decision, timeline
+from legato import graph, loader
+from legato.envelope import RunRecord, StepRecord
+from legato.spec import Pipeline
+from legato.waterfall import Span, decision, timeline
 
 _COLOURS = {"succeeded": "#2e9d4f", "failed": "#d0343b", "running": "#e0a800", "queued": "#3b82c4",
             "cancelled": "#a040a0", "skipped": "#9aa0a6"}

@@ -19,8 +19,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.envelope import StepRecord
-from pipeline.keys import Keys, lease_member
+from legato.envelope import StepRecord
+from legato.keys import Keys, lease_member
 
 # KEYS: run, steps, outputs, leases, owner, sig, active, attempts
 # ARGV: path, running record (attempt 0), now, lease until, member, token, signature, run id,

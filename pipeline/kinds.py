@@ -11,15 +11,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline import templates
-from pipeline.envelope import StepResult, Usage
-from pipeline.errors import GateFailed, PermanentError, StepError
-from pipeline.models import Completion, Gateway, RunScope, ask
-from pipeline.models.transport import Client
-from pipeline.spec import Aggregate, Classifier, Gate, ModelCall, ModelConfig, Orchestrate, Tool
-from pipeline.tools import get_tool
-from pipeline.tools.registry import ToolNotFound
-from pipeline.tools.runner import call_tool, idempotency_key
+from legato import templates
+from legato.envelope import StepResult, Usage
+from legato.errors import GateFailed, PermanentError, StepError
+from legato.models import Completion, Gateway, RunScope, ask
+from legato.models.transport import Client
+from legato.spec import Aggregate, Classifier, Gate, ModelCall, ModelConfig, Orchestrate, Tool
+from legato.tools import get_tool
+from legato.tools.registry import ToolNotFound
+from legato.tools.runner import call_tool, idempotency_key
 
 
 @dataclass

@@ -17,9 +17,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from pipeline import schema, templates
-from pipeline.errors import SpecError
-from pipeline.spec import (
+from legato import schema, templates
+from legato.errors import SpecError
+from legato.spec import (
     Agent,
     Chain,
     Evaluate,
@@ -32,8 +32,8 @@ from pipeline.spec import (
     Step,
     Tool,
 )
-from pipeline.tools import get_tool
-from pipeline.tools.registry import ToolNotFound
+from legato.tools import get_tool
+from legato.tools.registry import ToolNotFound
 
 # The model calls inside composite steps, and the ones whose output schema Legato fixes.
 _ROLES: dict[type, tuple[str, ...]] = {

@@ -11,12 +11,12 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from pipeline.errors import PermanentError, StepError
-from pipeline.kinds import Outcome, StepContext
-from pipeline.models import Gateway
-from pipeline.spec import Agent, Evaluate
-from pipeline.tools import get_tool
-from pipeline.tools.runner import call_tool, idempotency_key
+from legato.errors import PermanentError, StepError
+from legato.kinds import Outcome, StepContext
+from legato.models import Gateway
+from legato.spec import Agent, Evaluate
+from legato.tools import get_tool
+from legato.tools.runner import call_tool, idempotency_key
 
 VERDICT_SCHEMA: dict[str, Any] = {
     "type": "object",

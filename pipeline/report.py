@@ -11,7 +11,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from pipeline.envelope import RunRecord, StepRecord
+from legato.envelope import RunRecord, StepRecord
 
 STATUS_STYLE = {"succeeded": "green", "failed": "red", "running": "yellow", "queued": "cyan",
                  "cancelled": "magenta", "skipped": "dim"}

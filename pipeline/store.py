@@ -15,11 +15,11 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from pipeline.envelope import TERMINAL, RunRecord, StepRecord, Usage
-from pipeline.errors import RunNotFound
-from pipeline.journal import Journal
-from pipeline.keys import Keys
-from pipeline.spec import Pipeline, pipeline_from_json
+from legato.envelope import TERMINAL, RunRecord, StepRecord, Usage
+from legato.errors import RunNotFound
+from legato.journal import Journal
+from legato.keys import Keys
+from legato.spec import Pipeline, pipeline_from_json
 
 # KEYS: run, idem key (or the run key again), runs index, active. ARGV: id, created_at, fields...
 _CREATE = """

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pipeline.keys import Keys
+from legato.keys import Keys
 
 # KEYS: votes hash (voter path -> vote), reached flag. ARGV: voter path, vote, quorum.
 # Keyed by voter, so a redelivered voter is not counted twice.

@@ -13,8 +13,8 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from pipeline.envelope import RunRecord, StepRecord
-from pipeline.report import STATUS_STYLE, status_text, tree_order
+from legato.envelope import RunRecord, StepRecord
+from legato.report import STATUS_STYLE, status_text, tree_order
 
 BAR_WIDTH = 32
 

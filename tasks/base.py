@@ -19,15 +19,15 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Ignore
 
-from pipeline import graph
-from pipeline.envelope import StepInput, StepRecord, StepResult
-from pipeline.errors import PermanentError, StepError
-from pipeline.graph import Node
-from pipeline.journal import Begin
-from pipeline.kinds import Outcome, StepContext, check_gate
-from pipeline.settings import Settings, get_settings
-from pipeline.spec import Pipeline
-from workers import lifeline, observability, resources
+from legato import graph
+from legato.envelope import StepInput, StepRecord, StepResult
+from legato.errors import PermanentError, StepError
+from legato.graph import Node
+from legato.journal import Begin
+from legato.kinds import Outcome, StepContext, check_gate
+from legato.settings import Settings, get_settings
+from legato.spec import Pipeline
+from legato.workers import lifeline, observability, resources
 
 log = logging.getLogger("legato.step")
 

@@ -10,10 +10,10 @@ from typing import Any
 
 from celery import Task
 
-from pipeline import templates
-from pipeline.envelope import StepResult
-from workers import resources
-from workers.app import app
+from legato import templates
+from legato.envelope import StepResult
+from legato.workers import resources
+from legato.workers.app import app
 
 
 def close_run(run_id: str, spec_hash: str, last: Any) -> dict[str, Any]:

@@ -6,16 +6,16 @@ from typing import Any
 
 from celery import Task
 
-from pipeline import graph
-from pipeline.compile import Compiler
-from pipeline.envelope import StepInput, StepResult
-from pipeline.errors import PermanentError
-from pipeline.graph import Node
-from pipeline.kinds import Outcome, StepContext, aggregate, classify, fan_in, plan, run_llm
-from pipeline.spec import Orchestrate, Parallel, Pipeline, Route
-from tasks.base import Work, journaled, upstream_failure
-from workers import resources
-from workers.app import app
+from legato import graph
+from legato.compile import Compiler
+from legato.envelope import StepInput, StepResult
+from legato.errors import PermanentError
+from legato.graph import Node
+from legato.kinds import Outcome, StepContext, aggregate, classify, fan_in, plan, run_llm
+from legato.spec import Orchestrate, Parallel, Pipeline, Route
+from legato.tasks.base import Work, journaled, upstream_failure
+from legato.workers import resources
+from legato.workers.app import app
 
 
 def _node_and_compiler(step: dict[str, Any]) -> tuple[Node, Compiler]:

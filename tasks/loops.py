@@ -11,17 +11,17 @@ from typing import Any, NoReturn
 
 from celery import Task
 
-from pipeline import graph
-from pipeline.compile import Compiler
-from pipeline.envelope import StepInput
-from pipeline.errors import BudgetExceeded
-from pipeline.graph import Node
-from pipeline.kinds import Outcome, StepContext
-from pipeline.loops import agent_turn, evaluate_round, next_move
-from pipeline.spec import Agent, Evaluate, Pipeline, Step
-from tasks.base import journaled, upstream_failure
-from workers import resources
-from workers.app import app
+from legato import graph
+from legato.compile import Compiler
+from legato.envelope import StepInput
+from legato.errors import BudgetExceeded
+from legato.graph import Node
+from legato.kinds import Outcome, StepContext
+from legato.loops import agent_turn, evaluate_round, next_move
+from legato.spec import Agent, Evaluate, Pipeline, Step
+from legato.tasks.base import journaled, upstream_failure
+from legato.workers import resources
+from legato.workers.app import app
 
 
 def _previous(envelope: StepInput, label: str) -> Any:

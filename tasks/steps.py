@@ -9,14 +9,14 @@ from typing import Any
 
 from celery import Task
 
-from pipeline.envelope import StepRecord
-from pipeline.graph import Node
-from pipeline.kinds import Outcome, StepContext, run_llm, run_tool
-from pipeline.spec import Llm, Orchestrate, Pipeline, Tool
-from tasks.base import journaled, journaled_many, upstream_failure
-from tasks.finish import close_run
-from workers import resources
-from workers.app import app
+from legato.envelope import StepRecord
+from legato.graph import Node
+from legato.kinds import Outcome, StepContext, run_llm, run_tool
+from legato.spec import Llm, Orchestrate, Pipeline, Tool
+from legato.tasks.base import journaled, journaled_many, upstream_failure
+from legato.tasks.finish import close_run
+from legato.workers import resources
+from legato.workers.app import app
 
 
 def _llm(ctx: StepContext, node: Node, _: Pipeline) -> Outcome:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.client import Legato
-from workers.app import app
+from legato.client import Legato
+from legato.workers.app import app
 
 _client: Legato | None = None
 

@@ -1,7 +1,7 @@
 """Real parts for every integration test: a private Redis, the fake model server, Celery workers.
 
 Session-scoped: one Redis server on a free port, one fake model process, and two worker processes
-— `main` (`legato worker`) on the default queues and `branches` (plain `celery -A workers.app
+— `main` (`legato worker`) on the default queues and `branches` (plain `celery -A legato.workers.app
 worker`) on the example branch queues — so routing can be seen landing on another worker.
 Tests script the fake model through its admin API and reset it.
 """
@@ -15,11 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipeline.client import Legato
-from pipeline.compile import DEFAULT_QUEUES
-from pipeline.local import processes
-from pipeline.local.redis_server import RedisServer
-from pipeline.settings import Settings
+from legato.client import Legato
+from legato.compile import DEFAULT_QUEUES
+from legato.local import processes
+from legato.local.redis_server import RedisServer
+from legato.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 BRANCH_QUEUES = ["legato.branch.billing", "legato.branch.technical"]

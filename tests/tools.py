@@ -4,7 +4,7 @@ import socket
 import time
 from pathlib import Path
 
-from pipeline.tools import http_tool, tool
+from legato.tools import http_tool, tool
 
 
 @tool

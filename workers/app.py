@@ -1,4 +1,5 @@
-"""The Celery app. `celery -A workers.app worker -Q legato.llm` works as well as `legato worker`.
+"""The Celery app. `celery -A legato.workers.app worker -Q legato.llm` works as well as
+`legato worker`.
 
 Why these settings:
 - JSON only, both ways: pickle is never accepted, so a message cannot execute code.
@@ -30,14 +31,14 @@ from celery.signals import (
     worker_shutdown,
 )
 
-from pipeline.compile import CONTROL
-from pipeline.settings import Settings, get_settings
-from pipeline.tools import load_tool_modules
-from workers import broker, lifeline, observability, resources, tls
-from workers.backend import backend_url
-from workers.celery_config import WIRE_AND_DELIVERY
+from legato.compile import CONTROL
+from legato.settings import Settings, get_settings
+from legato.tools import load_tool_modules
+from legato.workers import broker, lifeline, observability, resources, tls
+from legato.workers.backend import backend_url
+from legato.workers.celery_config import WIRE_AND_DELIVERY
 
-TASK_MODULES = ("tasks.steps", "tasks.flow", "tasks.loops", "tasks.finish", "tasks.submit")
+TASK_MODULES = tuple(f"legato.tasks.{m}" for m in ("steps", "flow", "loops", "finish", "submit"))
 
 
 def create_app(settings: Settings | None = None) -> Celery:

@@ -15,7 +15,7 @@ from typing import Any
 
 from kombu.transport import redis as kombu_redis
 
-PATH = "workers.broker:Transport"
+PATH = "legato.workers.broker:Transport"
 
 
 class Channel(kombu_redis.Channel):

@@ -19,10 +19,10 @@ from typing import Any
 
 from celery import Celery
 
-from pipeline.compile import Compiler
-from pipeline.keys import split_member
-from pipeline.settings import Settings
-from pipeline.store import RunStore
+from legato.compile import Compiler
+from legato.keys import split_member
+from legato.settings import Settings
+from legato.store import RunStore
 
 log = logging.getLogger("legato.lifeline")
 

@@ -13,13 +13,13 @@ from typing import cast
 
 import httpx
 
-from pipeline.models import Gateway, RunScope
-from pipeline.models.cache import MODES, Mode
-from pipeline.models.transport import HttpxTransport, LoopTransport, Transport
-from pipeline.settings import get_settings
-from pipeline.spec import Pipeline
-from pipeline.store import RunStore
-from pipeline.voting import Ballot
+from legato.models import Gateway, RunScope
+from legato.models.cache import MODES, Mode
+from legato.models.transport import HttpxTransport, LoopTransport, Transport
+from legato.settings import get_settings
+from legato.spec import Pipeline
+from legato.store import RunStore
+from legato.voting import Ballot
 
 _lock = threading.Lock()
 _http: httpx.Client | None = None

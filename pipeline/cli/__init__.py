@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 
 if TYPE_CHECKING:
-    from pipeline.client import Legato
+    from legato.client import Legato
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Legato: durable AI orchestration on Celery + Redis.")
@@ -25,7 +25,7 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="print JSON instead of a 
 
 
 def legato_client() -> Legato:
-    from pipeline.client import Legato
+    from legato.client import Legato
 
     return Legato()
 
@@ -47,7 +47,7 @@ def print_run(record: Any, as_json: bool) -> None:
     if as_json:
         out.print_json(data=record.model_dump(mode="json"))
         return
-    from pipeline.report import run_summary
+    from legato.report import run_summary
 
     out.print(run_summary(record))
 
@@ -57,4 +57,4 @@ def main() -> None:
     app()
 
 
-from pipeline.cli import runs, stack  # noqa: E402, F401  (register the commands)
+from legato.cli import runs, stack  # noqa: E402, F401  (register the commands)

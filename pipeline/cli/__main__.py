@@ -1,3 +1,3 @@
-from pipeline.cli import main
+from legato.cli import main
 
 main()

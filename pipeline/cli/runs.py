@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli import (
+from legato.cli import (
     JsonFlag,
     app,
     err,
@@ -18,8 +18,8 @@ from pipeline.cli import (
     print_run,
     read_input,
 )
-from pipeline.client import Legato
-from pipeline.errors import InputError, RunNotFound, SpecError
+from legato.client import Legato
+from legato.errors import InputError, RunNotFound, SpecError
 
 
 @app.command()
@@ -52,8 +52,8 @@ def submit(
 
 def submit_batch(legato: Legato, pipeline: str, path: Path, wait: bool, timeout: float,
                   key_prefix: str | None, as_json: bool) -> None:
-    from pipeline.batch import read_jsonl, submit_batch, wait_all
-    from pipeline.report import runs_table
+    from legato.batch import read_jsonl, submit_batch, wait_all
+    from legato.report import runs_table
 
     try:
         run_ids = submit_batch(legato, pipeline, read_jsonl(path), console=err,
@@ -85,7 +85,7 @@ def status(run_id: str, as_json: JsonFlag = False) -> None:
 @app.command()
 def show(run_id: str, as_json: JsonFlag = False) -> None:
     """A run's waterfall: step tree, queue, worker, timings, tokens, route decisions."""
-    from pipeline.waterfall import waterfall
+    from legato.waterfall import waterfall
 
     legato = legato_client()
     try:
@@ -107,7 +107,7 @@ def report(
     html: Annotated[Path, typer.Option("--html", help="write a self-contained HTML page here")],
 ) -> None:
     """Write a run's report: one HTML file with a timeline chart and every step's input/output."""
-    from pipeline.html_report import render_html
+    from legato.html_report import render_html
 
     legato = legato_client()
     try:
@@ -157,7 +157,7 @@ def replay(
     timeout: Annotated[float, typer.Option(help="seconds to wait for the replay")] = 300.0,
 ) -> None:
     """Run a finished run again from its recorded model calls; report any difference (exit 1)."""
-    from pipeline.models.replay import replay as replay_run
+    from legato.models.replay import replay as replay_run
 
     try:
         result = replay_run(legato_client(), run_id, timeout=timeout)
@@ -179,7 +179,7 @@ def runs(
     as_json: JsonFlag = False,
 ) -> None:
     """Recent runs, newest first."""
-    from pipeline.report import runs_table
+    from legato.report import runs_table
 
     records = legato_client().runs(status=status, limit=limit)
     if as_json:

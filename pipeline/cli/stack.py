@@ -9,8 +9,8 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli import app, fail
-from pipeline.settings import get_settings
+from legato.cli import app, fail
+from legato.settings import get_settings
 
 
 @app.command()
@@ -23,8 +23,8 @@ def worker(
     name: Annotated[str | None, typer.Option("--name", "-n")] = None,
     loglevel: str = "INFO",
 ) -> None:
-    """Run a worker on the given queues (same as `celery -A workers.app worker`)."""
-    from workers.app import app as celery_app
+    """Run a worker on the given queues (same as `celery -A legato.workers.app worker`)."""
+    from legato.workers.app import app as celery_app
 
     argv = ["worker", "-Q", queues, "-c", str(concurrency), "-P", pool, f"--loglevel={loglevel}"]
     if name:
@@ -39,7 +39,7 @@ def flower(
     basic_auth: Annotated[str | None, typer.Option(help="user:password")] = None,
 ) -> None:
     """Run Flower against Legato's broker (tasks show under their public names)."""
-    argv = [sys.executable, "-m", "celery", "-A", "workers.app", "flower", f"--port={port}",
+    argv = [sys.executable, "-m", "celery", "-A", "legato.workers.app", "flower", f"--port={port}",
             f"--address={address}"]
     auth = basic_auth or os.environ.get("FLOWER_BASIC_AUTH")
     if auth:
@@ -54,7 +54,7 @@ def model_server(
     model_path: Annotated[Path | None, typer.Option(help="a GGUF; default SmolLM2-135M")] = None,
 ) -> None:
     """Serve the local model (llama.cpp's OpenAI-compatible server) in the foreground."""
-    from pipeline.local.model_server import LocalModelServer
+    from legato.local.model_server import LocalModelServer
 
     argv = LocalModelServer(model_path, port=port).command()
     argv[argv.index("--host") + 1] = host
@@ -68,7 +68,7 @@ def fake_model(
     script: Annotated[Path | None, typer.Option(help="YAML/JSON replies and faults")] = None,
 ) -> None:
     """Serve the deterministic, fault-injecting OpenAI-compatible fake model."""
-    from pipeline.local import fake_model as fake
+    from legato.local import fake_model as fake
 
     fake.run(host, port, str(script) if script else None)
 
@@ -82,7 +82,7 @@ def demo(
 
     With LEGATO_MODEL_BASE_URL set, the pipelines call that OpenAI-compatible API instead.
     """
-    from pipeline.local.demo import run_demo
+    from legato.local.demo import run_demo
 
     if model not in ("local", "fake"):
         fail("--model is `local` or `fake`")

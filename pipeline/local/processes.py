@@ -98,7 +98,7 @@ class Service:
 
 def fake_model(*, script: str | None = None, log_dir: Path | None = None) -> Service:
     """The fake model server on a free port; after start(), `fake_model_url(service)`."""
-    argv = [sys.executable, "-m", "pipeline.local.fake_model", "--port", "0"]
+    argv = [sys.executable, "-m", "legato.local.fake_model", "--port", "0"]
     if script:
         argv += ["--script", script]
     return Service("fake-model", argv, ready=r"listening on (http://\S+)", log_dir=log_dir)
@@ -112,20 +112,21 @@ def fake_model_url(service: Service) -> str:
 def worker(name: str, queues: list[str], *, env: dict[str, str], concurrency: int = 16,
            pool: str = "threads", plain_celery: bool = False,
            log_dir: Path | None = None) -> Service:
-    """`legato worker`, or with `plain_celery` the same worker as `celery -A workers.app worker`."""
+    """`legato worker`, or with `plain_celery` the same worker as
+    `celery -A legato.workers.app worker`."""
     options = ["-Q", ",".join(queues), "-c", str(concurrency), "-n", f"{name}@%h",
                "--loglevel", "INFO"]
     if plain_celery:
-        argv = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-P", pool,
+        argv = [sys.executable, "-m", "celery", "-A", "legato.workers.app", "worker", "-P", pool,
                 *options]
     else:
-        argv = [sys.executable, "-m", "pipeline.cli", "worker", "--pool", pool, *options]
+        argv = [sys.executable, "-m", "legato.cli", "worker", "--pool", pool, *options]
     return Service(name, argv, env=env, ready=r"\bready\.", log_dir=log_dir)
 
 
 def flower(port: int, *, env: dict[str, str], basic_auth: str | None = None,
            log_dir: Path | None = None) -> Service:
-    argv = [sys.executable, "-m", "pipeline.cli", "flower", "--port", str(port)]
+    argv = [sys.executable, "-m", "legato.cli", "flower", "--port", str(port)]
     if basic_auth:
         argv += ["--basic-auth", basic_auth]
     return Service("flower", argv, env=env, ready=r"Visit me at|Registered tasks",

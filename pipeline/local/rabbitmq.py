@@ -17,8 +17,8 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
-from pipeline.local import processes
-from pipeline.local.net import free_port, port_open, wait_for_port
+from legato.local import processes
+from legato.local.net import free_port, port_open, wait_for_port
 
 _LIB_SCRIPT = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")  # Debian: the wrapper su's to rabbitmq
 

@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 import redis
 
-from pipeline.local.net import free_port, port_open
+from legato.local.net import free_port, port_open
 
 _SYSTEM_REDIS_PORT = 6379
 

@@ -13,12 +13,12 @@ import json
 import os
 from typing import Any
 
-from pipeline.envelope import Usage
-from pipeline.errors import TransientError
-from pipeline.models.openai_compat import Completion
-from pipeline.models.transport import Client
-from pipeline.models.wire import send
-from pipeline.spec import ModelConfig
+from legato.envelope import Usage
+from legato.errors import TransientError
+from legato.models.openai_compat import Completion
+from legato.models.transport import Client
+from legato.models.wire import send
+from legato.spec import ModelConfig
 
 VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 1024

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal
 
-from pipeline.spec import ModelConfig
+from legato.spec import ModelConfig
 
 State = Literal["closed", "open", "half-open"]
 TRUST_CLOSED = 1.0

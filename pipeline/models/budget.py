@@ -14,9 +14,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.envelope import Usage
-from pipeline.errors import BudgetExceeded
-from pipeline.spec import Budget, ModelConfig
+from legato.envelope import Usage
+from legato.errors import BudgetExceeded
+from legato.spec import Budget, ModelConfig
 
 TTL_SECONDS = 7 * 24 * 3600
 

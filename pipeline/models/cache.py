@@ -12,9 +12,9 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pipeline.envelope import Usage
-from pipeline.models.openai_compat import Completion
-from pipeline.spec import ModelConfig
+from legato.envelope import Usage
+from legato.models.openai_compat import Completion
+from legato.spec import ModelConfig
 
 Mode = Literal["off", "read-write", "replay"]
 MODES: tuple[str, ...] = ("off", "read-write", "replay")

@@ -21,17 +21,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.envelope import Usage
-from pipeline.errors import PermanentError, StepError, TransientError
-from pipeline.models import anthropic, openai_compat
-from pipeline.models.breaker import CircuitBreaker
-from pipeline.models.budget import BudgetMeter, cost_of
-from pipeline.models.cache import Mode, ResponseCache, cache_key
-from pipeline.models.openai_compat import Completion
-from pipeline.models.ratelimit import RateLimiter, estimate_tokens
-from pipeline.models.retry import for_model
-from pipeline.models.transport import Client, as_transport
-from pipeline.spec import Budget, ModelConfig
+from legato.envelope import Usage
+from legato.errors import PermanentError, StepError, TransientError
+from legato.models import anthropic, openai_compat
+from legato.models.breaker import CircuitBreaker
+from legato.models.budget import BudgetMeter, cost_of
+from legato.models.cache import Mode, ResponseCache, cache_key
+from legato.models.openai_compat import Completion
+from legato.models.ratelimit import RateLimiter, estimate_tokens
+from legato.models.retry import for_model
+from legato.models.transport import Client, as_transport
+from legato.spec import Budget, ModelConfig
 
 Post = Callable[..., Completion]
 PROTOCOLS: dict[str, Post] = {"openai": openai_compat.post, "anthropic": anthropic.post}

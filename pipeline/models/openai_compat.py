@@ -13,12 +13,12 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.envelope import Usage
-from pipeline.errors import TransientError
-from pipeline.models.retry import MODEL_CALL
-from pipeline.models.transport import Client
-from pipeline.models.wire import send
-from pipeline.spec import ModelConfig
+from legato.envelope import Usage
+from legato.errors import TransientError
+from legato.models.retry import MODEL_CALL
+from legato.models.transport import Client
+from legato.models.wire import send
+from legato.spec import ModelConfig
 
 # Where OpenAI-compatible servers say when to try again.
 RESET_HEADERS = ("retry-after", "x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")

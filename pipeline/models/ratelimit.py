@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.errors import TransientError
-from pipeline.spec import RateLimit
+from legato.errors import TransientError
+from legato.spec import RateLimit
 
 # KEYS: request bucket, token bucket. ARGV: per bucket (limit, burst, cost) x 2, window seconds.
 # A limit of 0 means no such bucket. Returns {admitted, seconds to wait as a string}.

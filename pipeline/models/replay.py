@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pipeline.client import Legato
-    from pipeline.envelope import RunRecord
+    from legato.client import Legato
+    from legato.envelope import RunRecord
 
 
 def _canonical(value: Any) -> str:

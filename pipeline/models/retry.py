@@ -21,7 +21,7 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from pipeline.errors import TransientError
+from legato.errors import TransientError
 
 _backoff = wait_random_exponential(multiplier=0.5, max=20)
 MAX_HINTED_WAIT = 60.0

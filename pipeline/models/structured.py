@@ -13,12 +13,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from pipeline import schema as schemas
-from pipeline.envelope import Usage
-from pipeline.errors import OutputInvalid
-from pipeline.models.openai_compat import Completion, chat
-from pipeline.models.transport import Client
-from pipeline.spec import ModelConfig
+from legato import schema as schemas
+from legato.envelope import Usage
+from legato.errors import OutputInvalid
+from legato.models.openai_compat import Completion, chat
+from legato.models.transport import Client
+from legato.spec import ModelConfig
 
 # (messages, schema, params) -> one completion, its own retries and fallbacks included
 Complete = Callable[[list[dict[str, Any]], dict[str, Any] | None, dict[str, Any] | None],

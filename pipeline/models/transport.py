@@ -31,7 +31,7 @@ from typing import Any, Protocol, TypeAlias, runtime_checkable
 import aiohttp
 import httpx
 
-from pipeline.errors import TransientError
+from legato.errors import TransientError
 
 log = logging.getLogger(__name__)
 

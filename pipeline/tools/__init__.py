@@ -1,8 +1,8 @@
 """Tools: Python functions registered by name and called by `tool` steps."""
 
-from pipeline.tools import builtin, http  # noqa: F401  (register the built-in tools)
-from pipeline.tools.http import http_tool
-from pipeline.tools.registry import (
+from legato.tools import builtin, http  # noqa: F401  (register the built-in tools)
+from legato.tools.http import http_tool
+from legato.tools.registry import (
     ToolNotFound,
     ToolSpec,
     get_tool,

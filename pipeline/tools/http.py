@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from pipeline.errors import PermanentError, TransientError
-from pipeline.tools.registry import IDEMPOTENCY_PARAM, ToolSpec, register_spec, tool
+from legato.errors import PermanentError, TransientError
+from legato.tools.registry import IDEMPOTENCY_PARAM, ToolSpec, register_spec, tool
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 MAX_BODY_CHARS = 64 * 1024

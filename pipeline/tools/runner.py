@@ -15,8 +15,8 @@ from typing import Any
 from pydantic import ValidationError
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from pipeline.errors import PermanentError, StepError, TransientError
-from pipeline.tools.registry import ToolSpec
+from legato.errors import PermanentError, StepError, TransientError
+from legato.tools.registry import ToolSpec
 
 _pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="legato-tool")
 

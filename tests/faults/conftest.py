@@ -14,12 +14,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipeline import Legato
-from pipeline.compile import DEFAULT_QUEUES
-from pipeline.local import processes
-from pipeline.local.net import free_port
-from pipeline.local.redis_server import RedisServer
-from pipeline.settings import Settings
+from legato import Legato
+from legato.compile import DEFAULT_QUEUES
+from legato.local import processes
+from legato.local.net import free_port
+from legato.local.redis_server import RedisServer
+from legato.settings import Settings
 from tests.conftest import BRANCH_QUEUES, ROOT
 from tests.faults.workload import SCRIPT
 
@@ -45,7 +45,7 @@ class FakeModelProcess:
         self.calls_before: dict[str, int] = {}  # counts from earlier lives of the process
 
     def start(self) -> None:
-        argv = [sys.executable, "-m", "pipeline.local.fake_model", "--port", str(self.port)]
+        argv = [sys.executable, "-m", "legato.local.fake_model", "--port", str(self.port)]
         self.service = processes.Service("fake-model", argv, ready="listening on",
                                          log_dir=self.log_dir).start()
         self.script()

@@ -8,8 +8,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline import Legato
-from pipeline.envelope import RunRecord
+from legato import Legato
+from legato.envelope import RunRecord
 
 ROOT = Path(__file__).resolve().parents[2]
 PATTERNS = ["summarize", "support_triage", "stakeholders", "sentiment_vote", "research_brief"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import time
 
-from pipeline import Legato, Pipeline, Tool
-from pipeline.spec import Agent
-from pipeline.tools.runner import idempotency_key
+from legato import Legato, Pipeline, Tool
+from legato.spec import Agent
+from legato.tools.runner import idempotency_key
 
 COUNT_CALL = {"name": "word_count", "arguments": {"text": "one two three four"}}
 

@@ -8,11 +8,11 @@ import uuid
 import pytest
 import redis as redis_lib
 
-from pipeline.errors import BudgetExceeded
-from pipeline.models.breaker import CircuitBreaker
-from pipeline.models.budget import BudgetMeter
-from pipeline.models.ratelimit import RateLimiter
-from pipeline.spec import Breaker, Budget, ModelConfig, RateLimit
+from legato.errors import BudgetExceeded
+from legato.models.breaker import CircuitBreaker
+from legato.models.budget import BudgetMeter
+from legato.models.ratelimit import RateLimiter
+from legato.spec import Breaker, Budget, ModelConfig, RateLimit
 
 
 def test_breaker_opens_probes_once_half_open_and_closes(redis_server):

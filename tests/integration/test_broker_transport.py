@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kombu import Connection, Queue
 
-from workers.broker import PATH, Channel, transport_for
+from legato.workers.broker import PATH, Channel, transport_for
 
 
 def test_redis_brokers_get_the_transport_and_other_brokers_do_not():
@@ -35,4 +35,4 @@ def test_messages_flow_through_one_client_object_per_channel(redis_server):
 def test_the_worker_app_uses_it_for_its_redis_broker(legato):
     assert legato.app.conf.broker_url.startswith("redis://")
     with legato.app.connection_for_write() as conn:
-        assert type(conn.transport).__module__ == "workers.broker"
+        assert type(conn.transport).__module__ == "legato.workers.broker"

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def legato_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "legato.cli", *args], cwd=ROOT,
                           env={**os.environ, **env, "COLUMNS": "200"}, capture_output=True,
                           text=True, timeout=60)
 

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.local.net import port_open
+from legato.local.net import port_open
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -20,7 +20,7 @@ def test_demo_with_the_fake_model_runs_everything_and_stops_on_ctrl_c(tmp_path):
     out_path = tmp_path / "demo.out"
     with open(out_path, "w") as out:
         demo = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "demo", "--model", "fake", "--keep"],
+            [sys.executable, "-m", "legato.cli", "demo", "--model", "fake", "--keep"],
             cwd=ROOT, env={**env, "COLUMNS": "120"}, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120

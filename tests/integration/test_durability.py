@@ -13,11 +13,11 @@ import uuid
 
 import pytest
 
-from pipeline import Legato, Llm, Parallel, Pipeline
-from pipeline.envelope import RunRecord
-from pipeline.keys import lease_member
-from pipeline.local import processes
-from pipeline.spec import Aggregate, Vote
+from legato import Legato, Llm, Parallel, Pipeline
+from legato.envelope import RunRecord
+from legato.keys import lease_member
+from legato.local import processes
+from legato.spec import Aggregate, Vote
 from tests.conftest import DURABLE_QUEUE
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.loader import available_pipelines
+from legato.loader import available_pipelines
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = available_pipelines(ROOT / "pipelines")

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from pipeline.local import processes
-from pipeline.local.net import free_port
+from legato.local import processes
+from legato.local.net import free_port
 
 AUTH = ("ops", "s3cret")
 

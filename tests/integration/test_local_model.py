@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_demo_runs_every_example_pipeline_against_the_local_model():
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEGATO_")}
     env["COLUMNS"] = "120"
-    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "demo", "--no-keep"],
+    result = subprocess.run([sys.executable, "-m", "legato.cli", "demo", "--no-keep"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     out = result.stdout
     assert result.returncode == 0, out[-3000:] + result.stderr[-3000:]

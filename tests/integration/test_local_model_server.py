@@ -14,9 +14,9 @@ import httpx
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from pipeline.local.model_server import LocalModelServer, find_smollm2_gguf, llama_server_missing
-from pipeline.models import Gateway, ask
-from pipeline.spec import ModelConfig
+from legato.local.model_server import LocalModelServer, find_smollm2_gguf, llama_server_missing
+from legato.models import Gateway, ask
+from legato.spec import ModelConfig
 
 pytestmark = pytest.mark.local_model
 

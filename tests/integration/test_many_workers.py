@@ -13,9 +13,9 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 
-from pipeline import Llm, Pipeline, Route
-from pipeline.local import processes
-from pipeline.spec import Classifier
+from legato import Llm, Pipeline, Route
+from legato.local import processes
+from legato.spec import Classifier
 
 LATENCY_MS = 400
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from pipeline import Legato, Llm, Pipeline
-from pipeline.spec import Breaker, Budget, ModelConfig, Prices
+from legato import Legato, Llm, Pipeline
+from legato.spec import Breaker, Budget, ModelConfig, Prices
 
 SCHEMA = {
     "type": "object",
@@ -178,7 +178,7 @@ def test_a_budget_stops_the_run_cleanly_with_what_was_done(legato, fake, stack_e
     expected = (usage.prompt_tokens * 1000 + usage.completion_tokens * 2000) / 1e6
     assert usage.cost == expected > 0
     assert run.usage.cost == pytest.approx(done["s0"].usage.cost + done["s1"].usage.cost)
-    show = subprocess.run([sys.executable, "-m", "pipeline.cli", "show", run.id],
+    show = subprocess.run([sys.executable, "-m", "legato.cli", "show", run.id],
                           env={**os.environ, **stack_env, "COLUMNS": "200"}, capture_output=True,
                           text=True, timeout=60)
     assert f"cost {run.usage.cost:.6g}" in show.stdout, show.stdout + show.stderr

@@ -8,9 +8,9 @@ import sys
 import httpx
 import pytest
 
-from pipeline.local import processes
-from pipeline.local.model_server import llama_server_missing
-from pipeline.local.net import free_port
+from legato.local import processes
+from legato.local.model_server import llama_server_missing
+from legato.local.net import free_port
 
 pytestmark = pytest.mark.local_model
 
@@ -19,7 +19,7 @@ def test_model_server_command_serves_the_local_model(tmp_path):
     if missing := llama_server_missing():
         pytest.skip(f"llama-cpp-python[server] not installed (missing {', '.join(missing)})")
     port = free_port()
-    argv = [sys.executable, "-m", "pipeline.cli", "model-server", "--host", "127.0.0.1",
+    argv = [sys.executable, "-m", "legato.cli", "model-server", "--host", "127.0.0.1",
             "--port", str(port)]
     service = processes.Service("model-server", argv, ready=r"Uvicorn running on",
                                 log_dir=tmp_path)

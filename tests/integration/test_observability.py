@@ -8,8 +8,8 @@ import re
 import time
 import uuid
 
-from pipeline import Llm, Pipeline
-from pipeline.local import processes
+from legato import Llm, Pipeline
+from legato.local import processes
 
 
 def _wait_for(path, pattern: str, timeout: float = 10.0) -> str:

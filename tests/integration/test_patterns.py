@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline import Chain, Gate, Legato, Llm, Parallel, Pipeline, Route, Tool
-from pipeline.spec import Aggregate, Classifier
+from legato import Chain, Gate, Legato, Llm, Parallel, Pipeline, Route, Tool
+from legato.spec import Aggregate, Classifier
 
 ROOT = Path(__file__).resolve().parents[2]
 

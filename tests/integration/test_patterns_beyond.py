@@ -8,9 +8,9 @@ import uuid
 
 import pytest
 
-from pipeline import Legato, Llm, Parallel, Pipeline, Route
-from pipeline.local import processes
-from pipeline.spec import Aggregate, Classifier, Evaluate, ModelCall, ModelConfig, Vote
+from legato import Legato, Llm, Parallel, Pipeline, Route
+from legato.local import processes
+from legato.spec import Aggregate, Classifier, Evaluate, ModelCall, ModelConfig, Vote
 
 
 def _steps(legato: Legato, run_id: str) -> dict:
@@ -136,7 +136,7 @@ def test_a_vote_stops_calling_voters_once_the_quorum_agrees(legato, fake, one_at
 
 
 def _researcher(max_rounds: int) -> Pipeline:
-    from pipeline.spec import Orchestrate
+    from legato.spec import Orchestrate
 
     return Pipeline(name="rounds", steps=[Orchestrate(
         id="study", max_rounds=max_rounds, max_subtasks=2, on_failure="skip",

@@ -7,10 +7,10 @@ import time
 import pytest
 import redis
 
-from pipeline import InputError, Llm, Pipeline, SpecError
-from pipeline.compile import Compiler
-from pipeline.store import RunStore
-from workers.app import create_app
+from legato import InputError, Llm, Pipeline, SpecError
+from legato.compile import Compiler
+from legato.store import RunStore
+from legato.workers.app import create_app
 
 
 def _queued_messages(client: redis.Redis) -> int:
@@ -120,7 +120,7 @@ def test_runs_lists_newest_first_and_filters_by_status(legato, fake):
 
 def test_store_finishes_a_run_once(redis_server):
     store = RunStore.from_url(redis_server.url, prefix="legato-test-once")
-    from pipeline.envelope import RunRecord
+    from legato.envelope import RunRecord
 
     store.create_run(RunRecord(id="r1", pipeline="p", spec_hash="h", status="queued",
                                created_at=time.time()))

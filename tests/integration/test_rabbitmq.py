@@ -9,11 +9,11 @@ from dataclasses import replace
 
 import pytest
 
-from pipeline.client import Legato
-from pipeline.compile import DEFAULT_QUEUES
-from pipeline.local import processes
-from pipeline.local.rabbitmq import RabbitServer, find_rabbitmq_server
-from pipeline.settings import Settings
+from legato.client import Legato
+from legato.compile import DEFAULT_QUEUES
+from legato.local import processes
+from legato.local.rabbitmq import RabbitServer, find_rabbitmq_server
+from legato.settings import Settings
 
 pytestmark = pytest.mark.skipif(
     find_rabbitmq_server() is None,

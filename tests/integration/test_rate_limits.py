@@ -13,9 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from pipeline import Legato, Llm, Parallel, Pipeline
-from pipeline.local import processes
-from pipeline.spec import Aggregate, ModelConfig, RateLimit, Vote
+from legato import Legato, Llm, Parallel, Pipeline
+from legato.local import processes
+from legato.spec import Aggregate, ModelConfig, RateLimit, Vote
 
 QUEUE = "legato.test.ratelimited"
 

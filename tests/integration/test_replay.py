@@ -9,10 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline import Legato, Llm, Parallel, Pipeline
-from pipeline.local import processes
-from pipeline.models.replay import replay
-from pipeline.spec import Aggregate, ModelConfig, Vote
+from legato import Legato, Llm, Parallel, Pipeline
+from legato.local import processes
+from legato.models.replay import replay
+from legato.spec import Aggregate, ModelConfig, Vote
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,12 +61,12 @@ def test_a_recorded_run_replays_identically_with_the_model_server_stopped(
     assert not missed.identical and missed.replay.status == "failed"
     assert "replay: no recorded response" in missed.replay.error
 
-    cli = subprocess.run([sys.executable, "-m", "pipeline.cli", "replay", recorded.id],
+    cli = subprocess.run([sys.executable, "-m", "legato.cli", "replay", recorded.id],
                          cwd=ROOT, env={**os.environ, **stack_env}, capture_output=True,
                          text=True, timeout=90)
     assert cli.returncode == 0, cli.stdout + cli.stderr
     assert "identical" in cli.stdout
-    cli = subprocess.run([sys.executable, "-m", "pipeline.cli", "replay", unrecorded.id],
+    cli = subprocess.run([sys.executable, "-m", "legato.cli", "replay", unrecorded.id],
                          cwd=ROOT, env={**os.environ, **stack_env}, capture_output=True,
                          text=True, timeout=90)
     assert cli.returncode == 1 and "differs" in cli.stdout

@@ -39,8 +39,8 @@ def parallel_run(legato_module) -> str:
 
 @pytest.fixture(scope="module")
 def legato_module(stack_env, workers, fake_model):
-    from pipeline.client import Legato
-    from pipeline.settings import Settings
+    from legato.client import Legato
+    from legato.settings import Settings
     from tests.conftest import FakeModel
 
     fake = FakeModel(fake_model)

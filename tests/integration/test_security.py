@@ -21,14 +21,14 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from pipeline import Legato, Llm, Parallel, Pipeline
-from pipeline.errors import InputError
-from pipeline.local import processes
-from pipeline.local.net import free_port
-from pipeline.local.redis_server import RedisServer, find_redis_server
-from pipeline.settings import Settings
-from pipeline.spec import Aggregate
-from workers.app import create_app
+from legato import Legato, Llm, Parallel, Pipeline
+from legato.errors import InputError
+from legato.local import processes
+from legato.local.net import free_port
+from legato.local.redis_server import RedisServer, find_redis_server
+from legato.settings import Settings
+from legato.spec import Aggregate
+from legato.workers.app import create_app
 
 
 def _wait_in_log(service: processes.Service, text: str, timeout: float = 10.0) -> str:
@@ -309,7 +309,7 @@ def test_an_input_over_the_size_limit_is_refused_at_submit(legato):
 
 
 def test_a_step_output_over_the_size_limit_fails_the_step_readably(legato, fake):
-    from pipeline import Pipeline, Tool
+    from legato import Pipeline, Tool
 
     pipeline = Pipeline(name="sizes", steps=[Tool(id="big", tool="blob", args={"size": 200_000})])
     run = legato.wait(legato.submit(pipeline, {}), timeout=30)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pipeline import Legato, Llm, Parallel, Pipeline
-from pipeline.spec import Aggregate, ModelConfig, Vote
+from legato import Legato, Llm, Parallel, Pipeline
+from legato.spec import Aggregate, ModelConfig, Vote
 
 
 def _chain(n: int, **extra) -> Pipeline:

@@ -9,9 +9,9 @@ from typing import Any
 import httpx
 import pytest
 
-from pipeline.errors import PermanentError, TransientError
-from pipeline.models import Gateway, anthropic, ask
-from pipeline.spec import ModelConfig
+from legato.errors import PermanentError, TransientError
+from legato.models import Gateway, anthropic, ask
+from legato.spec import ModelConfig
 
 CFG = ModelConfig(base_url="https://api.anthropic.test/v1", model="claude-test",
                   protocol="anthropic", api_key_env="TEST_ANTHROPIC_KEY",

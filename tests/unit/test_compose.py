@@ -1,7 +1,8 @@
 """docker-compose.yml, checked without a Docker engine: valid against the Compose specification's
 JSON schema (vendored: tests/data/compose-spec.json, from compose-spec/compose-spec), every command
-a Legato service runs parses as a real `legato` subcommand or `celery -A workers.app` command, and
-the operational promises hold (AOF + password, a worker per queue, scalable, Flower with auth)."""
+a Legato service runs parses as a real `legato` subcommand or `celery -A legato.workers.app`
+command, and the operational promises hold (AOF + password, a worker per queue, scalable, Flower
+with auth)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ import pytest
 import typer
 import yaml
 
-from pipeline.cli import app as legato_app
-from pipeline.compile import DEFAULT_QUEUES
+from legato.cli import app as legato_app
+from legato.compile import DEFAULT_QUEUES
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((ROOT / "tests" / "data" / "compose-spec.json").read_text())
@@ -84,7 +85,7 @@ def _check_command(argv: list[str]) -> None:
         assert sub is not None, f"`legato {argv[1]}` is not a subcommand"
         sub.make_context(argv[1], list(argv[2:]))
     elif argv[0] == "celery":
-        assert argv[1:3] == ["-A", "workers.app"], argv
+        assert argv[1:3] == ["-A", "legato.workers.app"], argv
         from celery.bin.celery import celery as celery_cli
 
         sub = celery_cli.commands[argv[3]]

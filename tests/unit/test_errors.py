@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 
-from pipeline.errors import (
+from legato.errors import (
     BudgetExceeded,
     Cancelled,
     GateFailed,

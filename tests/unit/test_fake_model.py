@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from pipeline.local.fake_model import (
+from legato.local.fake_model import (
     FakeModelServer,
     load_script,
     schema_instance,
@@ -510,7 +510,7 @@ def test_command_line_prints_the_real_port_and_stops_on_sigterm(tmp_path):
     script = tmp_path / "f.yaml"
     script.write_text("rules:\n  - {match: {contains: ping}, reply: pong}\n")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.local.fake_model", "--port", "0", "--script", str(script)],
+        [sys.executable, "-m", "legato.local.fake_model", "--port", "0", "--script", str(script)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,

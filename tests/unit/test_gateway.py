@@ -7,9 +7,9 @@ from typing import Any
 import httpx
 import pytest
 
-from pipeline.errors import PermanentError, TransientError
-from pipeline.models import Gateway
-from pipeline.spec import ModelConfig
+from legato.errors import PermanentError, TransientError
+from legato.models import Gateway
+from legato.spec import ModelConfig
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 

@@ -12,10 +12,10 @@ import pytest
 from celery import Celery
 from celery.canvas import Signature, _chain, _chord, group
 
-from pipeline import graph
-from pipeline.compile import CONTROL, LLM, TOOLS, Compiler
-from pipeline.settings import get_settings
-from pipeline.spec import (
+from legato import graph
+from legato.compile import CONTROL, LLM, TOOLS, Compiler
+from legato.settings import get_settings
+from legato.spec import (
     Aggregate,
     Chain,
     Classifier,

@@ -7,12 +7,12 @@ from typing import Any
 import httpx
 import pytest
 
-from pipeline import kinds
-from pipeline.envelope import StepResult, Usage
-from pipeline.errors import GateFailed, PermanentError, StepError
-from pipeline.kinds import StepContext, aggregate, check_gate, classify, fan_in, plan
-from pipeline.models import Answer
-from pipeline.spec import (
+from legato import kinds
+from legato.envelope import StepResult, Usage
+from legato.errors import GateFailed, PermanentError, StepError
+from legato.kinds import StepContext, aggregate, check_gate, classify, fan_in, plan
+from legato.models import Answer
+from legato.spec import (
     Aggregate,
     Classifier,
     Gate,
@@ -252,8 +252,8 @@ def test_unknown_tool_at_run_time_is_a_permanent_error(ctx: StepContext) -> None
 
 
 def test_a_rule_that_fails_to_evaluate_is_a_permanent_error(ctx: StepContext) -> None:
-    from pipeline.errors import PermanentError
-    from pipeline.spec import Classifier
+    from legato.errors import PermanentError
+    from legato.spec import Classifier
 
     with pytest.raises(PermanentError, match="route rule failed to evaluate"):
         classify(Classifier(rule="input.categry.name"), ["a", "b"], ctx)

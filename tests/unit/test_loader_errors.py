@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import loader
-from pipeline.client import check_input
-from pipeline.errors import InputError, SpecError
-from pipeline.loader import load_models, load_pipeline
+from legato import loader
+from legato.client import check_input
+from legato.errors import InputError, SpecError
+from legato.loader import load_models, load_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 PIPELINES = ROOT / "pipelines"

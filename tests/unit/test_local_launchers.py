@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.local.net import free_port, port_open, wait_for_http, wait_for_port
-from pipeline.local.redis_server import RedisServer, find_redis_server
+from legato.local.net import free_port, port_open, wait_for_http, wait_for_port
+from legato.local.redis_server import RedisServer, find_redis_server
 
 
 def _gone(pid: int) -> bool:

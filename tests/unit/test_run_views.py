@@ -8,11 +8,11 @@ import re
 
 from rich.console import Console
 
-from pipeline.envelope import RunRecord, StepRecord, Usage
-from pipeline.html_report import render_html, step_inputs
-from pipeline.spec import Llm, Pipeline
-from pipeline.waterfall import decision, timeline, waterfall
-from workers import observability, tls
+from legato.envelope import RunRecord, StepRecord, Usage
+from legato.html_report import render_html, step_inputs
+from legato.spec import Llm, Pipeline
+from legato.waterfall import decision, timeline, waterfall
+from legato.workers import observability, tls
 
 T0 = 1_700_000_000.0
 

@@ -7,8 +7,8 @@ from typing import Any, Literal
 import pytest
 from pydantic import BaseModel, Field, ValidationError
 
-from pipeline import schema
-from pipeline.schema import SchemaProblem, check_schema, describe, validate
+from legato import schema
+from legato.schema import SchemaProblem, check_schema, describe, validate
 
 
 class Address(BaseModel):

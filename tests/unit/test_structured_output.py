@@ -14,11 +14,11 @@ from typing import Any
 import httpx
 import pytest
 
-from pipeline.errors import OutputInvalid, PermanentError, TransientError
-from pipeline.models import Answer, ask, chat
-from pipeline.models import openai_compat as oc
-from pipeline.models.retry import MODEL_CALL
-from pipeline.spec import ModelConfig
+from legato.errors import OutputInvalid, PermanentError, TransientError
+from legato.models import Answer, ask, chat
+from legato.models import openai_compat as oc
+from legato.models.retry import MODEL_CALL
+from legato.spec import ModelConfig
 
 SCHEMA = {
     "type": "object",

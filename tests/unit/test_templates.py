@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from jinja2.exceptions import SecurityError, UndefinedError
 
-from pipeline import templates
-from pipeline.templates import TemplateProblem, evaluate, referenced_outputs, render
+from legato import templates
+from legato.templates import TemplateProblem, evaluate, referenced_outputs, render
 
 CONTEXT: dict[str, Any] = {
     "input": {"text": "héllo", "n": 3},

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.errors import PermanentError, TransientError
-from pipeline.loader import resolve
-from pipeline.spec import Agent, ModelConfig, Pipeline
-from pipeline.tools import get_tool, tool
-from pipeline.tools.runner import call_tool, idempotency_key
+from legato.errors import PermanentError, TransientError
+from legato.loader import resolve
+from legato.spec import Agent, ModelConfig, Pipeline
+from legato.tools import get_tool, tool
+from legato.tools.runner import call_tool, idempotency_key
 
 
 @tool(name="unit_lookup", timeout=2.5, retries=2, queue="legato.tools.slow")
@@ -55,7 +55,7 @@ def test_a_slow_tool_times_out_as_a_transient_error():
 
 
 def test_an_agent_naming_an_unknown_tool_is_a_spec_error():
-    from pipeline.errors import SpecError
+    from legato.errors import SpecError
 
     agent = Pipeline(name="a", steps=[Agent(id="a", model="m", prompt="p",
                                             tools=["word_count", "no_such_tool"])])
@@ -73,7 +73,7 @@ def test_an_agent_naming_an_unknown_tool_is_a_spec_error():
     ("api.example.com", "file:///etc/passwd", False),
 ])
 def test_http_tools_obey_the_host_allow_list(monkeypatch, hosts, url, allowed):
-    from pipeline.tools.http import check_url
+    from legato.tools.http import check_url
 
     monkeypatch.setenv("LEGATO_HTTP_TOOL_HOSTS", hosts)
     if allowed:

@@ -14,18 +14,18 @@ from typing import Any
 import httpx
 import pytest
 
-from pipeline.errors import PermanentError, TransientError
-from pipeline.local.net import free_port
-from pipeline.models import openai_compat
-from pipeline.models.transport import (
+from legato.errors import PermanentError, TransientError
+from legato.local.net import free_port
+from legato.models import openai_compat
+from legato.models.transport import (
     HttpxTransport,
     LoopTransport,
     Transport,
     WireResponse,
     as_transport,
 )
-from pipeline.settings import Settings, get_settings
-from pipeline.spec import ModelConfig
+from legato.settings import Settings, get_settings
+from legato.spec import ModelConfig
 from tests.conftest import FakeModel
 
 MESSAGES = [{"role": "user", "content": "hello there"}]
@@ -77,9 +77,9 @@ def test_the_request_is_logged_with_the_calling_steps_context(
         loop_transport: LoopTransport, fake: FakeModel, fake_model: str,
         caplog: pytest.LogCaptureFixture) -> None:
     # Logged on the loop thread, yet it must say which run and step made the call.
-    from workers.observability import StepContextFilter, in_step
+    from legato.workers.observability import StepContextFilter, in_step
 
-    caplog.set_level(logging.INFO, logger="pipeline.models.transport")
+    caplog.set_level(logging.INFO, logger="legato.models.transport")
     caplog.handler.addFilter(StepContextFilter())
     with in_step("run9", "summary"):
         loop_transport.post(f"{fake_model}/chat/completions", json=BODY, headers={}, timeout=None)
@@ -215,7 +215,7 @@ def test_as_transport_wraps_an_httpx_client_and_keeps_a_transport() -> None:
 
 
 def test_the_workers_transport_follows_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
-    from workers import resources
+    from legato.workers import resources
 
     assert Settings().model_transport == "aiohttp"
     try:

@@ -28,11 +28,11 @@ schema, and so does ``json_object`` with a ``schema`` (llama.cpp's form); ``json
 gets ``{"answer": ...}``; otherwise ``"[fake:MODEL] " + last user message``, cut to 200 chars.
 """
 
-from .replies import error_body
-from .runner import ThreadedServer, main, run, start_in_thread
-from .schema_gen import instance as schema_instance
-from .script import load_script, validate_script
-from .server import FakeModelServer
+from legato.local.fake_model.replies import error_body
+from legato.local.fake_model.runner import ThreadedServer, main, run, start_in_thread
+from legato.local.fake_model.schema_gen import instance as schema_instance
+from legato.local.fake_model.script import load_script, validate_script
+from legato.local.fake_model.server import FakeModelServer
 
 __all__ = [
     "FakeModelServer",

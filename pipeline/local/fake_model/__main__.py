@@ -1,6 +1,6 @@
-"""`python -m pipeline.local.fake_model --port 0 --script f.yaml`."""
+"""`python -m legato.local.fake_model --port 0 --script f.yaml`."""
 
-from pipeline.local.fake_model.runner import main
+from legato.local.fake_model.runner import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from .prompt import ChatRequest
-from .script import Fault, Script
+from legato.local.fake_model.prompt import ChatRequest
+from legato.local.fake_model.script import Fault, Script
 
 
 @dataclass

@@ -6,9 +6,9 @@ import hashlib
 import json
 from typing import Any
 
-from .prompt import ChatRequest
-from .schema_gen import instance
-from .script import Rule, Script
+from legato.local.fake_model.prompt import ChatRequest
+from legato.local.fake_model.schema_gen import instance
+from legato.local.fake_model.script import Rule, Script
 
 TEXT_LIMIT = 200
 

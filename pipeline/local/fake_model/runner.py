@@ -11,8 +11,8 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .script import load_script
-from .server import FakeModelServer
+from legato.local.fake_model.script import load_script
+from legato.local.fake_model.server import FakeModelServer
 
 DEFAULT_PORT = 8089
 
@@ -50,7 +50,7 @@ def run(host: str = "127.0.0.1", port: int = DEFAULT_PORT, script_path: str | No
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.local.fake_model",
+        prog="python -m legato.local.fake_model",
         description="Fault-injecting, OpenAI-compatible fake model server.",
     )
     parser.add_argument("--host", default="127.0.0.1")

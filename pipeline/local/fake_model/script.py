@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from .prompt import ChatRequest
+from legato.local.fake_model.prompt import ChatRequest
 
 MATCH_KEYS = ("model", "contains", "system_contains", "any_contains")
 FAULT_KINDS = ("latency", "status", "malformed", "hang", "drop")

@@ -9,11 +9,11 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from .faults import FaultBook
-from .httpio import HttpError, Request, encode_response, read_request
-from .prompt import parse_chat
-from .replies import completion, error_body
-from .script import validate_script
+from legato.local.fake_model.faults import FaultBook
+from legato.local.fake_model.httpio import HttpError, Request, encode_response, read_request
+from legato.local.fake_model.prompt import parse_chat
+from legato.local.fake_model.replies import completion, error_body
+from legato.local.fake_model.script import validate_script
 
 Response = tuple[int, Any, dict[str, str]] | None  # None: drop the connection
 
