@@ -22,8 +22,8 @@ from bench import transports
 from bench.jobs import LegatoJobs, RawJobs, chain_pipeline, fanout_pipeline
 from bench.roundtrips import Monitor
 from bench.stack import CpuMeter, Stack, rss_bytes, thread_count
-from legato.compile import DEFAULT_QUEUES
 from legato.local import processes
+from legato.queues import DEFAULT_QUEUES
 
 
 @dataclass

@@ -16,9 +16,9 @@ from typing import Any
 
 import httpx
 
-from legato.compile import DEFAULT_QUEUES
 from legato.local import processes
 from legato.local.redis_server import RedisServer
+from legato.queues import DEFAULT_QUEUES
 
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")

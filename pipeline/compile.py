@@ -1,4 +1,5 @@
-"""Pipeline -> Celery canvas: the one place that knows canvas shapes.
+"""Pipeline -> Celery canvas: the compiler's shared parts; each kind's shape is its own
+(`Kind.compile` in legato.kinds.*).
 
     llm, tool     one task on its queue
     chain         celery.chain of its steps; consecutive llm steps on one queue are one
@@ -21,36 +22,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import Celery, chain, chord, group
+from celery import Celery, chain
 from celery.canvas import Signature
 
+from legato import paths, tree
 from legato.envelope import StepInput
+from legato.kinds import kind_of
+from legato.kinds.llm import Llm
+from legato.kinds.orchestrate import Orchestrate, workers
+from legato.kinds.route import Route
+from legato.queues import CONTROL, DEFAULT_QUEUES, LLM, TOOLS
 from legato.settings import get_settings
-from legato.spec import (
-    Agent,
-    Chain,
-    Evaluate,
-    Llm,
-    Orchestrate,
-    Parallel,
-    Pipeline,
-    Route,
-    Step,
-    Tool,
-)
-from legato.tools import ToolNotFound, get_tool
+from legato.spec import Pipeline, Step
 
-CONTROL = "legato.control"
-LLM = "legato.llm"
-TOOLS = "legato.tools"
-DEFAULT_QUEUES = (CONTROL, LLM, TOOLS)
-
-
-def _tool_queue(name: str) -> str | None:
-    try:
-        return get_tool(name).queue
-    except ToolNotFound:
-        return None
+__all__ = ["CONTROL", "DEFAULT_QUEUES", "LLM", "TOOLS", "Compiler"]
 
 
 class Compiler:
@@ -60,21 +45,21 @@ class Compiler:
         self.spec_hash = spec_hash
         self.fuse = fuse  # the pipeline's `fuse`
 
-    def _envelope(self, node: str, *, path: str | None = None, index: int | None = None,
-                  item: Any = None, quorum: int | None = None) -> dict[str, Any]:
+    def envelope(self, node: str, *, path: str | None = None, index: int | None = None,
+                 item: Any = None, quorum: int | None = None) -> dict[str, Any]:
         envelope = StepInput(run_id=self.run_id, spec_hash=self.spec_hash, node=node,
                              path=path or node, index=index, item=item, quorum=quorum)
         return envelope.model_dump(mode="json", exclude_none=True)
 
-    def _task(self, name: str, queue: str, node: str, *, path: str | None = None,
-              index: int | None = None, item: Any = None,
-              quorum: int | None = None) -> Signature:
-        step = self._envelope(node, path=path, index=index, item=item, quorum=quorum)
+    def task(self, name: str, queue: str, node: str, *, path: str | None = None,
+             index: int | None = None, item: Any = None,
+             quorum: int | None = None) -> Signature:
+        step = self.envelope(node, path=path, index=index, item=item, quorum=quorum)
         return self.app.signature(name, kwargs={"step": step}, queue=queue)
 
     def run(self, pipeline: Pipeline) -> Signature:
         self.fuse = pipeline.fuse
-        steps = self._sequence(pipeline.steps, "", None, last=True)
+        steps = self.sequence(pipeline.steps, "", None, last=True)
         if steps[-1].task == "legato.segment":
             steps[-1].kwargs["finalize"] = True
             return chain(*steps)
@@ -84,8 +69,8 @@ class Compiler:
         )
         return chain(*steps, finalize)
 
-    def _sequence(self, steps: list[Step], prefix: str, queue: str | None, *,
-                  last: bool = False) -> list[Signature]:
+    def sequence(self, steps: list[Step], prefix: str, queue: str | None, *,
+                 last: bool = False) -> list[Signature]:
         """Signatures for steps run in order. Consecutive llm steps on one queue become one
         segment; a lone llm step stays a plain task, unless it ends the run (`last`), where a
         segment of one also closes the run."""
@@ -95,17 +80,17 @@ class Compiler:
 
         def flush(ending: bool = False) -> None:
             if len(run) > 1 or (run and ending):
-                envelopes = [self._envelope(path) for path in run]
+                envelopes = [self.envelope(path) for path in run]
                 out.append(self.app.signature("legato.segment", kwargs={"steps": envelopes},
                                               queue=run_queue))
             elif run:
-                out.append(self._task("legato.llm", run_queue, run[0]))
+                out.append(self.task("legato.llm", run_queue, run[0]))
             run.clear()
 
         for s in steps:
-            path = f"{prefix}{s.id}"
+            path = paths.child(prefix, s.id)
             if isinstance(s, Llm) and self.fuse:
-                q = s.queue or queue or LLM
+                q = tree.inherit_queue(s, queue) or LLM
                 if run and q != run_queue:
                     flush()
                 run.append(path)
@@ -117,48 +102,10 @@ class Compiler:
         return out
 
     def step(self, step: Step, path: str, queue: str | None = None) -> Signature:
-        queue = step.queue or queue
-        if isinstance(step, Llm):
-            return self._task("legato.llm", queue or LLM, path)
-        if isinstance(step, Tool):  # a tool may name its own queue (it needs that host, say)
-            return self._task("legato.tool", step.queue or _tool_queue(step.tool) or queue
-                              or TOOLS, path)
-        if isinstance(step, Chain):
-            return chain(*self._sequence(step.steps, f"{path}/", queue))
-        if isinstance(step, Route):
-            by_model = step.classifier.model is not None
-            return self._task("legato.route", queue or (LLM if by_model else CONTROL), path)
-        if isinstance(step, Parallel):
-            if step.vote is not None:
-                members = self._votes(step, path, queue)
-            else:
-                members = [self.step(s, f"{path}/{s.id}", queue) for s in step.sections or []]
-            by_model = step.aggregate.method == "llm"
-            fan_in = self._task("legato.aggregate", queue or (LLM if by_model else CONTROL), path)
-            return chord(group(members), fan_in)
-        if isinstance(step, Orchestrate):
-            return self._task("legato.plan", queue or LLM, path, path=f"{path}/plan")
-        if isinstance(step, Evaluate):
-            return self._task("legato.evaluate", queue or LLM, path, path=f"{path}/round[0]",
-                              index=0)
-        if isinstance(step, Agent):
-            return self._task("legato.agent", queue or LLM, path, path=f"{path}/turn[0]",
-                              index=0)
-        raise TypeError(f"no canvas for step kind {type(step).__name__}")
+        """The canvas of one step at `path`, inside a step on `queue` (None at the top)."""
+        return kind_of(step).compile(step, path, tree.inherit_queue(step, queue), self)
 
-    def _votes(self, step: Parallel, path: str, queue: str | None) -> list[Signature]:
-        """A vote's members: a task each when a quorum may skip the later ones, else batches
-        that run their members concurrently."""
-        assert step.vote is not None
-        vote, n, quorum = step.vote.step, step.vote.n, step.vote.quorum
-        node, queue = f"{path}/{vote.id}", vote.queue or queue or LLM
-        if quorum is not None:
-            return [self._task("legato.llm", queue, node, path=f"{node}[{i}]", index=i,
-                               quorum=quorum) for i in range(n)]
-        return self._members([self._envelope(node, path=f"{node}[{i}]", index=i)
-                              for i in range(n)], queue)
-
-    def _members(self, envelopes: list[dict[str, Any]], queue: str) -> list[Signature]:
+    def members(self, envelopes: list[dict[str, Any]], queue: str) -> list[Signature]:
         """Fan-out members as `legato.llm_batch` tasks of LEGATO_BATCH_SIZE (a task each when
         the pipeline says `fuse: false`)."""
         if not self.fuse:
@@ -179,16 +126,9 @@ class Compiler:
     def branch(self, route: Route, path: str, name: str, queue: str | None) -> Signature:
         """The chosen branch of a route, on the branch's queue (else the route's, inherited)."""
         branch = route.branches[name]
-        return self.step(branch, f"{path}/{branch.id}", queue)
+        return self.step(branch, paths.child(path, branch.id), queue)
 
     def workers(self, step: Orchestrate, path: str, subtasks: list[Any], queue: str | None, *,
                 start: int = 0, round_no: int = 0) -> Signature:
-        """The orchestrator's fan-out: the new subtasks' workers (from `start`), in batches, then
-        the synthesizer, which carries every subtask so far and the round."""
-        queue = queue or LLM
-        members = [self._envelope(path, path=f"{path}/worker[{i}]", index=i, item=subtasks[i])
-                   for i in range(start, len(subtasks))]
-        work = self._members(members, queue)
-        synthesize = self._task("legato.synthesize", queue, path,
-                                item={"subtasks": subtasks, "round": round_no})
-        return chord(group(work), synthesize)
+        """The orchestrator's workers, then its synthesizer (legato.kinds.orchestrate)."""
+        return workers(step, path, subtasks, queue, self, start=start, round_no=round_no)

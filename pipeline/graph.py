@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from legato import loader, templates
-from legato.spec import Chain, Parallel, Pipeline, Route, Step
+from legato import templates, tree
+from legato.spec import Pipeline, Step, pipeline_from_json
 
 
 @dataclass(frozen=True)
@@ -24,50 +24,15 @@ class Node:
     queue: str | None  # its own queue, else the nearest enclosing step's
 
 
-def _add(
-    index: dict[str, Node], step: Step, path: str, publishes: tuple[str, ...], queue: str | None
-) -> None:
-    """Index `step` and its descendants; `publishes` are the ids its output is known by."""
-    reads: set[str] = set()
-    for _, text, is_expr in loader.step_templates(step, path):
-        reads |= templates.referenced_outputs(text, expression=is_expr)
-    # A chain or a route has no output of its own: its last step or its branch publishes for it.
-    own = () if isinstance(step, Chain | Route) else publishes
-    queue = step.queue or queue
-    index[path] = Node(path, step, own, tuple(sorted(reads)), queue)
-    if isinstance(step, Chain):
-        _add_list(index, step.steps, path, publishes, queue)
-    elif isinstance(step, Route):
-        for branch in step.branches.values():
-            _add(index, branch, f"{path}/{branch.id}", _unique(branch.id, *publishes), queue)
-    elif isinstance(step, Parallel):
-        for section in step.sections or []:
-            _add(index, section, f"{path}/{section.id}", (section.id,), queue)
-        if step.vote is not None:
-            _add(index, step.vote.step, f"{path}/{step.vote.step.id}", (), queue)
-
-
-def _add_list(
-    index: dict[str, Node], steps: list[Step], prefix: str, last: tuple[str, ...],
-    queue: str | None,
-) -> None:
-    for i, step in enumerate(steps):
-        inherited = last if i == len(steps) - 1 else ()
-        path = f"{prefix}/{step.id}" if prefix else step.id
-        _add(index, step, path, _unique(step.id, *inherited), queue)
-
-
-def _unique(*ids: str) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(ids))
-
-
 @lru_cache(maxsize=256)
 def _index(canonical: str) -> dict[str, Node]:
-    from legato.spec import pipeline_from_json
-
-    pipeline = pipeline_from_json(canonical)
     index: dict[str, Node] = {}
-    _add_list(index, pipeline.steps, "", (), None)
+    for visit in tree.walk(pipeline_from_json(canonical).steps):
+        reads: set[str] = set()
+        for _, text, is_expr in tree.templates(visit.step):
+            reads |= templates.referenced_outputs(text, expression=is_expr)
+        index[visit.path] = Node(visit.path, visit.step, visit.publishes, tuple(sorted(reads)),
+                                 visit.queue)
     return index
 
 

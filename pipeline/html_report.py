@@ -17,7 +17,7 @@ import time
 from html import escape
 from typing import Any
 
-from legato import graph, loader
+from legato import graph, tree
 from legato.envelope import RunRecord, StepRecord
 from legato.spec import Pipeline
 from legato.waterfall import Span, decision, timeline
@@ -58,7 +58,7 @@ def step_inputs(spec: Pipeline, outputs: dict[str, Any], path: str) -> dict[str,
     if node is None:
         return {}
     found: dict[str, Any] = {}
-    templates = {where.lstrip("."): text for where, text, _ in loader.step_templates(node.step, "")}
+    templates = {field: text for field, text, _ in tree.templates(node.step)}
     if templates:
         found["templates"] = templates
     read = {name: outputs[name] for name in node.reads if name in outputs}

@@ -10,37 +10,19 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
-from legato import schema, templates
+from legato import schema, templates, tree
 from legato.errors import SpecError
-from legato.spec import (
-    Agent,
-    Chain,
-    Evaluate,
-    Llm,
-    ModelConfig,
-    Orchestrate,
-    Parallel,
-    Pipeline,
-    Route,
-    Step,
-    Tool,
-)
+from legato.kinds import kind_of, names
+from legato.models.config import ModelConfig
+from legato.spec import Pipeline
 from legato.tools import get_tool
 from legato.tools.registry import ToolNotFound
-
-# The model calls inside composite steps, and the ones whose output schema Legato fixes.
-_ROLES: dict[type, tuple[str, ...]] = {
-    Orchestrate: ("planner", "worker", "synthesizer"),
-    Evaluate: ("generator", "evaluator"),
-}
-_FIXED_SCHEMAS = {("planner", Orchestrate), ("evaluator", Evaluate)}
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -125,32 +107,34 @@ def resolve(pipeline: Pipeline, models: dict[str, ModelConfig], *, source: str =
     """Check `pipeline` as a whole and embed the model configs it uses. Raises SpecError."""
     if pipeline.models:  # already resolved (e.g. re-submitting a stored spec)
         models = {**models, **pipeline.models}
+    visits = list(tree.walk(pipeline.steps))
     ids: dict[str, str] = {}
-    for where, step in walk(pipeline.steps, "steps"):
-        if step.id in ids:
-            raise SpecError(f"duplicate step id {step.id!r} (also at {ids[step.id]})",
-                            source=source, path=f"{where}.id")
-        ids[step.id] = where
+    for visit in visits:
+        if visit.step.id in ids:
+            raise SpecError(f"duplicate step id {visit.step.id!r} (also at {ids[visit.step.id]})",
+                            source=source, path=f"{visit.where}.id")
+        ids[visit.step.id] = visit.where
     used: set[str] = set()
-    for where, step in walk(pipeline.steps, "steps"):
-        for field_path, alias in _model_aliases(step, where):
+    for visit in visits:
+        kind, where = kind_of(visit.step), visit.where
+        for field, alias in kind.aliases(visit.step):
             if alias not in models:
                 known = ", ".join(sorted(models)) or "none"
                 raise SpecError(f"unknown model alias {alias!r} (known: {known})",
-                                source=source, path=field_path)
+                                source=source, path=f"{where}.{field}")
             used.add(alias)
-        for field_path, text, is_expr in step_templates(step, where):
-            _check_template(text, is_expr, ids, step.id, source, field_path)
-        for field_path, output_schema in _schemas(step, where):
+        for field, text, is_expr in tree.templates(visit.step):
+            _check_template(text, is_expr, ids, visit.step.id, source, f"{where}.{field}")
+        for field, output_schema in kind.schemas(visit.step):
             try:
                 schema.check_schema(output_schema)
             except schema.SchemaProblem as exc:
-                raise SpecError(str(exc), source=source, path=field_path) from None
-        for field_path, name in _tools(step, where):
+                raise SpecError(str(exc), source=source, path=f"{where}.{field}") from None
+        for field, name in kind.tools(visit.step):
             try:
                 get_tool(name)
             except ToolNotFound as exc:
-                raise SpecError(exc.args[0], source=source, path=field_path) from None
+                raise SpecError(exc.args[0], source=source, path=f"{where}.{field}") from None
     try:
         schema.check_schema(pipeline.input_schema)
     except schema.SchemaProblem as exc:
@@ -169,91 +153,6 @@ def resolve(pipeline: Pipeline, models: dict[str, ModelConfig], *, source: str =
                 used.add(fallback)
                 pending.append(fallback)
     return pipeline.model_copy(update={"models": {a: models[a] for a in sorted(used)}})
-
-
-def walk(steps: list[Step], where: str) -> Iterator[tuple[str, Step]]:
-    """Every step with its location in the file, depth first, in file order."""
-    for i, step in enumerate(steps):
-        yield from walk_step(step, f"{where}[{i}]")
-
-
-def walk_step(step: Step, here: str) -> Iterator[tuple[str, Step]]:
-    yield here, step
-    if isinstance(step, Chain):
-        yield from walk(step.steps, f"{here}.steps")
-    elif isinstance(step, Route):
-        for name, branch in step.branches.items():
-            yield from walk_step(branch, f"{here}.branches.{name}")
-    elif isinstance(step, Parallel):
-        if step.sections is not None:
-            yield from walk(step.sections, f"{here}.sections")
-        if step.vote is not None:
-            yield from walk_step(step.vote.step, f"{here}.vote.step")
-
-
-def _tools(step: Step, where: str) -> Iterator[tuple[str, str]]:
-    if isinstance(step, Tool):
-        yield f"{where}.tool", step.tool
-    elif isinstance(step, Agent):
-        for i, name in enumerate(step.tools):
-            yield f"{where}.tools[{i}]", name
-
-
-def _model_aliases(step: Step, where: str) -> Iterator[tuple[str, str]]:
-    if isinstance(step, Llm | Agent):
-        yield f"{where}.model", step.model
-    elif isinstance(step, Route) and step.classifier.model:
-        yield f"{where}.classifier.model", step.classifier.model
-        if step.classifier.escalate_to:
-            yield f"{where}.classifier.escalate_to", step.classifier.escalate_to
-    elif isinstance(step, Parallel) and step.aggregate.model:
-        yield f"{where}.aggregate.model", step.aggregate.model
-    elif isinstance(step, Orchestrate | Evaluate):
-        for role in _ROLES[type(step)]:
-            yield f"{where}.{role}.model", getattr(step, role).model
-
-
-def step_templates(step: Step, where: str) -> Iterator[tuple[str, str, bool]]:
-    """(location, template text, is an expression) for every template a step itself holds."""
-    if step.gate is not None:
-        yield f"{where}.gate.check", step.gate.check, True
-    if isinstance(step, Llm | Agent):
-        yield f"{where}.prompt", step.prompt, False
-        if step.system:
-            yield f"{where}.system", step.system, False
-    elif isinstance(step, Tool):
-        for name, value in step.args.items():
-            if isinstance(value, str):
-                yield f"{where}.args.{name}", value, False
-    elif isinstance(step, Route):
-        c = step.classifier
-        for field in ("prompt", "system"):
-            if getattr(c, field):
-                yield f"{where}.classifier.{field}", getattr(c, field), False
-        if c.rule:
-            yield f"{where}.classifier.rule", c.rule, True
-    elif isinstance(step, Parallel):
-        for field in ("prompt", "system"):
-            if getattr(step.aggregate, field):
-                yield f"{where}.aggregate.{field}", getattr(step.aggregate, field), False
-    elif isinstance(step, Orchestrate | Evaluate):
-        for role in _ROLES[type(step)]:
-            call = getattr(step, role)
-            yield f"{where}.{role}.prompt", call.prompt, False
-            if call.system:
-                yield f"{where}.{role}.system", call.system, False
-
-
-def _schemas(step: Step, where: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    if isinstance(step, Llm) and step.output_schema:
-        yield f"{where}.output_schema", step.output_schema
-    elif isinstance(step, Parallel) and step.aggregate.output_schema:
-        yield f"{where}.aggregate.output_schema", step.aggregate.output_schema
-    elif isinstance(step, Orchestrate | Evaluate):
-        for role in _ROLES[type(step)]:
-            call = getattr(step, role)
-            if call.output_schema and (role, type(step)) not in _FIXED_SCHEMAS:
-                yield f"{where}.{role}.output_schema", call.output_schema
 
 
 def _check_template(
@@ -281,11 +180,10 @@ def _spec_error(exc: ValidationError, data: Any, source: str, prefix: str = "") 
         path = _data_path(err["loc"], data)
         if err["type"] == "union_tag_invalid":
             path += ".kind"
-            msg = f"unknown step kind {err['ctx']['tag']!r} (expected one of: llm, tool, chain, " \
-                  "route, parallel, orchestrate)"
+            msg = f"unknown step kind {err['ctx']['tag']!r} (expected one of: {_kinds()})"
         elif err["type"] == "union_tag_not_found":
             path += ".kind"
-            msg = "missing `kind` (one of: llm, tool, chain, route, parallel, orchestrate)"
+            msg = f"missing `kind` (one of: {_kinds()})"
         elif err["type"] == "missing":
             msg = "required field is missing"
         elif err["type"] == "extra_forbidden":
@@ -297,6 +195,10 @@ def _spec_error(exc: ValidationError, data: Any, source: str, prefix: str = "") 
     first_path, first_msg = problems[0]
     more = "".join(f"\n  {p}: {m}" for p, m in problems[1:])
     return SpecError(first_msg + more, source=source, path=first_path)
+
+
+def _kinds() -> str:
+    return ", ".join(names())
 
 
 def _data_path(loc: tuple[Any, ...], data: Any) -> str:

@@ -207,6 +207,14 @@ class RunStore:
         """Journal a step that will not run (e.g. a voter after the quorum), unless it ran."""
         self.redis.hsetnx(self.keys.steps(run_id), record.path, record.model_dump_json())
 
+    def fail_step(self, run_id: str, record: StepRecord) -> None:
+        """Journal a step that failed outside its work (a task's own code raised, a canvas
+        could not be built), unless it had already succeeded."""
+        key = self.keys.steps(run_id)
+        raw = self.redis.hget(key, record.path)
+        if raw is None or not StepRecord.model_validate_json(raw).ok:
+            self.redis.hset(key, record.path, record.model_dump_json())
+
     def get_step(self, run_id: str, path: str) -> StepRecord | None:
         raw = self.redis.hget(self.keys.steps(run_id), path)
         return StepRecord.model_validate_json(raw) if raw else None

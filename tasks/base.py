@@ -1,12 +1,22 @@
-"""The journaled step: memo check, running record, work, result record — around every step task.
+"""The step-task base: what every step task does the same way, written once.
 
-Failure is a value: a step that fails returns `StepResult(status="failed")` instead of raising, so
-a chord always completes and its fan-in applies the step's policy; the steps after a failure in a
-chain pass the failed result on untouched, and `legato.finalize` marks the run failed.
+`@step_task(name)` registers a task on `StepTask`. Its body only says what the step does — it
+calls `journaled` with the kind's work and returns a result, or raises `task.replace(signature)`
+to become the next part of the canvas. The base owns the rest:
+
+- an upstream failure (a failed result from an earlier step in the chain) is passed on as it is;
+- `journaled`: memo check, running record and lease, the work, the result record (one round trip
+  each way), retry of the whole task later when the error *is a* TransientError;
+- **failure is a value**: any exception out of the body — a bug, a canvas that cannot be built —
+  becomes a failed result that names the step and the cause, journaled, and passed on, so a chord
+  always completes, its fan-in applies the step's policy, and the run is closed failed rather
+  than left running. Only Celery's own control flow (replace, retry, ignore) and a Redis that
+  stays unreachable pass through: durability (leases, the sweeper) handles those.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
@@ -17,21 +27,30 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Any
 
 from celery import Task
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Reject, Retry
+from redis.exceptions import ConnectionError as RedisDown
+from redis.exceptions import TimeoutError as RedisTimeout
 
 from legato import graph
+from legato.context import Outcome, StepContext, check_gate
 from legato.envelope import StepInput, StepRecord, StepResult
-from legato.errors import PermanentError, StepError
+from legato.errors import PermanentError, StepError, TransientError
 from legato.graph import Node
 from legato.journal import Begin
-from legato.kinds import Outcome, StepContext, check_gate
 from legato.settings import Settings, get_settings
 from legato.spec import Pipeline
+from legato.tasks.finish import close_run
 from legato.workers import lifeline, observability, resources
+from legato.workers.app import app
 
 log = logging.getLogger("legato.step")
 
 Work = Callable[[StepContext, Node, Pipeline], Outcome]
+Body = Callable[..., Any]
+
+# Not failures of the step: Celery's control flow out of a task body, and Redis unreachable even
+# after the clients' retries (the step's lease runs out and the sweeper sends it again).
+_PASS_THROUGH = (Ignore, Reject, Retry, RedisDown, RedisTimeout)
 
 
 def upstream_failure(prev: Any) -> dict[str, Any] | None:
@@ -39,6 +58,47 @@ def upstream_failure(prev: Any) -> dict[str, Any] | None:
     if isinstance(prev, dict) and prev.get("status") == "failed" and "path" in prev:
         return prev
     return None
+
+
+class StepTask(Task):
+    """The base of every step task (see the module's docstring)."""
+
+    def failed(self, exc: BaseException, kwargs: dict[str, Any]) -> Any:
+        """The failed result for an exception out of the body, journaled on the step."""
+        envelopes = kwargs.get("steps") or [kwargs.get("step")]
+        first = envelopes[0] if isinstance(envelopes, list) and envelopes else None
+        first = first if isinstance(first, dict) else {}  # a forged envelope names no step
+        run_id, path = first.get("run_id"), first.get("path") or first.get("node") or "?"
+        log.exception("step %s of run %s: the task raised", path, run_id)
+        error = f"{type(exc).__name__}: {exc}"
+        record = StepRecord(path=path, status="failed", kind=self.name.removeprefix("legato."),
+                            error=error, error_type="InternalError", task_id=self.request.id,
+                            started_at=time.time(), ended_at=time.time())
+        if run_id:
+            resources.store().fail_step(run_id, record)
+            if kwargs.get("finalize"):
+                close_run(run_id, first.get("spec_hash", ""), record.result().wire())
+        result = record.result().wire()
+        return [result] if self.name == "legato.llm_batch" else result  # a batch returns a list
+
+
+def step_task(name: str, **options: Any) -> Callable[[Body], StepTask]:
+    """Register `body` as the step task `name` on the step-task base, guarded: whatever it
+    raises (but `_PASS_THROUGH`) becomes a failed result."""
+
+    def register(body: Body) -> StepTask:
+        @functools.wraps(body)
+        def guarded(self: StepTask, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return body(self, *args, **kwargs)
+            except _PASS_THROUGH:
+                raise
+            except Exception as exc:  # failure is a value
+                return self.failed(exc, kwargs)
+
+        return app.task(name=name, bind=True, base=StepTask, **options)(guarded)
+
+    return register
 
 
 def journaled(task: Task, envelope: dict[str, Any], kind: str, work: Work, *,
@@ -66,10 +126,10 @@ def journaled(task: Task, envelope: dict[str, Any], kind: str, work: Work, *,
     keeper = lifeline.keeper(store, settings)
     keeper.hold(step.run_id, step.path, token)
     try:
-        _work(record, work, node, spec, step, begin, final)
+        error = _work(record, work, node, spec, step, begin, final)
     finally:
         keeper.release(step.run_id, step.path)
-    retry_in = _hold_for_retry(task, record, settings)
+    retry_in = _hold_for_retry(task, record, error, settings)
     store.journal.end(step.run_id, record, node.publishes if final else (), token=token,
                       now=record.ended_at or time.time())
     if retry_in is not None:
@@ -103,7 +163,7 @@ def journaled_many(task: Task, envelopes: list[dict[str, Any]], kind: str,
     results = [None if b.state == "go" else _not_run(s, b)
                for s, b in zip(steps, begins, strict=True)]
     keeper = lifeline.keeper(store, settings)
-    running: dict[Future[None], int] = {}
+    running: dict[Future[StepError | None], int] = {}
     for i, begin in enumerate(begins):
         if begin.state == "go":
             records[i].attempt = begin.attempt
@@ -120,7 +180,8 @@ def journaled_many(task: Task, envelopes: list[dict[str, Any]], kind: str,
                                  return_when=FIRST_COMPLETED)
             for future in done:
                 i = running[future]
-                retry_in = _hold_for_retry(task, records[i], settings) or retry_in
+                retry_in = _hold_for_retry(task, records[i], future.result(),
+                                           settings) or retry_in
                 first_done = first_done if finished else time.monotonic()
                 finished.append(i)
             if finished and (not pending or len(finished) >= END_BATCH
@@ -159,10 +220,11 @@ def _not_run(step: StepInput, begin: Begin) -> StepResult:
     return StepResult(path=step.path, status="failed", error=reason, error_type="Cancelled")
 
 
-def _hold_for_retry(task: Task, record: StepRecord, settings: Settings) -> float | None:
+def _hold_for_retry(task: Task, record: StepRecord, error: StepError | None,
+                    settings: Settings) -> float | None:
     """If the step will be tried again as a whole task, keep its record open (running, the
     lease let go) and return the seconds until then."""
-    retry_in = _retry_in(task, record, settings)
+    retry_in = _retry_in(task, error, settings)
     if retry_in is not None:
         record.status, record.detail = "running", {**record.detail, "retrying_in": retry_in}
     return retry_in
@@ -176,20 +238,23 @@ def _check_size(output: Any, limit: int) -> None:
                              f"(LEGATO_MAX_OUTPUT_BYTES)")
 
 
-def _retry_in(task: Task, record: StepRecord, settings: Settings) -> float | None:
+def _retry_in(task: Task, error: StepError | None, settings: Settings) -> float | None:
     """Seconds until a transiently failed step is tried again as a whole task, or None."""
     retries = task.request.retries or 0
-    if record.error_type != "TransientError" or retries >= settings.step_retries:
+    if not isinstance(error, TransientError) or retries >= settings.step_retries:
         return None
     return settings.step_retry_seconds * 3**retries * random.uniform(0.8, 1.2)
 
 
 def _work(record: StepRecord, work: Work, node: Node, spec: Pipeline, step: StepInput,
-          begin: Begin, final: bool) -> None:
+          begin: Begin, final: bool) -> StepError | None:
+    """Do the work into `record`; every exception becomes a failed record. Returns the step
+    error it failed with (retry is decided by its type), if any."""
     ctx = StepContext(input=begin.input, outputs=begin.outputs, models=spec.models,
-                      http=resources.transport(), step_tag=f"{step.run_id}/{step.path}",
-                      item=step.item, index=step.index, gateway=resources.gateway(),
-                      run=resources.run_scope(step.run_id, spec))
+                      http=resources.transport(), run_id=step.run_id, path=step.path,
+                      node=step.node, item=step.item, index=step.index,
+                      gateway=resources.gateway(), run=resources.run_scope(step.run_id, spec))
+    error: StepError | None = None
     try:
         with observability.in_step(step.run_id, step.path):
             outcome = work(ctx, node, spec)
@@ -201,8 +266,10 @@ def _work(record: StepRecord, work: Work, node: Node, spec: Pipeline, step: Step
     except StepError as exc:
         record.status, record.error, record.error_type = "failed", str(exc), type(exc).__name__
         record.detail = getattr(exc, "detail", None) or {}  # e.g. the model calls tried
+        error = exc
     except Exception as exc:  # a bug or an unexpected library error: keep it readable on the run
         log.exception("step %s of run %s raised", step.path, step.run_id)
         record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
         record.error_type = "InternalError"
     record.ended_at = time.time()
+    return error

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import Task
-
-from legato import graph
+from legato import graph, paths
 from legato.compile import Compiler
+from legato.context import Outcome, StepContext
 from legato.envelope import StepInput, StepResult
-from legato.errors import PermanentError
+from legato.errors import StepError
 from legato.graph import Node
-from legato.kinds import Outcome, StepContext, aggregate, classify, fan_in, plan, run_llm
-from legato.spec import Orchestrate, Parallel, Pipeline, Route
-from legato.tasks.base import Work, journaled, upstream_failure
+from legato.kinds import llm as llm_kind
+from legato.kinds.base import fan_in
+from legato.kinds.orchestrate import Orchestrate, plan, plan_path, worker_path
+from legato.kinds.parallel import Parallel, aggregate
+from legato.kinds.route import Route, decide
+from legato.spec import Pipeline
+from legato.tasks.base import StepTask, Work, journaled, step_task, upstream_failure
 from legato.workers import resources
 from legato.workers.app import app
 
@@ -26,29 +29,12 @@ def _node_and_compiler(step: dict[str, Any]) -> tuple[Node, Compiler]:
 
 
 def _route(ctx: StepContext, node: Node, _: Pipeline) -> Outcome:
-    route = node.step
-    assert isinstance(route, Route)
-    outcome = classify(route.classifier, list(route.branches), ctx)
-    chosen, detail = outcome.output, outcome.detail
-    if detail.get("low_confidence"):
-        if route.default is None:
-            raise PermanentError(f"classifier unsure ({detail['confidence']:.2f} < "
-                                 f"{route.classifier.min_confidence}) and no default branch")
-        detail["unsure_of"] = chosen
-        chosen = route.default
-    elif chosen not in route.branches:
-        if route.default is None:
-            raise PermanentError(f"classifier chose {chosen!r}, not a branch, and no default")
-        detail["unmatched"] = chosen
-        chosen = route.default
-    decision = {"branch": chosen}
-    if "confidence" in detail:
-        decision["confidence"] = detail["confidence"]
-    return Outcome(decision, outcome.usage, detail)
+    assert isinstance(node.step, Route)
+    return decide(node.step, ctx)
 
 
-@app.task(name="legato.route", bind=True)
-def route(self: Task, prev: Any = None, *, step: dict[str, Any]) -> dict[str, Any]:
+@step_task("legato.route")
+def route(self: StepTask, prev: Any = None, *, step: dict[str, Any]) -> dict[str, Any]:
     """Classify, journal the decision, then become the chosen branch on its own queue."""
     if failed := upstream_failure(prev):
         return failed
@@ -65,8 +51,8 @@ def _plan(ctx: StepContext, node: Node, _: Pipeline) -> Outcome:
     return plan(node.step, ctx)
 
 
-@app.task(name="legato.plan", bind=True)
-def plan_task(self: Task, prev: Any = None, *, step: dict[str, Any]) -> dict[str, Any]:
+@step_task("legato.plan")
+def plan_task(self: StepTask, prev: Any = None, *, step: dict[str, Any]) -> dict[str, Any]:
     """Ask the planner for subtasks, then become chord(workers, synthesizer)."""
     if failed := upstream_failure(prev):
         return failed
@@ -89,7 +75,7 @@ def _wire_results(results: Any) -> list[StepResult]:
 
 def _upstream_of(results: list[StepResult], own: str) -> StepResult | None:
     # A failure from before the fan-out reached every member: pass it on, it is not ours.
-    return next((r for r in results if not r.ok and not r.path.startswith(own + "/")), None)
+    return next((r for r in results if not r.ok and not paths.is_under(r.path, own)), None)
 
 
 def _fan_in(results: list[StepResult], run_id: str) -> Work:
@@ -104,9 +90,16 @@ def _fan_in(results: list[StepResult], run_id: str) -> Work:
             outcome = aggregate(step.aggregate, list(records), ctx)
         else:
             done = _done_so_far(run_id, node.path, ctx.item)
-            outcome = run_llm(step.synthesizer, ctx, results=done)
+            outcome = llm_kind.run(step.synthesizer, ctx, results=done)
         outcome.detail.update(detail)
         return outcome
+
+    return work
+
+
+def _failing(exc: StepError) -> Work:
+    def work(*_: Any) -> Outcome:
+        raise exc
 
     return work
 
@@ -115,13 +108,13 @@ def _done_so_far(run_id: str, path: str, item: dict[str, Any]) -> list[dict[str,
     """Every round's finished subtasks with their outputs (the plan rides in the envelope)."""
     subtasks = item["subtasks"]
     records = resources.store().get_steps_at(
-        run_id, [f"{path}/worker[{i}]" for i in range(len(subtasks))])
+        run_id, [worker_path(path, i) for i in range(len(subtasks))])
     return [{"subtask": subtasks[i], "output": r.output}
             for i, r in enumerate(records) if r.ok]
 
 
-@app.task(name="legato.aggregate", bind=True)
-def aggregate_task(self: Task, results: Any, *, step: dict[str, Any]) -> dict[str, Any]:
+@step_task("legato.aggregate")
+def aggregate_task(self: StepTask, results: Any, *, step: dict[str, Any]) -> dict[str, Any]:
     items = _wire_results(results)
     if upstream := _upstream_of(items, step["node"]):
         return upstream.wire()
@@ -129,24 +122,29 @@ def aggregate_task(self: Task, results: Any, *, step: dict[str, Any]) -> dict[st
     return journaled(self, step, "parallel", work, final=True).wire()
 
 
-@app.task(name="legato.synthesize", bind=True)
-def synthesize(self: Task, results: Any, *, step: dict[str, Any]) -> dict[str, Any]:
+@step_task("legato.synthesize")
+def synthesize(self: StepTask, results: Any, *, step: dict[str, Any]) -> dict[str, Any]:
     """Close a round of workers: ask the planner for another round if rounds are left (and it
-    wants one), else synthesize every round's results."""
+    wants one), else synthesize every round's results. A round that fails its policy fails the
+    step at once, whatever rounds are left."""
     items = _wire_results(results)
+    if upstream := _upstream_of(items, step["node"]):
+        return upstream.wire()
     node, compiler = _node_and_compiler(step)
     orchestrate = node.step
     assert isinstance(orchestrate, Orchestrate)
     round_no, subtasks = step["item"]["round"], step["item"]["subtasks"]
     if round_no + 1 < orchestrate.max_rounds:
-        kept, _ = fan_in(items, on_failure=orchestrate.on_failure,
-                         min_success=orchestrate.min_success)  # this round must hold up first
+        try:  # this round must hold up first
+            fan_in(items, on_failure=orchestrate.on_failure, min_success=orchestrate.min_success)
+        except StepError as exc:
+            return journaled(self, step, "orchestrate", _failing(exc), final=True).wire()
         done = _done_so_far(step["run_id"], node.path, step["item"])
 
         def replan(ctx: StepContext, _: Node, __: Pipeline) -> Outcome:
             return plan(orchestrate, ctx, round_no=round_no + 1, results=done)
 
-        planning = {**step, "path": f"{node.path}/plan[{round_no + 1}]"}
+        planning = {**step, "path": plan_path(node.path, round_no + 1)}
         more = journaled(self, planning, "plan", replan, final=False)
         if not more.ok:
             return more.wire()

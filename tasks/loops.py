@@ -11,15 +11,16 @@ from typing import Any, NoReturn
 
 from celery import Task
 
-from legato import graph
+from legato import graph, paths
 from legato.compile import Compiler
+from legato.context import Outcome, StepContext
 from legato.envelope import StepInput
 from legato.errors import BudgetExceeded
 from legato.graph import Node
-from legato.kinds import Outcome, StepContext
-from legato.loops import agent_turn, evaluate_round, next_move
-from legato.spec import Agent, Evaluate, Pipeline, Step
-from legato.tasks.base import journaled, upstream_failure
+from legato.kinds.agent import Agent, agent_turn
+from legato.kinds.evaluate import Evaluate, evaluate_round, next_move
+from legato.spec import Pipeline, Step
+from legato.tasks.base import StepTask, journaled, step_task, upstream_failure
 from legato.workers import resources
 from legato.workers.app import app
 
@@ -29,7 +30,7 @@ def _previous(envelope: StepInput, label: str) -> Any:
     i = envelope.index or 0
     if not i:
         return None
-    record = resources.store().get_step(envelope.run_id, f"{envelope.node}/{label}[{i - 1}]")
+    record = resources.store().get_step(envelope.run_id, paths.part(envelope.node, label, i - 1))
     return record.output if record else None
 
 
@@ -40,7 +41,8 @@ def _loop_step(envelope: StepInput) -> Step:
 def _go_on(task: Task, envelope: StepInput, label: str) -> NoReturn:
     """Become the next iteration, on the queue this one came from."""
     i = (envelope.index or 0) + 1
-    following = envelope.model_copy(update={"path": f"{envelope.node}/{label}[{i}]", "index": i})
+    following = envelope.model_copy(update={"path": paths.part(envelope.node, label, i),
+                                            "index": i})
     compiler = Compiler(app, envelope.run_id, envelope.spec_hash)
     raise task.replace(compiler.again(task.name, following, task.request))
 
@@ -52,8 +54,8 @@ def _close(task: Task, step: dict[str, Any], kind: str,
     return journaled(task, closing, kind, lambda *_: outcome(), final=True).wire()
 
 
-@app.task(name="legato.evaluate", bind=True)
-def evaluate(self: Task, prev: Any = None, *, step: dict[str, Any]) -> dict[str, Any]:
+@step_task("legato.evaluate")
+def evaluate(self: StepTask, prev: Any = None, *, step: dict[str, Any]) -> dict[str, Any]:
     """One evaluator-optimizer round at `<step>/round[i]`; the last one closes the step."""
     if failed := upstream_failure(prev):
         return failed
@@ -78,8 +80,8 @@ def evaluate(self: Task, prev: Any = None, *, step: dict[str, Any]) -> dict[str,
         "rounds": round_no + 1, "stopped": why, "best_round": result.output["best"]["round"]}))
 
 
-@app.task(name="legato.agent", bind=True)
-def agent(self: Task, prev: Any = None, *, step: dict[str, Any]) -> dict[str, Any]:
+@step_task("legato.agent")
+def agent(self: StepTask, prev: Any = None, *, step: dict[str, Any]) -> dict[str, Any]:
     """One agent turn at `<step>/turn[i]`; the transcript is journaled with every turn, so a
     crash resumes from the last completed turn. The turn that answers closes the step."""
     if failed := upstream_failure(prev):

@@ -7,33 +7,35 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from celery import Task
-
+from legato.context import Outcome, StepContext
 from legato.envelope import StepRecord
 from legato.graph import Node
-from legato.kinds import Outcome, StepContext, run_llm, run_tool
-from legato.spec import Llm, Orchestrate, Pipeline, Tool
-from legato.tasks.base import journaled, journaled_many, upstream_failure
+from legato.kinds import llm as llm_kind
+from legato.kinds import tool as tool_kind
+from legato.kinds.llm import Llm
+from legato.kinds.orchestrate import Orchestrate
+from legato.kinds.tool import Tool
+from legato.spec import Pipeline
+from legato.tasks.base import StepTask, journaled, journaled_many, step_task, upstream_failure
 from legato.tasks.finish import close_run
 from legato.workers import resources
-from legato.workers.app import app
 
 
 def _llm(ctx: StepContext, node: Node, _: Pipeline) -> Outcome:
     step = node.step
     if isinstance(step, Orchestrate):  # an orchestrator's worker, on one subtask
-        return run_llm(step.worker, ctx, subtask=ctx.item)
+        return llm_kind.run(step.worker, ctx, subtask=ctx.item)
     assert isinstance(step, Llm)
-    return run_llm(step, ctx)
+    return llm_kind.run(step, ctx)
 
 
 def _tool(ctx: StepContext, node: Node, _: Pipeline) -> Outcome:
     assert isinstance(node.step, Tool)
-    return run_tool(node.step, ctx)
+    return tool_kind.run(node.step, ctx)
 
 
-@app.task(name="legato.llm", bind=True)
-def llm(self: Task, prev: Any = None, *, step: dict[str, Any]) -> dict[str, Any]:
+@step_task("legato.llm")
+def llm(self: StepTask, prev: Any = None, *, step: dict[str, Any]) -> dict[str, Any]:
     if failed := upstream_failure(prev):
         return failed
     quorum = step.get("quorum")
@@ -53,15 +55,15 @@ def _skip(step: dict[str, Any], reason: str) -> dict[str, Any]:
     return record.result().wire()
 
 
-@app.task(name="legato.tool", bind=True)
-def tool(self: Task, prev: Any = None, *, step: dict[str, Any]) -> dict[str, Any]:
+@step_task("legato.tool")
+def tool(self: StepTask, prev: Any = None, *, step: dict[str, Any]) -> dict[str, Any]:
     if failed := upstream_failure(prev):
         return failed
     return journaled(self, step, "tool", _tool, final=True).wire()
 
 
-@app.task(name="legato.segment", bind=True)
-def segment(self: Task, prev: Any = None, *, steps: list[dict[str, Any]],
+@step_task("legato.segment")
+def segment(self: StepTask, prev: Any = None, *, steps: list[dict[str, Any]],
             finalize: bool = False) -> dict[str, Any]:
     """Chain steps that share a queue, in order, stopping at the first failure; `finalize`: the
     run's last steps, so close the run here too. A redelivery skips the steps already done."""
@@ -76,8 +78,8 @@ def segment(self: Task, prev: Any = None, *, steps: list[dict[str, Any]],
     return result or {}
 
 
-@app.task(name="legato.llm_batch", bind=True)
-def llm_batch(self: Task, prev: Any = None, *, steps: list[dict[str, Any]]) -> list[Any]:
+@step_task("legato.llm_batch")
+def llm_batch(self: StepTask, prev: Any = None, *, steps: list[dict[str, Any]]) -> list[Any]:
     """A vote's members or an orchestrator's workers, run concurrently in this task; their
     results, as a list, feed the chord's fan-in like single members' results do."""
     if failed := upstream_failure(prev):

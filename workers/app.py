@@ -31,7 +31,7 @@ from celery.signals import (
     worker_shutdown,
 )
 
-from legato.compile import CONTROL
+from legato.queues import CONTROL
 from legato.settings import Settings, get_settings
 from legato.tools import load_tool_modules
 from legato.workers import broker, lifeline, observability, resources, tls

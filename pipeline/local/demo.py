@@ -23,12 +23,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.text import Text
 
 from legato.client import Legato
-from legato.compile import DEFAULT_QUEUES
 from legato.envelope import RunRecord
 from legato.loader import available_pipelines
 from legato.local import processes
 from legato.local.net import free_port, port_open
 from legato.local.redis_server import RedisServer
+from legato.queues import DEFAULT_QUEUES
 from legato.settings import Settings
 
 BRANCH_QUEUES = ["legato.branch.billing", "legato.branch.technical"]

@@ -15,10 +15,10 @@ from typing import Any
 
 from legato.envelope import Usage
 from legato.errors import TransientError
+from legato.models.config import ModelConfig
 from legato.models.openai_compat import Completion
 from legato.models.transport import Client
 from legato.models.wire import send
-from legato.spec import ModelConfig
 
 VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 1024

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal
 
-from legato.spec import ModelConfig
+from legato.models.config import ModelConfig
 
 State = Literal["closed", "open", "half-open"]
 TRUST_CLOSED = 1.0

@@ -16,7 +16,7 @@ from typing import Any
 
 from legato.envelope import Usage
 from legato.errors import BudgetExceeded
-from legato.spec import Budget, ModelConfig
+from legato.models.config import Budget, ModelConfig
 
 TTL_SECONDS = 7 * 24 * 3600
 

@@ -13,8 +13,8 @@ import json
 from typing import Any, Literal
 
 from legato.envelope import Usage
+from legato.models.config import ModelConfig
 from legato.models.openai_compat import Completion
-from legato.spec import ModelConfig
 
 Mode = Literal["off", "read-write", "replay"]
 MODES: tuple[str, ...] = ("off", "read-write", "replay")

@@ -27,11 +27,11 @@ from legato.models import anthropic, openai_compat
 from legato.models.breaker import CircuitBreaker
 from legato.models.budget import BudgetMeter, cost_of
 from legato.models.cache import Mode, ResponseCache, cache_key
+from legato.models.config import Budget, ModelConfig
 from legato.models.openai_compat import Completion
 from legato.models.ratelimit import RateLimiter, estimate_tokens
 from legato.models.retry import for_model
 from legato.models.transport import Client, as_transport
-from legato.spec import Budget, ModelConfig
 
 Post = Callable[..., Completion]
 PROTOCOLS: dict[str, Post] = {"openai": openai_compat.post, "anthropic": anthropic.post}

@@ -15,10 +15,10 @@ from typing import Any
 
 from legato.envelope import Usage
 from legato.errors import TransientError
+from legato.models.config import ModelConfig
 from legato.models.retry import MODEL_CALL
 from legato.models.transport import Client
 from legato.models.wire import send
-from legato.spec import ModelConfig
 
 # Where OpenAI-compatible servers say when to try again.
 RESET_HEADERS = ("retry-after", "x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from legato.errors import TransientError
-from legato.spec import RateLimit
+from legato.models.config import RateLimit
 
 # KEYS: request bucket, token bucket. ARGV: per bucket (limit, burst, cost) x 2, window seconds.
 # A limit of 0 means no such bucket. Returns {admitted, seconds to wait as a string}.

@@ -16,9 +16,9 @@ from pydantic import ValidationError
 from legato import schema as schemas
 from legato.envelope import Usage
 from legato.errors import OutputInvalid
+from legato.models.config import ModelConfig
 from legato.models.openai_compat import Completion, chat
 from legato.models.transport import Client
-from legato.spec import ModelConfig
 
 # (messages, schema, params) -> one completion, its own retries and fallbacks included
 Complete = Callable[[list[dict[str, Any]], dict[str, Any] | None, dict[str, Any] | None],

@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from legato.errors import PermanentError, TransientError
+from legato.models.config import ModelConfig
 from legato.models.transport import Client, WireResponse, as_transport
-from legato.spec import ModelConfig
 
 _CONTEXT_HINTS = ("context length", "context_length", "maximum context", "too many tokens",
                   "prompt is too long", "context window")

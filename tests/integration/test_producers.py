@@ -82,7 +82,7 @@ def test_a_redelivered_step_returns_its_journaled_result_without_rerunning(legat
 
     # Deliver the first step's message again, as a broker would after a lost ack.
     run = legato.status(run_id)
-    sig = Compiler(legato.app, run_id, run.spec_hash)._task("legato.llm", "legato.llm", "summary")
+    sig = Compiler(legato.app, run_id, run.spec_hash).task("legato.llm", "legato.llm", "summary")
     again = sig.apply_async(ignore_result=False).get(timeout=30)
 
     assert again == {"path": "summary", "status": "succeeded"}  # slim: no model text on the wire

@@ -7,10 +7,15 @@ from typing import Any
 import httpx
 import pytest
 
-from legato import kinds
+from legato import context
+from legato.context import StepContext, check_gate
 from legato.envelope import StepResult, Usage
 from legato.errors import GateFailed, PermanentError, StepError
-from legato.kinds import StepContext, aggregate, check_gate, classify, fan_in, plan
+from legato.kinds import llm, tool
+from legato.kinds.base import fan_in
+from legato.kinds.orchestrate import plan
+from legato.kinds.parallel import aggregate
+from legato.kinds.route import classify
 from legato.models import Answer
 from legato.spec import (
     Aggregate,
@@ -41,7 +46,7 @@ def ctx() -> StepContext:
         outputs={"summary": "a summary"},
         models={"small": ModelConfig(base_url="http://model.test/v1", model="tiny")},
         http=httpx.Client(transport=httpx.MockTransport(refuse)),
-        step_tag="RUN/step",
+        run_id="RUN", path="step",
     )
 
 
@@ -60,7 +65,7 @@ class FakeAsk:
 @pytest.fixture
 def fake_ask(monkeypatch: pytest.MonkeyPatch) -> FakeAsk:
     fake = FakeAsk()
-    monkeypatch.setattr(kinds, "ask", fake)
+    monkeypatch.setattr(context, "ask", fake)
     return fake
 
 
@@ -219,16 +224,16 @@ def test_classify_by_model_constrains_the_answer_to_the_branches(
 def test_fan_out_instances_differ_by_seed(ctx: StepContext, fake_ask: FakeAsk) -> None:
     fake_ask.outputs = ["a", "b"]
     call = ModelCall(model="small", prompt="p", params={"seed": 10, "temperature": 0.7})
-    kinds.run_llm(call, ctx)
+    llm.run(call, ctx)
     ctx.index = 2
-    kinds.run_llm(call, ctx)
+    llm.run(call, ctx)
     assert [c["params"]["seed"] for c in fake_ask.calls] == [10, 12]
     assert call.params == {"seed": 10, "temperature": 0.7}  # the spec is not mutated
 
 
 def test_a_template_error_is_a_permanent_error(ctx: StepContext, fake_ask: FakeAsk) -> None:
     with pytest.raises(PermanentError, match="template failed: UndefinedError"):
-        kinds.run_llm(ModelCall(model="small", prompt="{{ input.nope }}"), ctx)
+        llm.run(ModelCall(model="small", prompt="{{ input.nope }}"), ctx)
     assert fake_ask.calls == []
 
 
@@ -237,18 +242,18 @@ def test_a_template_error_is_a_permanent_error(ctx: StepContext, fake_ask: FakeA
 
 def test_tool_arguments_are_rendered_then_checked(ctx: StepContext) -> None:
     step = Tool(id="t", tool="word_count", args={"text": "{{ outputs.summary }} here"})
-    assert kinds.run_tool(step, ctx).output == 3
+    assert tool.run(step, ctx).output == 3
 
 
 def test_tool_that_refuses_its_arguments_is_a_permanent_error(ctx: StepContext) -> None:
     step = Tool(id="t", tool="keywords", args={"text": "x", "top": "many"})
     with pytest.raises(PermanentError, match="tool 'keywords' refused its arguments"):
-        kinds.run_tool(step, ctx)
+        tool.run(step, ctx)
 
 
 def test_unknown_tool_at_run_time_is_a_permanent_error(ctx: StepContext) -> None:
     with pytest.raises(PermanentError, match="unknown tool 'nope'"):
-        kinds.run_tool(Tool(id="t", tool="nope"), ctx)
+        tool.run(Tool(id="t", tool="nope"), ctx)
 
 
 def test_a_rule_that_fails_to_evaluate_is_a_permanent_error(ctx: StepContext) -> None:

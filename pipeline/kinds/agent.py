@@ -1,66 +1,43 @@
-"""Loops, as plain Python: evaluator-optimizer rounds and agent turns.
-
-An evaluate round's output is `{"candidate", "verdict", "best"}`; `verdict` follows
-VERDICT_SCHEMA, and `best` names the best round so far. `next_move` decides from it whether to
-stop and with what. An agent turn's output is its transcript so far (see `agent_turn`).
-"""
+"""`agent`: a model that calls tools until it answers — one task per turn at
+`<step>/turn[i]`, the turn's tool calls in parallel, at most `max_turns` turns (and the run's
+budget). A turn's output is its transcript so far; the turn that answers closes the step."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
+from pydantic import Field
+
+from legato import paths
+from legato.context import Outcome, StepContext
 from legato.errors import PermanentError, StepError
-from legato.kinds import Outcome, StepContext
+from legato.fields import StepBase
+from legato.kinds.base import Kind, call_templates
 from legato.models import Gateway
-from legato.spec import Agent, Evaluate
+from legato.queues import LLM
 from legato.tools import get_tool
 from legato.tools.runner import call_tool, idempotency_key
 
-VERDICT_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "pass": {"type": "boolean"},
-        "score": {"type": "number"},
-        "feedback": {"type": "string"},
-    },
-    "required": ["pass", "score", "feedback"],
-}
+if TYPE_CHECKING:
+    from celery.canvas import Signature
+
+    from legato.compile import Compiler
 
 
-def evaluate_round(step: Evaluate, ctx: StepContext, round_no: int,
-                   previous: dict[str, Any] | None) -> Outcome:
-    """One round: the generator writes (seeing the last candidate and its feedback on a
-    revision), the evaluator judges the candidate."""
-    g, e = step.generator, step.evaluator
-    last = previous or {}
-    feedback = (last.get("verdict") or {}).get("feedback")
-    draft = ctx.model_call(g.model, g.prompt, system=g.system, output_schema=g.output_schema,
-                           params=g.params, round=round_no, previous=last.get("candidate"),
-                           feedback=feedback)
-    judged = ctx.model_call(e.model, e.prompt, system=e.system, output_schema=VERDICT_SCHEMA,
-                            params=e.params, round=round_no, candidate=draft.output)
-    verdict = judged.output
-    best = last.get("best")
-    if best is None or float(verdict["score"]) > best["score"]:
-        best = {"round": round_no, "score": float(verdict["score"]), "candidate": draft.output}
-    return Outcome({"candidate": draft.output, "verdict": verdict, "best": best},
-                   draft.usage + judged.usage, {**draft.detail, **judged.detail})
+class Agent(StepBase):
+    """A model that calls tools until it answers: one task per turn, the turn's tool calls in
+    parallel, at most `max_turns` turns (and the run's budget)."""
 
-
-def next_move(step: Evaluate, round_no: int, output: dict[str, Any],
-              previous: dict[str, Any] | None) -> tuple[str, Any] | None:
-    """None to go on with another round, or (why it stopped, the output to keep)."""
-    verdict, best = output["verdict"], output["best"]
-    score = float(verdict["score"])
-    if verdict["pass"] or (step.min_score is not None and score >= step.min_score):
-        return "passed", output["candidate"]
-    if round_no + 1 >= step.max_rounds:
-        return "max_rounds", best["candidate"]
-    if previous is not None and score <= previous["best"]["score"]:
-        return "no_improvement", best["candidate"]
-    return None
+    kind: Literal["agent"] = "agent"
+    model: str
+    prompt: str
+    system: str | None = None
+    tools: list[str] = Field(default_factory=list, description="registered tool names")
+    max_turns: int = Field(6, ge=1, le=50)
+    params: dict[str, Any] = Field(default_factory=dict)
 
 
 def agent_turn(step: Agent, ctx: StepContext, turn: int,
@@ -85,10 +62,8 @@ def agent_turn(step: Agent, ctx: StepContext, turn: int,
         {"id": c["id"], "type": "function",
          "function": {"name": c["name"], "arguments": json.dumps(c["arguments"])}}
         for c in calls]})
-    run_id, _, path = ctx.step_tag.partition("/")
-    node_path = path.rsplit("/", 1)[0]
     with ThreadPoolExecutor(max_workers=min(8, len(calls))) as pool:
-        results = list(pool.map(lambda c: _use_tool(step, c, run_id, node_path), calls))
+        results = list(pool.map(lambda c: _use_tool(step, c, ctx.run_id, ctx.node), calls))
     for call, result in zip(calls, results, strict=True):
         messages.append({"role": "tool", "tool_call_id": call["id"], "content": result})
     return Outcome({"messages": messages, "final": None, "tool_calls": len(calls)},
@@ -111,3 +86,26 @@ def _use_tool(step: Agent, call: dict[str, Any], run_id: str, node_path: str) ->
         return json.dumps({"tool": name, "result": value}, ensure_ascii=False, default=str)
     except StepError as exc:
         return json.dumps({"tool": name, "error": str(exc)}, ensure_ascii=False)
+
+
+def turn_path(node: str, turn: int) -> str:
+    return paths.part(node, "turn", turn)
+
+
+class AgentKind(Kind):
+    name = "agent"
+    spec = Agent
+
+    def templates(self, step: Agent) -> Iterator[tuple[str, str, bool]]:
+        return call_templates(step, "")
+
+    def aliases(self, step: Agent) -> Iterator[tuple[str, str]]:
+        yield "model", step.model
+
+    def tools(self, step: Agent) -> Iterator[tuple[str, str]]:
+        for i, name in enumerate(step.tools):
+            yield f"tools[{i}]", name
+
+    def compile(self, step: Agent, path: str, queue: str | None, compiler: Compiler) -> Signature:
+        return compiler.task("legato.agent", queue or LLM, path, path=turn_path(path, 0),
+                             index=0)
