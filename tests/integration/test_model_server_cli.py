@@ -17,7 +17,8 @@ pytestmark = pytest.mark.local_model
 
 def test_model_server_command_serves_the_local_model(tmp_path):
     if missing := llama_server_missing():
-        pytest.skip(f"llama-cpp-python[server] not installed (missing {', '.join(missing)})")
+        pytest.fail(f"llama-cpp-python[server] is not installed (missing {', '.join(missing)}): "
+                    "`make install` installs it (the local-model extra)", pytrace=False)
     port = free_port()
     argv = [sys.executable, "-m", "legato.cli", "model-server", "--host", "127.0.0.1",
             "--port", str(port)]

@@ -51,7 +51,7 @@ def ctx() -> StepContext:
 
 
 class FakeAsk:
-    """Stands in for `pipeline.models.ask`, recording what it was asked."""
+    """Stands in for `legato.models.ask`, recording what it was asked."""
 
     def __init__(self, *outputs: Any) -> None:
         self.outputs = list(outputs)
