@@ -42,7 +42,7 @@ def test_mypy_sees_real_types_in_legato_tasks_and_workers(tmp_path: Path) -> Non
     assert settings == "legato.settings.Settings"
     assert journaled.startswith("def (task: Any, envelope: dict[str, Any], kind: str, work: def (")
     assert journaled.endswith(") -> legato.envelope.StepResult")
-    assert "legato.kinds.StepContext" in journaled
+    assert "legato.context.StepContext" in journaled
     # Celery itself is untyped (Any); the parameter is Legato's own type.
     assert create_app.startswith("def (settings: legato.settings.Settings | None =)")
     assert submit == ("def (pipeline: str | legato.spec.Pipeline, input: Any, *, "
