@@ -230,9 +230,15 @@ def _hold_for_retry(task: Task, record: StepRecord, error: StepError | None,
     return retry_in
 
 
-def _check_size(output: Any, limit: int) -> None:
-    """Outputs live in Redis and feed later prompts: refuse one over the limit, readably."""
-    size = len(json.dumps(output, ensure_ascii=False, default=str).encode())
+def _check_output(output: Any, limit: int) -> None:
+    """Outputs live in Redis as JSON and feed later prompts: refuse, readably and once, one that
+    is not JSON (a set, bytes, an object: a bug in a tool, not worth retrying) or is over the
+    limit."""
+    try:
+        text = json.dumps(output, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise PermanentError(f"output is not JSON: {exc}") from None
+    size = len(text.encode())
     if size > limit:
         raise PermanentError(f"output of {size} bytes is over the limit of {limit} "
                              f"(LEGATO_MAX_OUTPUT_BYTES)")
@@ -258,7 +264,7 @@ def _work(record: StepRecord, work: Work, node: Node, spec: Pipeline, step: Step
     try:
         with observability.in_step(step.run_id, step.path):
             outcome = work(ctx, node, spec)
-        _check_size(outcome.output, get_settings().max_output_bytes)
+        _check_output(outcome.output, get_settings().max_output_bytes)
         if final and node.step.gate is not None:
             check_gate(node.step.gate, outcome.output, ctx)
         record.status, record.output = "succeeded", outcome.output

@@ -1,6 +1,7 @@
 """Tools registered for the tests (loaded by workers through LEGATO_TOOL_MODULES)."""
 
 import socket
+import tempfile
 import time
 from pathlib import Path
 
@@ -52,3 +53,13 @@ def blob(size: int) -> str:
 
 # An HTTP tool whose URL template takes the port: the fake model server's health check.
 http_tool("local_health", url="http://127.0.0.1:{port}/health", timeout=2, retries=0)
+
+
+@tool
+def not_json(shape: str) -> object:
+    """A value JSON cannot hold — a set, bytes or an object — and counts its calls in a file, so
+    a test can see it ran once."""
+    counter = Path(tempfile.gettempdir()) / f"legato-not-json-{shape}.calls"
+    with counter.open("a") as calls:
+        calls.write("x")
+    return {"set": {1, 2}, "bytes": b"\x00", "object": object()}[shape]

@@ -37,6 +37,8 @@ class Agent(StepBase):
     system: str | None = None
     tools: list[str] = Field(default_factory=list, description="registered tool names")
     max_turns: int = Field(6, ge=1, le=50)
+    max_tool_calls_per_turn: int = Field(
+        16, ge=1, le=256, description="calls a turn may run; the model is told of the rest")
     params: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -52,7 +54,7 @@ def agent_turn(step: Agent, ctx: StepContext, turn: int,
     trace: list[dict[str, Any]] = []
     reply = gateway.complete(ctx.models, step.model, messages, params=params,
                              step_tag=ctx.step_tag, run=ctx.run, trace=trace)
-    detail = {"model_calls": trace}
+    detail: dict[str, Any] = {"model_calls": trace}
     if not reply.tool_calls:
         messages.append({"role": "assistant", "content": reply.text})
         return Outcome({"messages": messages, "final": reply.text, "tool_calls": 0},
@@ -62,11 +64,17 @@ def agent_turn(step: Agent, ctx: StepContext, turn: int,
         {"id": c["id"], "type": "function",
          "function": {"name": c["name"], "arguments": json.dumps(c["arguments"])}}
         for c in calls]})
-    with ThreadPoolExecutor(max_workers=min(8, len(calls))) as pool:
-        results = list(pool.map(lambda c: _use_tool(step, c, ctx.run_id, ctx.node), calls))
+    allowed, refused = calls[:step.max_tool_calls_per_turn], calls[step.max_tool_calls_per_turn:]
+    with ThreadPoolExecutor(max_workers=min(8, len(allowed))) as pool:
+        results = list(pool.map(lambda c: _use_tool(step, c, ctx.run_id, ctx.node), allowed))
+    over = json.dumps({"error": f"not run: a turn may make at most "
+                                f"{step.max_tool_calls_per_turn} tool calls"})
+    results += [over] * len(refused)
+    if refused:
+        detail["refused_tool_calls"] = len(refused)
     for call, result in zip(calls, results, strict=True):
         messages.append({"role": "tool", "tool_call_id": call["id"], "content": result})
-    return Outcome({"messages": messages, "final": None, "tool_calls": len(calls)},
+    return Outcome({"messages": messages, "final": None, "tool_calls": len(allowed)},
                    reply.usage, detail)
 
 

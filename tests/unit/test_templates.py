@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 from jinja2.exceptions import SecurityError, UndefinedError
 
 from legato import templates
-from legato.templates import TemplateProblem, evaluate, referenced_outputs, render
+from legato.templates import (
+    RENDER_SECONDS,
+    TemplateLimit,
+    TemplateProblem,
+    evaluate,
+    referenced_outputs,
+    render,
+)
 
 CONTEXT: dict[str, Any] = {
     "input": {"text": "héllo", "n": 3},
@@ -121,3 +129,24 @@ def test_syntax_errors_are_template_problems_with_a_line(source: str, expression
 
 def test_template_problem_is_a_value_error() -> None:
     assert issubclass(templates.TemplateProblem, ValueError)
+
+
+@pytest.mark.parametrize("source", [
+    "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+    "{% macro f(n) %}{% if n %}{{ f(n-1) }}{{ f(n-1) }}{% endif %}{% endmacro %}{{ f(40) }}",
+    "{{ 'x' * 100000000 }}",
+    "{{ [1] * 100000000 }}",
+    "{{ 10 ** 100000000 }}",
+    "{% for i in range(100000) %}{{ 'many characters of output, again and again' }}{% endfor %}",
+], ids=["nested-ranges", "macro-recursion", "str-times", "list-times", "power", "output-size"])
+def test_a_hostile_template_stops_at_its_time_or_size_limit(source: str) -> None:
+    started = time.monotonic()
+    with pytest.raises(TemplateLimit):
+        render(source, CONTEXT)
+    assert time.monotonic() - started < RENDER_SECONDS + 1.0
+
+
+def test_bounded_ranges_still_behave_like_ranges() -> None:
+    assert render("{{ range(3)|length }} {{ range(3)|list }} {% for i in range(2, 5) %}{{ i }}"
+                  "{% endfor %}", CONTEXT) == "3 [0, 1, 2] 234"
+    assert evaluate("4 in range(5)", {}) is True
