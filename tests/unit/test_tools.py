@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 from legato.errors import PermanentError, TransientError
 from legato.loader import resolve
 from legato.spec import Agent, ModelConfig, Pipeline
-from legato.tools import get_tool, tool
+from legato.tools import get_tool, runner, tool
 from legato.tools.runner import call_tool, idempotency_key
 
 
@@ -81,3 +84,33 @@ def test_http_tools_obey_the_host_allow_list(monkeypatch, hosts, url, allowed):
     else:
         with pytest.raises(PermanentError, match="refused URL"):
             check_url(url)
+
+
+def test_hung_calls_hold_no_pool_slot_and_are_capped_per_tool():
+    release = threading.Event()
+
+    @tool(name="unit_hangs", timeout=0.02)
+    def hangs() -> str:
+        release.wait(30)
+        return "late"
+
+    @tool(name="unit_quick")
+    def quick() -> str:
+        return "quick"
+
+    try:
+        for _ in range(runner.MAX_ABANDONED):  # more than any thread pool would have spare
+            with pytest.raises(TransientError, match="timed out"):
+                call_tool(get_tool("unit_hangs"), {}, key="k")
+        assert runner.abandoned("unit_hangs") == runner.MAX_ABANDONED
+        with pytest.raises(TransientError, match="timed-out calls still running"):
+            call_tool(get_tool("unit_hangs"), {}, key="k")
+        started = time.monotonic()
+        assert call_tool(get_tool("unit_quick"), {}, key="k") == "quick"  # not starved
+        assert time.monotonic() - started < 0.5
+    finally:
+        release.set()
+    deadline = time.monotonic() + 5
+    while runner.abandoned("unit_hangs") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert runner.abandoned("unit_hangs") == 0  # the hung calls ended and were counted out
