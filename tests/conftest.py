@@ -48,7 +48,7 @@ def stack_env(redis_server: RedisServer, fake_model: str) -> dict[str, str]:
         "LEGATO_HTTP_TIMEOUT": "5",
         "LEGATO_TOOL_MODULES": "tests.tools",
         "LEGATO_STEP_RETRY_SECONDS": "0.2",  # task retries after 0.2 s, 0.6 s, 1.8 s
-        "LEGATO_HTTP_TOOL_HOSTS": "127.0.0.1",
+        "LEGATO_HTTP_TOOL_HOSTS": "http://127.0.0.1:*",
         "LEGATO_MAX_OUTPUT_BYTES": "100000",
         "PYTHONPATH": str(ROOT),
     }

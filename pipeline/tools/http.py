@@ -1,19 +1,30 @@
-"""HTTP tools: calls over httpx, with a timeout and a host allow-list.
+"""HTTP tools: calls over httpx, with a timeout and an allow-list of origins.
 
-Only hosts listed in LEGATO_HTTP_TOOL_HOSTS (comma-separated; `*.example.com` matches its
-subdomains) may be called; an empty list allows none. Server errors and timeouts are transient
-(retried), other 4xx permanent; a POST carries the call's idempotency key as `Idempotency-Key`.
+Only origins listed in LEGATO_HTTP_TOOL_HOSTS may be called (comma-separated
+`[scheme://]host[:port]`: the scheme defaults to https and the port to the scheme's; `*.example.com`
+matches its subdomains, `:*` any port); an empty list allows none. A host *name* must not resolve
+to a loopback, private, link-local (cloud metadata) or otherwise reserved address — an IP written
+in the list is the operator's explicit consent to that address. Redirects are followed (at most
+MAX_REDIRECTS) only to URLs that pass the same checks. `{placeholders}` are URL-encoded, so an
+argument cannot rewrite the path or query. Server errors and timeouts are transient (retried),
+other 4xx permanent; a POST carries the call's idempotency key as `Idempotency-Key`.
 
     http_tool("order_status", url="https://shop.example.com/orders/{order_id}")
+
+Left open: the address is checked when the URL is, and httpx resolves the name again to connect,
+so a DNS answer that changes in between (rebinding) is not caught.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+import socket
 import threading
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 import httpx
 
@@ -22,6 +33,8 @@ from legato.tools.registry import IDEMPOTENCY_PARAM, ToolSpec, register_spec, to
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 MAX_BODY_CHARS = 64 * 1024
+MAX_REDIRECTS = 5
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 _client: httpx.Client | None = None
 _lock = threading.Lock()
@@ -36,34 +49,99 @@ def _http() -> httpx.Client:
     return _client
 
 
-def allowed_hosts() -> list[str]:
+@dataclass(frozen=True)
+class Origin:
+    """One allow-list entry: a scheme, a host (or `*.domain`) and a port (None: any)."""
+
+    scheme: str
+    host: str
+    port: int | None
+
+    @classmethod
+    def parse(cls, entry: str) -> Origin:
+        scheme, sep, rest = entry.strip().lower().partition("://")
+        if not sep:
+            scheme, rest = "https", scheme
+        host, _, port = rest.rstrip("/").rpartition(":") if ":" in rest else (rest, "", "")
+        host = host.strip("[]")
+        if scheme not in _DEFAULT_PORTS or not host:
+            raise ValueError(f"LEGATO_HTTP_TOOL_HOSTS: {entry!r} is not [scheme://]host[:port]")
+        if port == "*":
+            return cls(scheme, host, None)
+        return cls(scheme, host, int(port) if port else _DEFAULT_PORTS[scheme])
+
+    def admits(self, scheme: str, host: str, port: int) -> bool:
+        if scheme != self.scheme or (self.port is not None and port != self.port):
+            return False
+        return host == self.host or (self.host.startswith("*.") and host.endswith(self.host[1:]))
+
+
+def allowed_origins() -> list[Origin]:
     raw = os.environ.get("LEGATO_HTTP_TOOL_HOSTS", "")
-    return [h.strip().lower() for h in raw.split(",") if h.strip()]
+    return [Origin.parse(entry) for entry in raw.split(",") if entry.strip()]
 
 
-def check_url(url: str) -> None:
-    """Refuse (PermanentError) a URL that is not http(s) or whose host is not allowed."""
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+
+
+def _public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    return address.is_global and not address.is_multicast
+
+
+def check_url(url: str, *, resolve: Any = socket.getaddrinfo) -> None:
+    """Refuse (PermanentError) a URL that is not http(s), whose origin is not allowed, or whose
+    host name resolves to an address that is not public."""
     parts = urlsplit(url)
     host = (parts.hostname or "").lower()
-    if parts.scheme not in ("http", "https") or not host:
+    if parts.scheme not in _DEFAULT_PORTS or not host:
         raise PermanentError(f"refused URL {url!r}: only http(s) URLs with a host")
-    for allowed in allowed_hosts():
-        if host == allowed or (allowed.startswith("*.") and host.endswith(allowed[1:])):
-            return
-    raise PermanentError(f"refused URL {url!r}: host {host!r} is not in LEGATO_HTTP_TOOL_HOSTS")
+    try:
+        port = parts.port or _DEFAULT_PORTS[parts.scheme]
+    except ValueError:
+        raise PermanentError(f"refused URL {url!r}: a bad port") from None
+    origins = allowed_origins()
+    if not any(o.admits(parts.scheme, host, port) for o in origins):
+        if not any(o.admits(o.scheme, host, o.port or port) for o in origins):
+            raise PermanentError(f"refused URL {url!r}: host {host!r} is not in "
+                                 f"LEGATO_HTTP_TOOL_HOSTS")
+        raise PermanentError(f"refused URL {url!r}: host {host!r} is allowed, but not as "
+                             f"{parts.scheme} on port {port} (LEGATO_HTTP_TOOL_HOSTS)")
+    if _ip(host) is not None:
+        return  # an address the operator wrote into the list
+    try:
+        found = {str(info[4][0]) for info in resolve(host, port, type=socket.SOCK_STREAM)}
+    except OSError as exc:
+        raise TransientError(f"cannot resolve {host!r}: {exc}") from None
+    for address in sorted(found):
+        resolved = _ip(address.split("%", 1)[0])
+        if resolved is None or not _public(resolved):
+            raise PermanentError(f"refused URL {url!r}: {host!r} resolves to {address}, "
+                                 f"which is not a public address")
 
 
 def request(method: str, url: str, *, timeout: float, json_body: Any = None,
             key: str = "") -> dict[str, Any]:
-    check_url(url)
     headers = {"Idempotency-Key": key} if key and method != "GET" else {}
-    try:
-        response = _http().request(method, url, json=json_body, headers=headers,
-                                   timeout=timeout)
-    except httpx.TimeoutException as exc:
-        raise TransientError(f"{method} {url} timed out") from exc
-    except httpx.TransportError as exc:
-        raise TransientError(f"{method} {url} failed: {exc!r}") from exc
+    for _ in range(MAX_REDIRECTS + 1):
+        check_url(url)
+        try:
+            response = _http().request(method, url, json=json_body, headers=headers,
+                                       timeout=timeout)
+        except httpx.TimeoutException as exc:
+            raise TransientError(f"{method} {url} timed out") from exc
+        except httpx.TransportError as exc:
+            raise TransientError(f"{method} {url} failed: {exc!r}") from exc
+        if not response.is_redirect:
+            break
+        url = urljoin(url, response.headers["location"])
+        if response.status_code in (301, 302, 303) and method != "HEAD":
+            method, json_body = "GET", None  # as browsers and httpx do
+    else:
+        raise PermanentError(f"{method} {url}: more than {MAX_REDIRECTS} redirects")
     if response.status_code == 429 or response.status_code >= 500:
         raise TransientError(f"{method} {url}: HTTP {response.status_code}",
                              status_code=response.status_code)
@@ -91,7 +169,8 @@ def http_tool(name: str, *, url: str, method: str = "GET", timeout: float = 10.0
         missing = [n for n in names if n not in args]
         if missing:
             raise PermanentError(f"tool {name!r} needs {missing}")
-        target = _PLACEHOLDER.sub(lambda m: str(args[m.group(1)]), url)
+        # Encoded whole (`/`, `?`, `#`, `&` included): an argument is one value, never more URL.
+        target = _PLACEHOLDER.sub(lambda m: quote(str(args[m.group(1)]), safe=""), url)
         return request(method, target, timeout=timeout, json_body=args.get("body"), key=key)
 
     spec = ToolSpec(name=name, fn=call, description=description or f"{method} {url}",
