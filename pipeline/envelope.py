@@ -14,8 +14,8 @@ made from these.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, ClassVar, Literal, get_args
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Literal, TypeAlias, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer
 from pydantic.functional_serializers import SerializerFunctionWrapHandler
@@ -278,6 +278,9 @@ class Message(BaseModel):
         return self.model_dump(mode="json", exclude_unset=True)
 
 
-def as_messages(messages: Any) -> list[Message]:
+Messages: TypeAlias = Sequence[Message | Mapping[str, Any]]
+
+
+def as_messages(messages: Messages) -> list[Message]:
     """Messages as `Message`s, checked: each may be one already or its plain JSON object."""
     return [m if isinstance(m, Message) else Message.model_validate(m) for m in messages]
