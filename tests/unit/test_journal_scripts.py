@@ -181,3 +181,26 @@ def test_only_plain_names_go_into_lua() -> None:
     assert lua_set("S", ["b", "a"]) == "local S = {['a'] = true, ['b'] = true}\n"
     with pytest.raises(ValueError):
         lua_set("S", ["it's"])
+
+
+def test_the_sweeper_leaves_a_run_that_finished_since_it_was_claimed(runs: RunStore) -> None:
+    from legato.settings import Settings
+    from legato.workers.lifeline import Sweeper
+
+    run_id = new_run(runs)
+    assert runs.claim_stalled(quiet_for=-60) == [run_id]  # quiet, so claimed for recovery ...
+    runs.finish_run(run_id, "succeeded", output="done")  # ... and then it finished anyway
+    sweeper = Sweeper(runs, app=None, settings=Settings())  # type: ignore[arg-type]
+    assert sweeper._recover(run_id) == "finished"  # nothing sent: there is no app to send with
+    assert runs.redis.hget(runs.keys.run(run_id), "recoveries") is None
+
+
+def test_legato_runs_names_the_states_it_knows() -> None:
+    from typer.testing import CliRunner
+
+    from legato.cli import app
+
+    result = CliRunner().invoke(app, ["runs", "--status", "done"])
+    assert result.exit_code == 2
+    assert "no run state 'done'" in result.output
+    assert all(state in result.output for state in RUN_STATUSES)
