@@ -260,6 +260,9 @@ class MessageToolCall(BaseModel):
     type: Literal["function"] = "function"
     function: FunctionCall
 
+    def model_post_init(self, context: Any, /) -> None:
+        self.model_fields_set.add("type")  # on the wire always, given or not
+
 
 class Message(BaseModel):
     """A chat message. `wire()` is exactly the keys it was made with (so the cache key of a call

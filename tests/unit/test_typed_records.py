@@ -11,8 +11,10 @@ import pytest
 from pydantic import ValidationError
 
 from legato.envelope import (
+    FunctionCall,
     HttpAttempt,
     Message,
+    MessageToolCall,
     ModelAttempt,
     Repair,
     StepRecord,
@@ -126,6 +128,9 @@ def test_messages_are_checked_and_keep_their_wire_form_and_cache_key() -> None:
     ]
     typed = [Message.model_validate(m) for m in transcript]
     assert [m.wire() for m in typed] == transcript
+    built = Message(role="assistant", content=None, tool_calls=[MessageToolCall(
+        id="c1", function=FunctionCall(name="count", arguments='{"text": "a b"}'))])
+    assert built.wire() == transcript[2]  # `type` goes on the wire though it is the default
     # The key the cache gave this call before messages had a type (recorded runs still replay).
     pinned = "2871450ecde42601dc296b2fada927e17248125dfcf861f47bc1a578f3bc1485"
     for messages in (transcript, typed):
