@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from legato import schema
 from legato.compile import Compiler
-from legato.envelope import RunRecord, StepRecord
+from legato.envelope import RESUMABLE, RunRecord, StepRecord
 from legato.errors import InputError, RunNotFound, StepError
 from legato.loader import load_models, load_pipeline, resolve
 from legato.settings import Settings, get_settings
@@ -80,11 +80,12 @@ class Legato:
 
     def resume(self, run_id: str) -> None:
         """Continue a failed or cancelled run: its completed steps are reused, the rest run."""
-        state = self.store.reopen_run(run_id, allowed=("failed", "cancelled"))
+        state = self.store.reopen_run(run_id, allowed=tuple(sorted(RESUMABLE)))
         if state == "missing":
             raise RunNotFound(f"no run {run_id!r}")
         if state != "ok":
-            raise InputError(f"run {run_id} is {state}: only failed or cancelled runs resume")
+            only = " or ".join(sorted(RESUMABLE, reverse=True))
+            raise InputError(f"run {run_id} is {state}: only {only} runs resume")
         run = self.store.get_run(run_id)
         Compiler(self.app, run_id, run.spec_hash).run(self.store.get_spec(run.spec_hash)) \
             .apply_async()

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from legato import templates
-from legato.envelope import Usage
+from legato.envelope import ModelAttempt, StepRef, Usage
 from legato.errors import GateFailed, PermanentError, StepError
 from legato.fields import Gate
 from legato.models import Completion, Gateway, RunScope, ask
@@ -28,21 +28,20 @@ class StepContext:
     outputs: dict[str, Any]
     models: dict[str, ModelConfig]
     http: Client  # the process's model transport (or a plain httpx.Client)
-    run_id: str
-    path: str  # the journal path of what runs now (a member: `node[i]`, a round: `node/round[i]`)
-    node: str = ""  # the step's own path in the spec (default: `path`)
+    step: StepRef  # what runs now: its run and journal path (`node[i]`, `node/round[i]`)
+    node: str = ""  # the step's own path in the spec (default: the journal path)
     item: Any = None
     index: int | None = None
     gateway: Gateway | None = None  # the process's; None: a bare one (no Redis policies)
     run: RunScope | None = None
 
     def __post_init__(self) -> None:
-        self.node = self.node or self.path
+        self.node = self.node or self.step.path
 
     @property
     def step_tag(self) -> str:
-        """`run/path`, for log lines and the model layer's records."""
-        return f"{self.run_id}/{self.path}"
+        """`run/path`, for log lines and the model's X-Legato-Step header; never parsed back."""
+        return self.step.tag
 
     def variables(self, **extra: Any) -> dict[str, Any]:
         return {"input": self.input, "outputs": self.outputs, "item": self.item,
@@ -65,12 +64,12 @@ class StepContext:
         if self.index is not None:  # fan-out instances of one step differ by seed
             params["seed"] = int(params.get("seed", 0)) + self.index
         gateway = self.gateway or Gateway(self.http)
-        trace: list[dict[str, Any]] = []
+        trace: list[ModelAttempt] = []
 
         def complete(messages: list[dict[str, Any]], schema: dict[str, Any] | None,
                      call_params: dict[str, Any] | None) -> Completion:
             return gateway.complete(self.models, model, messages, schema=schema,
-                                    params=call_params, step_tag=self.step_tag, run=self.run,
+                                    params=call_params, step=self.step, run=self.run,
                                     trace=trace)
 
         try:

@@ -2,18 +2,33 @@
 
 A task message carries a `StepInput` (ids and small values, never prompts or secrets); a task
 returns a `StepResult`; the journal keeps a `StepRecord` per step path; the run hash mirrors
-`RunRecord`.
+`RunRecord`. A step is named by a `StepRef` (run id and path, as fields). What a step record's
+`detail` says about its model calls is typed too: `ModelAttempt` (one model tried, with its
+`HttpAttempt`s), `Repair` (an answer rejected), `ToolCall` (what a model asked to run), and the
+`Message`s sent.
+
+The run states are listed here once: `TERMINAL` (final: a run there never changes again, but for
+an explicit resume) and `UNFINISHED`. Everything else — the store's Lua scripts included — is
+made from these.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Literal, TypeAlias, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
+from pydantic.functional_serializers import SerializerFunctionWrapHandler
 
 StepStatus = Literal["running", "succeeded", "failed", "skipped"]
-RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+TerminalStatus = Literal["succeeded", "failed", "cancelled"]
+RunStatus = Literal["queued", "running", TerminalStatus]
+
+STEP_STATUSES: frozenset[str] = frozenset(get_args(StepStatus))
+RUN_STATUSES: frozenset[str] = frozenset(get_args(RunStatus))
+TERMINAL: frozenset[str] = frozenset(get_args(TerminalStatus))
+UNFINISHED: frozenset[str] = RUN_STATUSES - TERMINAL  # a step of the run may begin
+RESUMABLE: frozenset[str] = TERMINAL - {"succeeded"}  # `legato resume` reopens these
 
 
 class _Wire(BaseModel):
@@ -86,6 +101,16 @@ class StepRecord(StepResult):
     def result(self) -> StepResult:
         return StepResult.model_validate(self.model_dump(include=set(StepResult.model_fields)))
 
+    @property
+    def model_calls(self) -> list[ModelAttempt]:
+        """`detail.model_calls`, checked: each model tried, with its attempts."""
+        return [ModelAttempt.model_validate(c) for c in self.detail.get("model_calls") or ()]
+
+    @property
+    def repairs(self) -> list[Repair]:
+        """`detail.repairs`, checked: each answer rejected."""
+        return [Repair.model_validate(r) for r in self.detail.get("repairs") or ()]
+
 
 class RunRecord(_Wire):
     id: str
@@ -105,3 +130,160 @@ class RunRecord(_Wire):
     @property
     def done(self) -> bool:
         return self.status in TERMINAL
+
+
+class StepRef(BaseModel):
+    """Which step: a run id and a journal path, as fields (never a "run/path" string parsed
+    back). `tag` is that string, for log lines and the `X-Legato-Step` header."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str
+    path: str
+
+    @property
+    def tag(self) -> str:
+        return f"{self.run_id}/{self.path}"
+
+    @property
+    def parent(self) -> str:
+        """The path of the step this one is part of (`brief/turn[2]` -> `brief`)."""
+        return self.path.rsplit("/", 1)[0]
+
+    def __str__(self) -> str:
+        return self.tag
+
+
+class _Record(BaseModel):
+    """A typed entry of a step record's `detail`, journaled as the plain JSON object it always
+    was. Unset optional fields (None) are left out of that JSON when `_drop_none` says so.
+
+    It also reads like that JSON object — `entry["model"]`, `entry.get("wait")`, `"wait" in
+    entry`, `{**entry}`, `entry == {...}` — for the code and tests that still handle these as
+    dicts (pipeline/kinds.py, pipeline/loops.py): a bridge while they move to attributes.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    _drop_none: ClassVar[bool] = True
+
+    @model_serializer(mode="wrap")
+    def _as_json(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if self._drop_none and isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None}
+        return data
+
+    def keys(self) -> list[str]:
+        return [k for k in type(self).model_fields
+                if not (self._drop_none and getattr(self, k) is None)]
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in type(self).model_fields or (self._drop_none and
+                                                   getattr(self, key) is None):
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key in self.keys()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Mapping):
+            return bool(self.model_dump() == dict(other))
+        return super().__eq__(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class HttpAttempt(_Record):
+    """One HTTP request to a model: its status or error, how long it took, what the server asked
+    us to wait (`retry_after`) and what was waited after it (`wait`)."""
+
+    status: int | None = None
+    error: str | None = None
+    type: str | None = None  # the error's type: TransientError, PermanentError, ...
+    seconds: float
+    retry_after: float | None = None
+    wait: float | None = None
+
+
+ModelOutcome = Literal["ok", "failed", "circuit open", "miss"]
+
+
+class ModelAttempt(_Record):
+    """One model tried for a call (the alias or a fallback), as `detail.model_calls` lists it:
+    its HTTP attempts, or the cache entry that answered (`cached`), and the outcome."""
+
+    model: str
+    cached: str | None = None  # the cache key's head, when the cache answered (or missed)
+    attempts: list[HttpAttempt] | None = None  # None: no call was made (a cache hit or miss)
+    rate_limited: float | None = None  # seconds waited for the alias's rate limit
+    outcome: ModelOutcome | None = None  # None only while the call is in progress
+
+
+class Repair(_Record):
+    """An answer rejected (not JSON, or not the schema), as `detail.repairs` lists it."""
+
+    attempt: int
+    error: str
+
+
+class ToolCall(_Record):
+    """A tool a model asked to run: the provider's call id (if it gave one), name, arguments."""
+
+    model_config = ConfigDict(frozen=True)
+    _drop_none: ClassVar[bool] = False  # `id` is kept, null or not
+
+    id: str | None = None
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    arguments: str  # JSON text, as the chat wire has it
+
+
+class MessageToolCall(BaseModel):
+    """A tool call as an assistant message carries it on the chat wire."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+    def model_post_init(self, context: Any, /) -> None:
+        self.model_fields_set.add("type")  # on the wire always, given or not
+
+
+class Message(BaseModel):
+    """A chat message. `wire()` is exactly the keys it was made with (so the cache key of a call
+    does not change with this type): `{"role", "content"}`, an assistant's `tool_calls`, a tool
+    result's `tool_call_id`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[Any] | None = None
+    name: str | None = None
+    tool_calls: list[MessageToolCall] | None = None
+    tool_call_id: str | None = None
+
+    def wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+Messages: TypeAlias = Sequence[Message | Mapping[str, Any]]
+
+
+def as_messages(messages: Messages) -> list[Message]:
+    """Messages as `Message`s, checked: each may be one already or its plain JSON object."""
+    return [m if isinstance(m, Message) else Message.model_validate(m) for m in messages]

@@ -11,29 +11,40 @@ Ending a step is one round trip too: the record, the outputs, usage, and the lea
 Both are safe to send again when a connection drops mid-call (the client retries): beginning
 again with the same token re-takes the lease; ending again finds its record written and
 stops (usage is counted once).
+
+The scripts read a stored record by decoding it (`cjson.decode`), never by matching its bytes:
+a record written with other spacing or key order (another serialiser, an older version) reads
+the same. The run states they test come from `envelope.UNFINISHED`.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from legato.envelope import StepRecord
+from legato.envelope import UNFINISHED, StepRecord
 from legato.keys import Keys, lease_member
+from legato.lua import lua_set
 
 # KEYS: run, steps, outputs, leases, owner, sig, active, attempts
-# ARGV: path, running record (attempt 0), now, lease until, member, token, signature, run id,
-#       ids to read...
-_BEGIN = """
+# ARGV: path, running record (a JSON object without `attempt`), now, lease until, member, token,
+#       signature, run id, ids to read...
+# A prior record that does not decode counts as none: the step runs (and overwrites it).
+_BEGIN = lua_set("UNFINISHED", UNFINISHED) + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing'} end
 local prior = redis.call('HGET', KEYS[2], ARGV[1])
-if prior and string.find(prior, '"status":"succeeded"', 1, true) then
+local prior_status = nil
+if prior then
+  local ok, decoded = pcall(cjson.decode, prior)
+  if ok and type(decoded) == 'table' then prior_status = decoded['status'] end
+end
+if prior_status == 'succeeded' then
   return {'done', prior}
 end
-if status ~= 'queued' and status ~= 'running' then return {'stopped', status} end
-if prior and string.find(prior, '"status":"running"', 1, true) then
+if not UNFINISHED[status] then return {'stopped', status} end
+if prior_status == 'running' then
   local expiry = redis.call('ZSCORE', KEYS[4], ARGV[5])
   local owner = redis.call('HGET', KEYS[5], ARGV[5])
   local mine = owner == 'redispatch' or owner == ARGV[6]  -- a claimed lease, or this very call
@@ -42,7 +53,7 @@ if prior and string.find(prior, '"status":"running"', 1, true) then
   end
 end
 local attempt = redis.call('HINCRBY', KEYS[8], ARGV[1], 1)
-local record = string.gsub(ARGV[2], '"attempt":0', '"attempt":' .. attempt, 1)
+local record = '{"attempt":' .. attempt .. ',' .. string.sub(ARGV[2], 2)
 redis.call('HSET', KEYS[2], ARGV[1], record)
 redis.call('ZADD', KEYS[4], ARGV[4], ARGV[5])
 redis.call('HSET', KEYS[5], ARGV[5], ARGV[6])
@@ -119,11 +130,14 @@ return claimed
 """
 
 
+BeginState = Literal["go", "done", "busy", "stopped", "missing"]
+
+
 @dataclass
 class Begin:
     """What a step sees when it starts."""
 
-    state: str  # go | done | busy | stopped | missing
+    state: BeginState
     input: Any = None
     outputs: dict[str, Any] = field(default_factory=dict)
     prior: StepRecord | None = None
@@ -132,7 +146,7 @@ class Begin:
 
 
 def _parse_begin(reply: list[Any], reads: tuple[str, ...]) -> Begin:
-    state = reply[0]
+    state: BeginState = reply[0]
     if state == "done":
         return Begin("done", prior=StepRecord.model_validate_json(reply[1]))
     if state == "stopped":
@@ -194,7 +208,7 @@ class Journal:
                     token: str, signature: dict[str, Any] | str, now: float,
                     lease_seconds: float) -> dict[str, list[Any]]:
         k = self.keys
-        running = record.model_copy(update={"attempt": 0}).model_dump_json()
+        running = record.model_dump_json(exclude={"attempt"})  # the script puts it first
         return {
             "keys": [k.run(run_id), k.steps(run_id), k.outputs(run_id), k.leases, k.lease_owner,
                      k.lease_sig, k.active, self._attempts(run_id)],

@@ -13,8 +13,10 @@ from rich.text import Text
 
 from legato.envelope import RunRecord, StepRecord
 
-STATUS_STYLE = {"succeeded": "green", "failed": "red", "running": "yellow", "queued": "cyan",
-                 "cancelled": "magenta", "skipped": "dim"}
+# Every run and step state (envelope.py lists them; a test checks none is missing).
+STATUS_STYLE: dict[str, str] = {
+    "succeeded": "green", "failed": "red", "running": "yellow", "queued": "cyan",
+    "cancelled": "magenta", "skipped": "dim"}
 
 
 def _preview(value: Any, width: int = 70) -> str:

@@ -15,10 +15,11 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from legato.envelope import TERMINAL, RunRecord, StepRecord, Usage
+from legato.envelope import TERMINAL, RunRecord, StepRecord, TerminalStatus, Usage
 from legato.errors import RunNotFound
 from legato.journal import Journal
 from legato.keys import Keys
+from legato.lua import lua_set
 from legato.spec import Pipeline, pipeline_from_json
 
 # KEYS: run, idem key (or the run key again), runs index, active. ARGV: id, created_at, fields...
@@ -35,9 +36,9 @@ return ARGV[1]
 """
 
 # KEYS: run, active. ARGV: channel, status, run id, field/value pairs... Terminal states are final.
-_FINISH = """
+_FINISH = lua_set("TERMINAL", TERMINAL) + """
 local status = redis.call('HGET', KEYS[1], 'status')
-if not status or status == 'succeeded' or status == 'failed' or status == 'cancelled' then
+if not status or TERMINAL[status] then
   return 0
 end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], unpack(ARGV, 4))
@@ -169,9 +170,12 @@ class RunStore:
         return runs[:limit]
 
     def finish_run(
-        self, run_id: str, status: str, *, output: Any = None, error: str | None = None
+        self, run_id: str, status: TerminalStatus, *, output: Any = None,
+        error: str | None = None
     ) -> bool:
         """Move a run to a terminal state once, and announce it. False if it already was."""
+        if status not in TERMINAL:
+            raise ValueError(f"{status!r} is not a terminal state ({', '.join(sorted(TERMINAL))})")
         fields = {"finished_at": repr(time.time()), "output": _dumps(output)}
         if error is not None:
             fields["error"] = error

@@ -33,7 +33,7 @@ from redis.exceptions import TimeoutError as RedisTimeout
 
 from legato import graph
 from legato.context import Outcome, StepContext, check_gate
-from legato.envelope import StepInput, StepRecord, StepResult
+from legato.envelope import StepInput, StepRecord, StepRef, StepResult
 from legato.errors import PermanentError, StepError, TransientError
 from legato.graph import Node
 from legato.journal import Begin
@@ -257,8 +257,9 @@ def _work(record: StepRecord, work: Work, node: Node, spec: Pipeline, step: Step
     """Do the work into `record`; every exception becomes a failed record. Returns the step
     error it failed with (retry is decided by its type), if any."""
     ctx = StepContext(input=begin.input, outputs=begin.outputs, models=spec.models,
-                      http=resources.transport(), run_id=step.run_id, path=step.path,
-                      node=step.node, item=step.item, index=step.index,
+                      http=resources.transport(),
+                      step=StepRef(run_id=step.run_id, path=step.path), node=step.node,
+                      item=step.item, index=step.index,
                       gateway=resources.gateway(), run=resources.run_scope(step.run_id, spec))
     error: StepError | None = None
     try:

@@ -87,7 +87,7 @@ class Sweeper(_Loop):
 
     def sweep(self) -> dict[str, int]:
         """One pass; returns what it did."""
-        done = {"redispatched": self._redispatch(), "recovered": 0, "failed": 0}
+        done = {"redispatched": self._redispatch(), "recovered": 0, "failed": 0, "finished": 0}
         for run_id in self.store.claim_stalled(quiet_for=self.settings.stall_seconds):
             done[self._recover(run_id)] += 1
         return done
@@ -113,6 +113,8 @@ class Sweeper(_Loop):
         except Exception:
             self.store.redis.zrem(self.store.keys.active, run_id)
             return "failed"
+        if run.done:  # it reached a terminal state (envelope.TERMINAL) since it was claimed
+            return "finished"
         if self.store.bump(run_id, "recoveries") > self.settings.max_recoveries:
             quiet = int(self.settings.stall_seconds)
             self.store.finish_run(run_id, "failed",

@@ -19,6 +19,7 @@ from legato.cli import (
     read_input,
 )
 from legato.client import Legato
+from legato.envelope import RUN_STATUSES
 from legato.errors import InputError, RunNotFound, SpecError
 
 
@@ -181,6 +182,8 @@ def runs(
     """Recent runs, newest first."""
     from legato.report import runs_table
 
+    if status is not None and status not in RUN_STATUSES:
+        fail(f"no run state {status!r}: one of {', '.join(sorted(RUN_STATUSES))}")
     records = legato_client().runs(status=status, limit=limit)
     if as_json:
         out.print_json(data=[r.model_dump(mode="json") for r in records])

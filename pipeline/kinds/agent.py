@@ -13,6 +13,7 @@ from pydantic import Field
 
 from legato import paths
 from legato.context import Outcome, StepContext
+from legato.envelope import FunctionCall, Message, MessageToolCall, ModelAttempt, ToolCall
 from legato.errors import PermanentError, StepError
 from legato.fields import StepBase
 from legato.kinds.base import Kind, call_templates
@@ -51,29 +52,30 @@ def agent_turn(step: Agent, ctx: StepContext, turn: int,
     specs = [get_tool(name) for name in step.tools]
     params = {**step.params, "tools": [s.openai() for s in specs]} if specs else step.params
     gateway = ctx.gateway or Gateway(ctx.http)
-    trace: list[dict[str, Any]] = []
+    trace: list[ModelAttempt] = []
     reply = gateway.complete(ctx.models, step.model, messages, params=params,
-                             step_tag=ctx.step_tag, run=ctx.run, trace=trace)
+                             step=ctx.step, run=ctx.run, trace=trace)
     detail: dict[str, Any] = {"model_calls": trace}
     if not reply.tool_calls:
-        messages.append({"role": "assistant", "content": reply.text})
+        messages.append(Message(role="assistant", content=reply.text).wire())
         return Outcome({"messages": messages, "final": reply.text, "tool_calls": 0},
                        reply.usage, detail)
-    calls = [{**c, "id": c.get("id") or f"call_{turn}_{i}"} for i, c in enumerate(reply.tool_calls)]
-    messages.append({"role": "assistant", "content": reply.text or None, "tool_calls": [
-        {"id": c["id"], "type": "function",
-         "function": {"name": c["name"], "arguments": json.dumps(c["arguments"])}}
-        for c in calls]})
+    calls = [c if c.id else c.model_copy(update={"id": f"call_{turn}_{i}"})
+             for i, c in enumerate(reply.tool_calls)]
+    messages.append(Message(role="assistant", content=reply.text or None, tool_calls=[
+        MessageToolCall(id=c.id or "", function=FunctionCall(
+            name=c.name, arguments=json.dumps(c.arguments))) for c in calls]).wire())
     allowed, refused = calls[:step.max_tool_calls_per_turn], calls[step.max_tool_calls_per_turn:]
     with ThreadPoolExecutor(max_workers=min(8, len(allowed))) as pool:
-        results = list(pool.map(lambda c: _use_tool(step, c, ctx.run_id, ctx.node), allowed))
+        results = list(pool.map(lambda c: _use_tool(step, c, ctx.step.run_id, ctx.node),
+                                allowed))
     over = json.dumps({"error": f"not run: a turn may make at most "
                                 f"{step.max_tool_calls_per_turn} tool calls"})
     results += [over] * len(refused)
     if refused:
         detail["refused_tool_calls"] = len(refused)
     for call, result in zip(calls, results, strict=True):
-        messages.append({"role": "tool", "tool_call_id": call["id"], "content": result})
+        messages.append(Message(role="tool", tool_call_id=call.id, content=result).wire())
     return Outcome({"messages": messages, "final": None, "tool_calls": len(allowed)},
                    reply.usage, detail)
 
@@ -83,14 +85,15 @@ def _opening(step: Agent, ctx: StepContext) -> list[dict[str, Any]]:
     return [*messages, {"role": "user", "content": ctx.render(step.prompt)}]
 
 
-def _use_tool(step: Agent, call: dict[str, Any], run_id: str, node_path: str) -> str:
-    """A tool's result for the transcript; a refusal or failure is reported to the model."""
-    name = call["name"]
+def _use_tool(step: Agent, call: ToolCall, run_id: str, node: str) -> str:
+    """A tool's result for the transcript; a refusal or failure is reported to the model. The
+    idempotency key is the agent step's (`node`), the same on every retry of the turn."""
+    name = call.name
     try:
         if name not in step.tools:
             raise PermanentError(f"tool {name!r} is not one of this agent's tools")
-        value = call_tool(get_tool(name), call["arguments"],
-                          key=idempotency_key(run_id, node_path, call["id"]))
+        value = call_tool(get_tool(name), call.arguments,
+                          key=idempotency_key(run_id, node, call.id or ""))
         return json.dumps({"tool": name, "result": value}, ensure_ascii=False, default=str)
     except StepError as exc:
         return json.dumps({"tool": name, "error": str(exc)}, ensure_ascii=False)

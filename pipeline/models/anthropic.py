@@ -13,7 +13,7 @@ import json
 import os
 from typing import Any
 
-from legato.envelope import Usage
+from legato.envelope import Messages, ToolCall, Usage, as_messages
 from legato.errors import TransientError
 from legato.models.config import ModelConfig
 from legato.models.openai_compat import Completion
@@ -37,13 +37,13 @@ def headers(cfg: ModelConfig, step_tag: str | None) -> dict[str, str]:
     return out
 
 
-def request_body(cfg: ModelConfig, messages: list[dict[str, Any]], *,
+def request_body(cfg: ModelConfig, messages: Messages, *,
                  schema: dict[str, Any] | None = None,
                  params: dict[str, Any] | None = None) -> dict[str, Any]:
-    system = "\n\n".join(str(m["content"]) for m in messages
-                         if m["role"] in ("system", "developer"))
-    turns = [{"role": m["role"], "content": m["content"]}
-             for m in messages if m["role"] in ("user", "assistant")]
+    checked = as_messages(messages)
+    system = "\n\n".join(str(m.content) for m in checked if m.role in ("system", "developer"))
+    turns = [{"role": m.role, "content": m.content}
+             for m in checked if m.role in ("user", "assistant")]
     body: dict[str, Any] = {"model": cfg.model, "messages": turns, "temperature": 0,
                             "max_tokens": DEFAULT_MAX_TOKENS}
     merged = {**cfg.params, **(params or {})}
@@ -60,26 +60,27 @@ def request_body(cfg: ModelConfig, messages: list[dict[str, Any]], *,
 
 
 def parse(data: dict[str, Any]) -> Completion:
-    texts, calls = [], []
+    texts: list[str] = []
+    calls: list[ToolCall] = []
     for block in data["content"]:
         if block.get("type") == "text":
             texts.append(block["text"])
         elif block.get("type") == "tool_use":
-            calls.append({"id": block.get("id"), "name": block["name"],
-                          "arguments": block.get("input") or {}})
-    answer = next((c for c in calls if c["name"] == ANSWER_TOOL), None)
-    text = json.dumps(answer["arguments"]) if answer is not None else "".join(texts)
+            calls.append(ToolCall(id=block.get("id"), name=block["name"],
+                                  arguments=block.get("input") or {}))
+    answer = next((c for c in calls if c.name == ANSWER_TOOL), None)
+    text = json.dumps(answer.arguments) if answer is not None else "".join(texts)
     usage = data.get("usage") or {}
     return Completion(
         text=text,
         usage=Usage(prompt_tokens=int(usage.get("input_tokens", 0)),
                     completion_tokens=int(usage.get("output_tokens", 0)), calls=1),
         finish_reason=data.get("stop_reason"),
-        tool_calls=tuple(c for c in calls if c["name"] != ANSWER_TOOL),
+        tool_calls=tuple(c for c in calls if c.name != ANSWER_TOOL),
     )
 
 
-def post(client: Client, cfg: ModelConfig, messages: list[dict[str, Any]], *,
+def post(client: Client, cfg: ModelConfig, messages: Messages, *,
          schema: dict[str, Any] | None = None, params: dict[str, Any] | None = None,
          step_tag: str | None = None) -> Completion:
     """One request to `<base_url>/messages`, no retry. Raises StepError subclasses."""

@@ -12,7 +12,7 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from legato.envelope import Usage
+from legato.envelope import Messages, ToolCall, Usage, as_messages
 from legato.models.config import ModelConfig
 from legato.models.openai_compat import Completion
 
@@ -20,11 +20,13 @@ Mode = Literal["off", "read-write", "replay"]
 MODES: tuple[str, ...] = ("off", "read-write", "replay")
 
 
-def cache_key(cfg: ModelConfig, messages: list[dict[str, Any]], *,
+def cache_key(cfg: ModelConfig, messages: Messages, *,
               schema: dict[str, Any] | None, params: dict[str, Any] | None,
               tools: list[dict[str, Any]] | None = None) -> str:
     merged = {"temperature": 0, "seed": 0, **cfg.params, **(params or {})}
-    identity = {"protocol": cfg.protocol, "model": cfg.model, "messages": messages,
+    # A message's wire form is the keys it was made with: the key is what it was before types.
+    identity = {"protocol": cfg.protocol, "model": cfg.model,
+                "messages": [m.wire() for m in as_messages(messages)],
                 "params": merged, "schema": schema, "tools": tools,
                 "structured_output": cfg.structured_output if schema else None}
     canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -47,10 +49,11 @@ class ResponseCache:
         data = json.loads(raw)
         return Completion(text=data["text"], usage=Usage.model_validate(data["usage"]),
                           finish_reason=data.get("finish_reason"),
-                          tool_calls=tuple(data.get("tool_calls") or ()))
+                          tool_calls=tuple(ToolCall.model_validate(c)
+                                           for c in data.get("tool_calls") or ()))
 
     def put(self, digest: str, completion: Completion) -> None:
         data = {"text": completion.text, "usage": completion.usage.model_dump(),
                 "finish_reason": completion.finish_reason,
-                "tool_calls": list(completion.tool_calls)}
+                "tool_calls": [c.model_dump(mode="json") for c in completion.tool_calls]}
         self.redis.set(self._key(digest), json.dumps(data, ensure_ascii=False), ex=self.ttl)

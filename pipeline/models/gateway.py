@@ -10,8 +10,10 @@ policy (`retry.for_model`) and then falls back to the next model; PermanentError
 and BudgetExceeded go straight up. An open circuit sends calls past a model, never into a failure:
 when every model's circuit is open the alias itself is called under its retry policy, so a short
 outage without fallbacks costs waits, not failed runs. Every attempt, its cause and the wait after
-it go into `trace`, which the step record keeps as `detail.model_calls`. Without Redis (unit
-tests, plain library use) the shared policies — breaker, rate limits, budgets, cache — are off.
+it go into `trace` as `ModelAttempt`s, which the step record keeps as `detail.model_calls`.
+Messages are checked (`Message`) on the way in; the step a call is for is a `StepRef` (its `tag`
+goes to the model as `X-Legato-Step`). Without Redis (unit tests, plain library use) the shared
+policies — breaker, rate limits, budgets, cache — are off.
 """
 
 from __future__ import annotations
@@ -19,9 +21,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from legato.envelope import Usage
+from legato.envelope import (
+    HttpAttempt,
+    Message,
+    Messages,
+    ModelAttempt,
+    StepRef,
+    Usage,
+    as_messages,
+)
 from legato.errors import PermanentError, StepError, TransientError
 from legato.models import anthropic, openai_compat
 from legato.models.breaker import CircuitBreaker
@@ -60,23 +70,29 @@ class Gateway:
         self.cache = ResponseCache(redis, prefix) if redis is not None else None
 
     def complete(
-        self, models: dict[str, ModelConfig], alias: str, messages: list[dict[str, Any]], *,
+        self, models: dict[str, ModelConfig], alias: str, messages: Messages, *,
         schema: dict[str, Any] | None = None, params: dict[str, Any] | None = None,
-        step_tag: str | None = None, run: RunScope | None = None,
-        trace: list[dict[str, Any]] | None = None,
+        step: StepRef | None = None, step_tag: str | None = None, run: RunScope | None = None,
+        trace: list[ModelAttempt] | list[dict[str, Any]] | None = None,
     ) -> Completion:
-        trace = trace if trace is not None else []
+        """One answer from `alias` (or a fallback). `trace` receives a `ModelAttempt` per model
+        tried (a caller still typing it `list[dict]` reads them as dicts, for now). `step`
+        names the step; a bare `step_tag` string is still taken from callers not moved yet."""
+        tried_models = cast(list[ModelAttempt], trace) if trace is not None else []
+        tag = step.tag if step is not None else step_tag
+        checked = as_messages(messages)
         primary = models[alias]
         mode = (run.cache if run is not None else None) or self.default_cache
         digest = None
         if mode != "off" and self.cache is not None:
-            digest = cache_key(primary, messages, schema=schema, params=params)
+            digest = cache_key(primary, checked, schema=schema, params=params)
             hit = self.cache.get(digest)
             if hit is not None:  # no call made: nothing used, nothing charged
-                trace.append({"model": alias, "cached": digest[:16], "outcome": "ok"})
+                tried_models.append(ModelAttempt(model=alias, cached=digest[:16], outcome="ok"))
                 return Completion(hit.text, Usage(), hit.finish_reason, hit.tool_calls)
             if mode == "replay":
-                trace.append({"model": alias, "cached": digest[:16], "outcome": "miss"})
+                tried_models.append(ModelAttempt(model=alias, cached=digest[:16],
+                                                 outcome="miss"))
                 raise PermanentError(f"replay: no recorded response for this call to {alias!r} "
                                      f"(cache key {digest[:16]})")
         if run is not None and run.budget is not None and self.budgets is not None:
@@ -92,22 +108,23 @@ class Gateway:
                     break
                 rest = []
             elif self.breaker is not None and not self.breaker.allow(cfg):
-                trace.append({"model": name, "attempts": [], "outcome": "circuit open"})
+                tried_models.append(ModelAttempt(model=name, attempts=[],
+                                                 outcome="circuit open"))
                 continue
-            entry: dict[str, Any] = {"model": name, "attempts": []}
-            trace.append(entry)
+            entry = ModelAttempt(model=name, attempts=[])
+            tried_models.append(entry)
             tried = True
             try:
-                completion = self._call(name, cfg, messages, schema, params, step_tag, entry,
+                completion = self._call(name, cfg, checked, schema, params, tag, entry,
                                         rest=rest)
             except TransientError as exc:
-                entry["outcome"] = "failed"
+                entry.outcome = "failed"
                 last = exc
                 continue
             except StepError:
-                entry["outcome"] = "failed"
+                entry.outcome = "failed"
                 raise
-            entry["outcome"] = "ok"
+            entry.outcome = "ok"
             usage = completion.usage.model_copy(update={"cost": cost_of(cfg, completion.usage)})
             completion = Completion(completion.text, usage, completion.finish_reason,
                                     completion.tool_calls)
@@ -116,18 +133,19 @@ class Gateway:
             if digest is not None and self.cache is not None:
                 self.cache.put(digest, completion)
             return completion
-        names = ", ".join(e["model"] + ("" if e.get("attempts") else f" ({e['outcome']})")
-                          for e in trace if "attempts" in e)
+        names = ", ".join(e.model + ("" if e.attempts else f" ({e.outcome})")
+                          for e in tried_models if e.attempts is not None)
         if last is None:
             raise TransientError(f"no model available for {alias!r}: tried {names}")
         raise TransientError(f"{last} (tried {names})", status_code=last.status_code,
                              retry_after=last.retry_after)
 
-    def _call(self, name: str, cfg: ModelConfig, messages: list[dict[str, Any]],
+    def _call(self, name: str, cfg: ModelConfig, messages: list[Message],
               schema: dict[str, Any] | None, params: dict[str, Any] | None,
-              step_tag: str | None, entry: dict[str, Any], *,
+              step_tag: str | None, entry: ModelAttempt, *,
               rest: list[ModelConfig]) -> Completion:
-        attempts: list[dict[str, Any]] = entry["attempts"]
+        attempts = entry.attempts
+        assert attempts is not None  # the entry of a model being called
         post = PROTOCOLS[cfg.protocol]
         breaker, limiter = self.breaker, self.limiter
         estimate = 0
@@ -138,25 +156,24 @@ class Gateway:
                 estimate = estimate_tokens(messages, {**cfg.params, **(params or {})})
                 waited = limiter.acquire(name, cfg.rate_limit, estimate)
                 if waited:
-                    entry["rate_limited"] = round(entry.get("rate_limited", 0) + waited, 3)
+                    entry.rate_limited = round((entry.rate_limited or 0) + waited, 3)
             started = time.monotonic()
             try:
                 completion = post(self.http, cfg, messages, schema=schema, params=params,
                                   step_tag=step_tag)
             except StepError as exc:
-                attempt: dict[str, Any] = {"error": str(exc), "type": type(exc).__name__,
-                                           "seconds": round(time.monotonic() - started, 3)}
-                if getattr(exc, "status_code", None) is not None:
-                    attempt["status"] = exc.status_code  # type: ignore[attr-defined]
-                if getattr(exc, "retry_after", None) is not None:
-                    attempt["retry_after"] = exc.retry_after  # type: ignore[attr-defined]
-                attempts.append(attempt)
+                attempts.append(HttpAttempt(
+                    error=str(exc), type=type(exc).__name__,
+                    seconds=round(time.monotonic() - started, 3),
+                    status=getattr(exc, "status_code", None),
+                    retry_after=getattr(exc, "retry_after", None)))
                 if isinstance(exc, TransientError) and breaker is not None:
                     breaker.failure(cfg)
                 if limiter is not None and cfg.rate_limit is not None:
                     limiter.reconcile(name, cfg.rate_limit, estimate, 0)
                 raise
-            attempts.append({"status": 200, "seconds": round(time.monotonic() - started, 3)})
+            attempts.append(HttpAttempt(status=200,
+                                        seconds=round(time.monotonic() - started, 3)))
             if breaker is not None:
                 breaker.success(cfg)
             if limiter is not None and cfg.rate_limit is not None:
@@ -164,7 +181,7 @@ class Gateway:
             return completion
 
         def waited(seconds: float) -> None:
-            attempts[-1]["wait"] = round(seconds, 3)
+            attempts[-1].wait = round(seconds, 3)
 
         def give_up() -> bool:  # the circuit opened: go on to a model whose circuit is not
             if breaker is None or not breaker.is_open(cfg):

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from legato.envelope import Usage
+from legato.envelope import Messages, ToolCall, Usage, as_messages
 from legato.errors import TransientError
 from legato.models.config import ModelConfig
 from legato.models.retry import MODEL_CALL
@@ -29,7 +29,7 @@ class Completion:
     text: str
     usage: Usage
     finish_reason: str | None = None
-    tool_calls: tuple[dict[str, Any], ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 def _headers(cfg: ModelConfig, step_tag: str | None) -> dict[str, str]:
@@ -44,13 +44,14 @@ def _headers(cfg: ModelConfig, step_tag: str | None) -> dict[str, str]:
 
 def request_body(
     cfg: ModelConfig,
-    messages: list[dict[str, Any]],
+    messages: Messages,
     *,
     schema: dict[str, Any] | None = None,
     params: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     # Deterministic by default: temperature 0 and a fixed seed, unless the config or step says so.
-    body: dict[str, Any] = {"model": cfg.model, "messages": messages, "temperature": 0, "seed": 0}
+    wire = [m.wire() for m in as_messages(messages)]
+    body: dict[str, Any] = {"model": cfg.model, "messages": wire, "temperature": 0, "seed": 0}
     body.update(cfg.params)
     body.update(params or {})
     if schema is not None and cfg.structured_output == "json_schema":
@@ -61,12 +62,12 @@ def request_body(
     elif schema is not None:
         stated = {"role": "system", "content": "Reply with only a JSON value matching this "
                   f"JSON schema: {json.dumps(schema, separators=(',', ':'))}"}
-        body["messages"] = [stated, *messages]
+        body["messages"] = [stated, *body["messages"]]
         body["response_format"] = {"type": "json_object", "schema": schema}
     return body
 
 
-def post(client: Client, cfg: ModelConfig, messages: list[dict[str, Any]], *,
+def post(client: Client, cfg: ModelConfig, messages: Messages, *,
          schema: dict[str, Any] | None = None, params: dict[str, Any] | None = None,
          step_tag: str | None = None) -> Completion:
     """One request, no retry. Raises StepError subclasses."""
@@ -81,8 +82,8 @@ def _post_once(client: Client, cfg: ModelConfig, body: dict[str, Any],
     try:
         choice = data["choices"][0]
         usage = data.get("usage") or {}
-        calls = tuple({"id": c.get("id"), "name": c["function"]["name"],
-                       "arguments": json.loads(c["function"].get("arguments") or "{}")}
+        calls = tuple(ToolCall(id=c.get("id"), name=c["function"]["name"],
+                               arguments=json.loads(c["function"].get("arguments") or "{}"))
                       for c in choice["message"].get("tool_calls") or [])
         return Completion(
             tool_calls=calls,
@@ -101,7 +102,7 @@ def _post_once(client: Client, cfg: ModelConfig, body: dict[str, Any],
 def chat(
     client: Client,
     cfg: ModelConfig,
-    messages: list[dict[str, Any]],
+    messages: Messages,
     *,
     schema: dict[str, Any] | None = None,
     params: dict[str, Any] | None = None,

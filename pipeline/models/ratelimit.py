@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from legato.envelope import Messages, as_messages
 from legato.errors import TransientError
 from legato.models.config import RateLimit
 
@@ -70,9 +71,10 @@ def burst_of(limit: int, *, tokens: bool = False) -> int:
     return max(1, limit // (4 if tokens else 10))
 
 
-def estimate_tokens(messages: list[dict[str, Any]], params: dict[str, Any]) -> int:
+def estimate_tokens(messages: Messages, params: dict[str, Any]) -> int:
     """About four characters a token for the prompt, plus the completion's cap (or 256)."""
-    prompt = len(json.dumps(messages, ensure_ascii=False)) // 4
+    wire = [m.wire() for m in as_messages(messages)]
+    prompt = len(json.dumps(wire, ensure_ascii=False)) // 4
     return prompt + int(params.get("max_tokens") or params.get("max_completion_tokens") or 256)
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from legato import context
 from legato.context import StepContext, check_gate
-from legato.envelope import StepResult, Usage
+from legato.envelope import StepRef, StepResult, Usage
 from legato.errors import GateFailed, PermanentError, StepError
 from legato.kinds import llm, tool
 from legato.kinds.base import fan_in
@@ -46,7 +46,7 @@ def ctx() -> StepContext:
         outputs={"summary": "a summary"},
         models={"small": ModelConfig(base_url="http://model.test/v1", model="tiny")},
         http=httpx.Client(transport=httpx.MockTransport(refuse)),
-        run_id="RUN", path="step",
+        step=StepRef(run_id="RUN", path="step"),
     )
 
 

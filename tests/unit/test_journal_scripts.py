@@ -1,0 +1,206 @@
+"""The journal's and the store's Lua scripts on a real Redis: they read stored records by decoding
+them (any spacing, any key order, an older writer), and take the run states from envelope.py."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from typing import Any, get_args
+
+import pytest
+import redis as redis_lib
+
+from legato import journal, store
+from legato.envelope import (
+    RESUMABLE,
+    RUN_STATUSES,
+    STEP_STATUSES,
+    TERMINAL,
+    UNFINISHED,
+    RunRecord,
+    RunStatus,
+    StepRecord,
+)
+from legato.html_report import _COLOURS
+from legato.lua import lua_set
+from legato.report import STATUS_STYLE
+from legato.store import RunStore
+
+
+@pytest.fixture
+def runs(redis_server: Any) -> RunStore:
+    client = redis_lib.Redis.from_url(redis_server.url, decode_responses=True)
+    return RunStore(client, prefix=f"t{uuid.uuid4().hex[:8]}")
+
+
+def new_run(runs: RunStore, status: str = "queued") -> str:
+    run_id = uuid.uuid4().hex
+    runs.create_run(RunRecord(id=run_id, pipeline="p", spec_hash="h", status="queued",
+                              input={"x": 1}, created_at=time.time()))
+    if status != "queued":
+        runs.redis.hset(runs.keys.run(run_id), "status", status)
+    return run_id
+
+
+def begin(runs: RunStore, run_id: str, path: str = "a", token: str = "me") -> journal.Begin:
+    record = StepRecord(path=path, status="running", kind="llm", started_at=time.time())
+    return runs.journal.begin(run_id, record, (), token=token, signature={"task": "t"},
+                              now=time.time(), lease_seconds=15)
+
+
+def succeeded(path: str = "a") -> StepRecord:
+    return StepRecord(path=path, status="succeeded", kind="llm", output={"answer": 42},
+                      started_at=1764579398.123456, ended_at=1764579399.5,
+                      detail={"model_calls": [{"model": "m", "attempts": [
+                          {"status": 200, "seconds": 0.25}], "outcome": "ok"}]})
+
+
+def layouts(record: StepRecord) -> dict[str, str]:
+    data = record.model_dump(mode="json")
+    return {
+        "pydantic": record.model_dump_json(),
+        "indented": json.dumps(data, indent=2),
+        "reversed": json.dumps(dict(reversed(list(data.items())))),
+        "spaced and sorted": json.dumps(data, sort_keys=True, separators=(" , ", " : ")),
+    }
+
+
+@pytest.mark.parametrize("layout", ["pydantic", "indented", "reversed", "spaced and sorted"])
+def test_a_succeeded_record_is_memoized_whatever_its_json_layout(runs: RunStore,
+                                                                  layout: str) -> None:
+    run_id = new_run(runs)
+    runs.redis.hset(runs.keys.steps(run_id), "a", layouts(succeeded())[layout])
+    seen = begin(runs, run_id)
+    assert seen.state == "done" and seen.prior is not None
+    assert seen.prior.output == {"answer": 42} and seen.prior.ok
+    assert seen.prior.model_calls[0].attempts[0].status == 200  # typed on the way in
+
+
+@pytest.mark.parametrize("layout", ["pydantic", "indented", "reversed", "spaced and sorted"])
+def test_a_running_record_under_a_live_lease_is_busy_whatever_its_layout(runs: RunStore,
+                                                                         layout: str) -> None:
+    run_id = new_run(runs, "running")
+    running = StepRecord(path="a", status="running", kind="llm", started_at=time.time())
+    runs.redis.hset(runs.keys.steps(run_id), "a", layouts(running)[layout])
+    member = f"{run_id}|a"
+    runs.redis.zadd(runs.keys.leases, {member: time.time() + 60})
+    runs.redis.hset(runs.keys.lease_owner, member, "another delivery")
+    assert begin(runs, run_id, token="me").state == "busy"
+    assert begin(runs, run_id, token="another delivery").state == "go"  # its own lease
+
+
+def test_status_text_inside_a_record_is_not_its_status(runs: RunStore) -> None:
+    # A failed step whose detail holds a nested `"status":"succeeded"` (a tool's answer, say):
+    # matching bytes would have taken it for done.
+    run_id = new_run(runs)
+    failed = StepRecord(path="a", status="failed", error="boom",
+                        detail={"tool": {"status": "succeeded"}})
+    raw = failed.model_dump_json()
+    assert '"status":"succeeded"' in raw
+    runs.redis.hset(runs.keys.steps(run_id), "a", raw)
+    assert begin(runs, run_id).state == "go"
+
+
+def test_a_record_that_does_not_decode_counts_as_none(runs: RunStore) -> None:
+    run_id = new_run(runs)
+    runs.redis.hset(runs.keys.steps(run_id), "a", '{"status":"succeeded", oops')
+    assert begin(runs, run_id).state == "go"
+
+
+def test_the_running_record_gets_its_attempt_and_reads_back_whole(runs: RunStore) -> None:
+    run_id = new_run(runs)
+    first = begin(runs, run_id)
+    stored = runs.get_step(run_id, "a")
+    assert first.state == "go" and first.attempt == 1 and first.input == {"x": 1}
+    assert stored is not None and stored.attempt == 1 and stored.status == "running"
+    assert json.loads(runs.redis.hget(runs.keys.steps(run_id), "a"))["attempt"] == 1
+    second = begin(runs, run_id)  # this very delivery again (a dropped connection)
+    assert second.attempt == 2 and runs.get_step(run_id, "a").attempt == 2  # type: ignore[union-attr]
+    record = succeeded().model_copy(update={"attempt": 2})
+    runs.journal.end(run_id, record, ("a",), token="me", now=time.time())
+    again = begin(runs, run_id)
+    assert again.state == "done" and again.prior == record
+    assert runs.get_outputs(run_id) == {"a": {"answer": 42}}
+
+
+# -- the run states, listed once ------------------------------------------------------------
+
+
+def lua_table(script: str, name: str) -> set[str]:
+    line = re.search(rf"^local {name} = \{{(.*)\}}$", script, re.M)
+    assert line is not None, f"{name} is not made in the script"
+    return set(re.findall(r"\['([^']+)'\] = true", line.group(1)))
+
+
+def test_the_scripts_take_their_states_from_envelope() -> None:
+    assert lua_table(store._FINISH, "TERMINAL") == TERMINAL
+    assert lua_table(journal._BEGIN, "UNFINISHED") == UNFINISHED
+    for script in (store._FINISH, journal._BEGIN):  # and keep no copy of their own
+        body = re.sub(r"^local [A-Z]+ = \{.*\}$", "", script, flags=re.M)
+        assert not {s for s in TERMINAL if f"'{s}'" in body} - {"succeeded"}, script
+
+
+def test_the_states_are_one_list() -> None:
+    assert set(get_args(RunStatus)) == RUN_STATUSES == TERMINAL | UNFINISHED
+    assert not TERMINAL & UNFINISHED and RESUMABLE < TERMINAL
+    for done in TERMINAL:
+        assert RunRecord(id="r", pipeline="p", spec_hash="h", status=done, created_at=0).done
+    for going in UNFINISHED:
+        assert not RunRecord(id="r", pipeline="p", spec_hash="h", status=going,
+                             created_at=0).done
+    # The views colour every state there is.
+    assert set(STATUS_STYLE) >= RUN_STATUSES | STEP_STATUSES and set(STATUS_STYLE) <= set(_COLOURS)
+
+
+@pytest.mark.parametrize("status", sorted(TERMINAL))
+def test_a_terminal_run_stays_terminal_and_begins_nothing(runs: RunStore, status: str) -> None:
+    run_id = new_run(runs, status)
+    seen = begin(runs, run_id)
+    assert (seen.state, seen.run_status) == ("stopped", status)
+    assert runs.finish_run(run_id, "failed", error="late") is False
+    assert runs.get_run(run_id).status == status
+
+
+@pytest.mark.parametrize("status", sorted(UNFINISHED))
+def test_an_unfinished_run_finishes_once(runs: RunStore, status: str) -> None:
+    run_id = new_run(runs, status)
+    assert begin(runs, run_id).state == "go"
+    assert runs.finish_run(run_id, "cancelled", error="stop") is True
+    assert runs.finish_run(run_id, "succeeded") is False
+    assert runs.get_run(run_id).status == "cancelled"
+
+
+def test_finishing_means_a_terminal_state(runs: RunStore) -> None:
+    with pytest.raises(ValueError, match="not a terminal state"):
+        runs.finish_run(new_run(runs), "running")  # type: ignore[arg-type]
+
+
+def test_only_plain_names_go_into_lua() -> None:
+    assert lua_set("S", ["b", "a"]) == "local S = {['a'] = true, ['b'] = true}\n"
+    with pytest.raises(ValueError):
+        lua_set("S", ["it's"])
+
+
+def test_the_sweeper_leaves_a_run_that_finished_since_it_was_claimed(runs: RunStore) -> None:
+    from legato.settings import Settings
+    from legato.workers.lifeline import Sweeper
+
+    run_id = new_run(runs)
+    assert runs.claim_stalled(quiet_for=-60) == [run_id]  # quiet, so claimed for recovery ...
+    runs.finish_run(run_id, "succeeded", output="done")  # ... and then it finished anyway
+    sweeper = Sweeper(runs, app=None, settings=Settings())  # type: ignore[arg-type]
+    assert sweeper._recover(run_id) == "finished"  # nothing sent: there is no app to send with
+    assert runs.redis.hget(runs.keys.run(run_id), "recoveries") is None
+
+
+def test_legato_runs_names_the_states_it_knows() -> None:
+    from typer.testing import CliRunner
+
+    from legato.cli import app
+
+    result = CliRunner().invoke(app, ["runs", "--status", "done"])
+    assert result.exit_code == 2
+    assert "no run state 'done'" in result.output
+    assert all(state in result.output for state in RUN_STATUSES)
