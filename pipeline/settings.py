@@ -57,6 +57,7 @@ class Settings:
     max_output_bytes: int = 1024 * 1024  # a step output's JSON size; larger fails the step
     batch_size: int = 100  # a vote's members per task (run concurrently in it)
     batch_concurrency: int = 256  # a worker process's threads for those members
+    serve_default_queue: bool = True  # control workers also consume Celery's `celery` queue
 
     @property
     def broker(self) -> str:
@@ -90,6 +91,8 @@ class Settings:
             max_output_bytes=int(_env("MAX_OUTPUT_BYTES", str(cls.max_output_bytes))),
             batch_size=int(_env("BATCH_SIZE", str(cls.batch_size))),
             batch_concurrency=int(_env("BATCH_CONCURRENCY", str(cls.batch_concurrency))),
+            serve_default_queue=_env("SERVE_DEFAULT_QUEUE", "1").strip().lower()
+            not in ("0", "false", "no", "off"),
         )
 
 

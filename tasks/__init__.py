@@ -1,6 +1,7 @@
-"""Celery tasks, kept thin: unpack the envelope, call pipeline code, journal, return.
+"""Celery tasks, kept thin, on one base (base.py): unpack the envelope, call the kind's work,
+journal, return.
 
-Public task names (stable API): legato.submit, legato.llm, legato.segment, legato.llm_batch,
-legato.tool, legato.route, legato.aggregate, legato.plan, legato.synthesize, legato.evaluate,
-legato.agent, legato.finalize.
+Public task names (stable API): legato.submit, legato.status, legato.llm, legato.segment,
+legato.llm_batch, legato.tool, legato.route, legato.aggregate, legato.plan, legato.synthesize,
+legato.evaluate, legato.agent, legato.finalize.
 """

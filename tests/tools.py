@@ -5,6 +5,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from celery import shared_task
+
 from legato.tools import http_tool, tool
 
 
@@ -63,3 +65,9 @@ def not_json(shape: str) -> object:
     with counter.open("a") as calls:
         calls.write("x")
     return {"set": {1, 2}, "bytes": b"\x00", "object": object()}[shape]
+
+
+@shared_task(name="tests.text_of")
+def text_of(words: int) -> dict:
+    """A user's own Celery task whose result a chain hands to `legato.submit` as the input."""
+    return {"text": " ".join(f"word{i}" for i in range(words))}

@@ -24,6 +24,7 @@ from celery import Celery
 from celery.signals import (
     after_setup_logger,
     after_setup_task_logger,
+    celeryd_after_setup,
     task_postrun,
     task_prerun,
     worker_process_init,
@@ -71,6 +72,24 @@ def create_app(settings: Settings | None = None) -> Celery:
 
 
 app = create_app()
+
+
+# Where a Celery producer that names no queue publishes (celery-node's default, `send_task`
+# without `queue=`): Celery's own default, not Legato's.
+CELERY_DEFAULT_QUEUE = "celery"
+
+
+@celeryd_after_setup.connect
+def _serve_the_default_queue(sender: object = None, instance: object = None, **_: object) -> None:
+    """A worker that serves legato.control also consumes Celery's default queue, so a job sent
+    there is not left waiting with no record. LEGATO_SERVE_DEFAULT_QUEUE=0 turns it off (when
+    other Celery apps' workers share the broker and its `celery` queue)."""
+    queues = getattr(getattr(instance, "app", None), "amqp", None)
+    queues = getattr(queues, "queues", None)
+    if queues is None or not get_settings().serve_default_queue:
+        return
+    if CONTROL in queues.consume_from and CELERY_DEFAULT_QUEUE not in queues.consume_from:
+        queues.select_add(CELERY_DEFAULT_QUEUE)
 
 
 @worker_process_init.connect
