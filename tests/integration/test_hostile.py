@@ -1,0 +1,166 @@
+"""Hostile producers, played against real Redis and real workers (issue 12; docs/security.md).
+
+Each test is an attack that used to work. A producer (anyone who can publish to the broker or
+call `legato.submit`) is less trusted than a worker: it must not crash a worker with a malformed
+message, read files outside the pipelines directory, make a worker send a credential to a host of
+its choosing, or blow up memory with a YAML alias bomb. After each test every Redis key is
+scanned for the secrets the workers hold.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kombu import Connection, Queue
+
+from legato import Llm, Pipeline
+from legato.local import processes
+from legato.local.redis_server import RedisServer
+from tests.integration.test_security import _every_value
+
+# Secrets the hostile-test workers hold in their environment; none may ever reach Redis.
+AWS_SECRET = f"aws-{uuid.uuid4().hex}"
+MODEL_KEY = f"sk-hostile-{uuid.uuid4().hex}"
+HEADER_SECRET = f"hdr-{uuid.uuid4().hex}"
+SECRETS = (AWS_SECRET, MODEL_KEY, HEADER_SECRET)
+
+
+def assert_no_secret_in_redis(server: RedisServer) -> int:
+    """Every key of every type, names and contents: no secret value. Returns keys scanned."""
+    client = server.client()
+    scanned = 0
+    for key, value in _every_value(client):
+        scanned += 1
+        for secret in SECRETS:
+            assert secret.encode() not in value, (key, secret[:8])
+            assert secret.encode() not in key
+    return scanned
+
+
+@pytest.fixture(autouse=True)
+def _scan_redis_after(redis_server: RedisServer) -> Iterator[None]:
+    yield
+    assert assert_no_secret_in_redis(redis_server) > 0
+
+
+def _log_count(service: processes.Service, text: str) -> int:
+    return service.log_path.read_text(errors="replace").count(text)
+
+
+# -- poison messages ------------------------------------------------------------------------
+
+def _headers(task: str = "legato.llm", **extra: Any) -> dict[str, Any]:
+    return {"task": task, "id": uuid.uuid4().hex, "lang": "py", **extra}
+
+
+ENVELOPE = {"run_id": "r", "spec_hash": "h", "node": "n", "path": "n"}
+
+# (what it is, body as JSON text, headers): each one used to make the worker exit, or would be
+# run with arguments its task cannot take.
+POISON: list[tuple[str, str, dict[str, Any]]] = [
+    ("body a string", json.dumps("a string"), _headers("legato.finalize")),
+    ("body an object", json.dumps({"an": "object"}), _headers("legato.finalize")),
+    ("body null", json.dumps(None), _headers("legato.finalize")),
+    ("body a two-element list", json.dumps([[], {}]), _headers("legato.finalize")),
+    ("body a number", json.dumps(7), _headers()),
+    ("args not a list", json.dumps([{}, {}, {}]), _headers()),
+    ("embed not an object", json.dumps([[], {"step": ENVELOPE}, []]), _headers()),
+    ("callbacks not signatures", json.dumps([[], {"step": ENVELOPE}, {"callbacks": "x"}]),
+     _headers()),
+    ("chord not a signature", json.dumps([[], {"step": ENVELOPE}, {"chord": 3}]), _headers()),
+    ("not JSON", "{not json", _headers()),
+    ("nested too deep", "[" * 100_000 + "]" * 100_000, _headers()),
+    ("unknown task", json.dumps([[], {}, {}]), _headers("legato.no_such_task")),
+    ("no task header", json.dumps([[], {}, {}]), {"id": uuid.uuid4().hex}),
+    ("task header a number", json.dumps([[], {}, {}]), {"task": 5, "id": "x"}),
+    ("id header a list", json.dumps([[], {"step": ENVELOPE}, {}]),
+     {"task": "legato.llm", "id": ["x"]}),
+    ("eta not a time", json.dumps([[], {"step": ENVELOPE}, {}]), _headers(eta="tomorrow")),
+    ("expires not a time", json.dumps([[], {"step": ENVELOPE}, {}]), _headers(expires="never")),
+    ("timelimit not a pair", json.dumps([[], {"step": ENVELOPE}, {}]), _headers(timelimit="x")),
+    ("retries a string", json.dumps([[], {"step": ENVELOPE}, {}]), _headers(retries="many")),
+    ("missing kwargs", json.dumps([[], {}, {}]), _headers()),
+    ("extra kwargs", json.dumps([[], {"step": ENVELOPE, "bogus": 1}, {}]), _headers()),
+    ("too many args", json.dumps([[1, 2, 3], {"step": ENVELOPE}, {}]), _headers()),
+    ("wrong-type kwarg", json.dumps([[], {"step": "x"}, {}]), _headers()),
+    ("forged envelope: a field of the wrong type",
+     json.dumps([[], {"step": {**ENVELOPE, "run_id": 1}}, {}]), _headers()),
+    ("forged envelope: fields missing", json.dumps([[], {"step": {"run_id": "r"}}, {}]),
+     _headers()),
+    ("forged batch envelope", json.dumps([[], {"steps": [ENVELOPE, "x"]}, {}]),
+     _headers("legato.llm_batch")),
+    ("submit with a wrong-type input key", json.dumps(
+        [[], {"pipeline": "summarize", "input": {}, "idempotency_key": 5}, {}]),
+     _headers("legato.submit")),
+    ("pickle", "gARLAS4=", _headers()),  # content type set below: refused, never unpickled
+]
+
+# Items pushed onto the queue's Redis list by hand, past kombu: not kombu envelopes at all.
+FORGED_ENVELOPES = [
+    "garbage", "[1, 2]", "{}", "null",
+    json.dumps({"properties": {"delivery_tag": 5}}),
+    json.dumps({"properties": {"delivery_tag": "t", "body_encoding": "base64"},
+                "body": "!!not base64", "headers": {}}),
+    json.dumps({"properties": {"delivery_tag": "t", "delivery_info": []}, "body": None}),
+]
+
+
+def test_poison_messages_are_set_aside_and_the_same_worker_goes_on(stack_env, redis_server,
+                                                                    legato, fake, tmp_path):
+    queue = f"legato.test.poison.{uuid.uuid4().hex[:8]}"
+    client = redis_server.client()
+    counted_before = int(client.hget("legato:poisoned", "total") or 0)
+    with processes.worker("poisoned", [queue], env=stack_env, concurrency=2,
+                          log_dir=tmp_path) as worker:
+        pid = worker.pid
+        with Connection(redis_server.url) as conn:
+            producer = conn.Producer()
+            for _, body, headers in POISON:
+                content_type = ("application/x-python-serialize" if body == "gARLAS4="
+                                else "application/json")
+                producer.publish(body, routing_key=queue, content_type=content_type,
+                                 content_encoding="utf-8", headers=headers,
+                                 declare=[Queue(queue)])
+        for item in FORGED_ENVELOPES:
+            client.lpush(queue, item)
+        expected = len(POISON) + len(FORGED_ENVELOPES)
+        deadline = time.monotonic() + 20
+        while (_log_count(worker, "poison message set aside") < expected
+               and time.monotonic() < deadline and worker.running()):
+            time.sleep(0.1)
+        assert worker.running(), worker.log_tail()
+        # Every one logged exactly once (acknowledged, so never delivered again) and counted.
+        time.sleep(1)
+        assert _log_count(worker, "poison message set aside") == expected, worker.log_tail(60)
+        assert "Unrecoverable error" not in worker.log_path.read_text()
+        assert int(client.hget("legato:poisoned", "total") or 0) - counted_before == expected
+        dead = [json.loads(d) for d in client.lrange("legato:dead", 0, expected - 1)]
+        reasons = {d["reason"] for d in dead}
+        assert {"bad body", "bad header", "bad arguments", "unknown task", "not a task message",
+                "undecodable body", "invalid task", "forged envelope"} <= reasons
+        assert client.llen(queue) == 0  # nothing left to kill the next worker
+        assert not any(queue.encode() in v for v in client.hvals("unacked"))
+
+        # A well-formed message naming a run that does not exist fails its task once, logged.
+        forged_id = uuid.uuid4().hex
+        legato.app.send_task("legato.llm", kwargs={"step": {**ENVELOPE, "spec_hash": "nope"}},
+                             queue=queue, task_id=forged_id)
+        deadline = time.monotonic() + 10
+        while _log_count(worker, f"{forged_id}] raised") < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1)
+        assert _log_count(worker, f"{forged_id}] received") == 1
+
+        # The same process, still up, runs a normal job to the end.
+        job = Pipeline(name="after_poison", steps=[
+            Llm(id="a", model="small", queue=queue, prompt="Say {{ input.word }}"),
+            Llm(id="b", model="small", queue=queue, prompt="Again: {{ outputs.a }}")])
+        run = legato.wait(legato.submit(job, {"word": "hello"}), timeout=30)
+        assert run.status == "succeeded", run.error
+        assert all(s.worker.startswith("poisoned@") for s in legato.steps(run.id))
+        assert worker.running() and worker.pid == pid
