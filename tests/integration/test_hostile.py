@@ -13,12 +13,13 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from kombu import Connection, Queue
 
-from legato import Llm, Pipeline
+from legato import Legato, Llm, Pipeline
 from legato.local import processes
 from legato.local.redis_server import RedisServer
 from tests.integration.test_security import _every_value
@@ -164,3 +165,85 @@ def test_poison_messages_are_set_aside_and_the_same_worker_goes_on(stack_env, re
         assert run.status == "succeeded", run.error
         assert all(s.worker.startswith("poisoned@") for s in legato.steps(run.id))
         assert worker.running() and worker.pid == pid
+
+
+# -- pipelines by name only, over the wire ---------------------------------------------------
+
+ALIAS_BOMB = "\n".join([
+    "input_schema:", "  type: object", "  properties:",
+    '    a: &a {type: string, description: "lol"}',
+    *[f"    {n}: &{n} [" + ", ".join([f"*{p}"] * 9) + "]"
+      for p, n in zip("abcdefgh", "bcdefghi", strict=True)],
+    "steps:", "  - {id: s, kind: llm, model: small, prompt: hi, params: {x: *i}}", ""])
+
+
+@pytest.fixture
+def gatekeeper(stack_env, tmp_path) -> Iterator[tuple[str, Path, processes.Service]]:
+    """A control worker with a pipelines directory of its own, beside files it must not serve."""
+    pipes = tmp_path / "pipelines"
+    (pipes / "sub").mkdir(parents=True)
+    root = Path(stack_env["LEGATO_PIPELINES_DIR"])
+    for name in ("models.yaml", "summarize.yaml"):
+        (pipes / name).write_text((root / name).read_text())
+    secret = "db_password: hunter2-" + uuid.uuid4().hex + "\nsteps: []\n"
+    (tmp_path / "outside.yaml").write_text(secret)
+    (pipes / "sub" / "inner.yaml").write_text((root / "summarize.yaml").read_text())
+    (pipes / "escape.yaml").symlink_to(tmp_path / "outside.yaml")
+    (pipes / "bomb.yaml").write_text(ALIAS_BOMB)
+    (pipes / "deep.json").write_text('{"steps": ' + "[" * 5000 + "]" * 5000 + "}")
+    queue = f"legato.test.gate.{uuid.uuid4().hex[:8]}"
+    env = {**stack_env, "LEGATO_PIPELINES_DIR": str(pipes)}
+    with processes.worker("gatekeeper", [queue], env=env, concurrency=2,
+                          log_dir=tmp_path) as worker:
+        yield queue, tmp_path, worker
+
+
+def _submit_refused(legato: Legato, queue: str, pipeline: Any) -> tuple[str, str]:
+    """Send legato.submit; return the error the client gets and the stored result, raw."""
+    reply = legato.app.send_task("legato.submit", queue=queue, kwargs={
+        "pipeline": pipeline, "input": {"text": "x"}})
+    with pytest.raises(Exception) as info:  # noqa: PT011 - the client sees a rebuilt type
+        reply.get(timeout=20)
+    raw = legato.store.redis.get(legato.app.backend.get_key_for_task(reply.id))
+    return str(info.value), raw if isinstance(raw, str) else (raw or b"").decode()
+
+
+def test_submit_over_the_wire_takes_names_only_and_errors_leak_nothing(legato, gatekeeper,
+                                                                        fake):
+    queue, tmp_path, worker = gatekeeper
+    runs_before = len(legato.runs(limit=1000))
+    attacks = {
+        "../outside": "../outside: unknown pipeline",
+        str(tmp_path / "outside.yaml"): f"{str(tmp_path / 'outside.yaml')[:100]}: unknown "
+                                        "pipeline",
+        "sub/inner": "sub/inner: unknown pipeline",
+        "escape": "escape: unknown pipeline",  # a symlink out of the directory
+        "models": "models: unknown pipeline",
+        "summarize.yaml": "summarize.yaml: unknown pipeline",
+        "nope": "nope: unknown pipeline",  # and no list of what is there
+        "": "unknown pipeline",
+        "..": "..: unknown pipeline",
+        "/etc/passwd": "/etc/passwd: unknown pipeline",
+    }
+    for name, expected in attacks.items():
+        error, raw = _submit_refused(legato, queue, name)
+        assert error == expected, name
+        leaks = ["hunter2", "db_password", "known:", "Traceback", ".py"]
+        leaks += [] if "summarize" in name else ["summarize"]  # no listing of the directory
+        leaks += [] if name.startswith(str(tmp_path)) else [str(tmp_path)]
+        for leak in leaks:
+            assert leak not in raw, (name, leak)
+        assert json.loads(raw)["traceback"] is None
+    # Files too big once their aliases expand, or too deep, are refused in one line, by name.
+    error, raw = _submit_refused(legato, queue, "bomb")
+    assert error == ("bomb.yaml: refused: more than 100000 nodes once its aliases are expanded "
+                     "(an alias bomb?)")
+    error, raw = _submit_refused(legato, queue, "deep")
+    assert error == "deep.json:line 1: refused: nested deeper than 64 levels"
+    assert str(tmp_path) not in raw and "Traceback" not in raw
+    assert len(legato.runs(limit=1000)) == runs_before  # nothing was written
+    # The same worker, still up, runs a pipeline named as it should be.
+    reply = legato.app.send_task("legato.submit", queue=queue, kwargs={
+        "pipeline": "summarize", "input": {"text": "by name"}})
+    assert legato.wait(reply.get(timeout=20)["run_id"], timeout=30).status == "succeeded"
+    assert worker.running()
