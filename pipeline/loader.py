@@ -131,7 +131,10 @@ def _read_yaml(path: Path) -> Any:
 
 
 def _expand_env(value: Any) -> Any:
-    """`${NAME}` and `${NAME:-default}` in strings are replaced from the environment."""
+    """`${NAME}` and `${NAME:-default}` in strings are replaced from the environment.
+
+    Not in a model's `headers`: they may hold secrets, expanded only by the process that makes
+    the call, when it makes it (models/credentials.py), never pinned into a spec."""
     if isinstance(value, str):
         return _ENV_REF.sub(lambda m: os.environ.get(m.group(1)) or (m.group(2) or ""), value)
     if isinstance(value, dict):
@@ -149,7 +152,9 @@ def load_models(path: Path) -> dict[str, ModelConfig]:
     out = {}
     for alias, raw in data["models"].items():
         try:
-            out[alias] = ModelConfig.model_validate(_expand_env(raw))
+            expanded = ({k: v if k == "headers" else _expand_env(v) for k, v in raw.items()}
+                        if isinstance(raw, dict) else _expand_env(raw))
+            out[alias] = ModelConfig.model_validate(expanded)
         except ValidationError as exc:
             raise _spec_error(exc, raw, str(path), prefix=f"models.{alias}") from None
     return out

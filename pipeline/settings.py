@@ -57,6 +57,9 @@ class Settings:
     max_output_bytes: int = 1024 * 1024  # a step output's JSON size; larger fails the step
     batch_size: int = 100  # a vote's members per task (run concurrently in it)
     batch_concurrency: int = 256  # a worker process's threads for those members
+    # Model aliases a spec names that the worker's models file lacks: "any" calls them with no
+    # credential of the worker's; "configured" refuses them (pipeline/models/credentials.py).
+    model_endpoints: str = "any"
 
     @property
     def broker(self) -> str:
@@ -90,6 +93,7 @@ class Settings:
             max_output_bytes=int(_env("MAX_OUTPUT_BYTES", str(cls.max_output_bytes))),
             batch_size=int(_env("BATCH_SIZE", str(cls.batch_size))),
             batch_concurrency=int(_env("BATCH_CONCURRENCY", str(cls.batch_concurrency))),
+            model_endpoints=_choice("MODEL_ENDPOINTS", cls.model_endpoints, ("any", "configured")),
         )
 
 

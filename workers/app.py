@@ -32,6 +32,7 @@ from celery.signals import (
 )
 
 from legato.compile import CONTROL
+from legato.models import credentials
 from legato.settings import Settings, get_settings
 from legato.tools import load_tool_modules
 from legato.workers import broker, lifeline, observability, resources, tls
@@ -102,5 +103,8 @@ def _stop_sweeper(**_: object) -> None:
 observability.setup_tracing()
 after_setup_logger.connect(observability.install_log_context, weak=False)
 after_setup_task_logger.connect(observability.install_log_context, weak=False)
+# Credentials of this worker's models file (and key-shaped strings) never reach its logs.
+after_setup_logger.connect(credentials.install_log_redaction, weak=False)
+after_setup_task_logger.connect(credentials.install_log_redaction, weak=False)
 task_prerun.connect(observability.on_task_prerun, weak=False)
 task_postrun.connect(observability.on_task_postrun, weak=False)

