@@ -33,6 +33,7 @@ from pydantic import TypeAdapter, ValidationError
 from vine import promise
 
 from legato.envelope import StepInput
+from legato.errors import LegatoError
 
 logger = logging.getLogger("legato.poison")
 
@@ -169,10 +170,16 @@ def _excerpt(message: Message) -> str:
     return text[:_EXCERPT]
 
 
+class MessageRefused(LegatoError):
+    """The worker refused a task message (stored as the task's result when it keeps one, so a
+    client waiting on `legato.submit` gets an answer instead of waiting forever)."""
+
+
 class SetAside:
     """Acknowledge a poison message, keep a truncated copy, count it, log one line."""
 
-    def __init__(self, redis: Callable[[], Any], prefix: str) -> None:
+    def __init__(self, redis: Callable[[], Any], prefix: str, app: Celery | None = None) -> None:
+        self.app = app
         self.redis = redis
         self.dead_key = f"{prefix}:dead"
         self.count_key = f"{prefix}:poisoned"
@@ -184,6 +191,7 @@ class SetAside:
         logger.error("poison message set aside (task %s, id %s): %s: %s", task, task_id,
                      reason, detail)
         message.ack_log_error(logger, connection_errors)
+        self._answer(headers, f"message refused: {reason}: {detail}"[:500])
         record = json.dumps({"at": time.time(), "reason": reason, "detail": detail[:500],
                              "task": task, "id": task_id,
                              "queue": (message.delivery_info or {}).get("routing_key"),
@@ -198,6 +206,18 @@ class SetAside:
             pipe.execute()
         except Exception:  # noqa: BLE001 - bookkeeping must never take the consumer down
             logger.warning("could not record a poison message in Redis", exc_info=True)
+
+
+    def _answer(self, headers: dict[str, Any], error: str) -> None:
+        name, task_id = headers.get("task"), headers.get("id")
+        task = self.app.tasks.get(name) if self.app is not None and isinstance(name, str) \
+            else None
+        if task is None or task.ignore_result or not isinstance(task_id, str):
+            return
+        try:
+            task.backend.mark_as_failure(task_id, MessageRefused(error), traceback=None)
+        except Exception:  # noqa: BLE001 - the answer is a courtesy; the worker goes on
+            logger.warning("could not store the refusal of task %s", task_id[:100])
 
 
 def record_forged_envelope(client: Any, prefix: str, queue: str, item: bytes | str,
@@ -233,7 +253,7 @@ class Consumer(CeleryConsumer):
         super().__init__(*args, **kwargs)
         from legato.settings import get_settings
 
-        self.set_aside = SetAside(_redis, get_settings().key_prefix)
+        self.set_aside = SetAside(_redis, get_settings().key_prefix, self.app)
 
     def create_task_handler(self, promise: Any = promise) -> Callable[[Message], None]:
         handle = super().create_task_handler(promise)

@@ -154,8 +154,9 @@ class RedactingFilter(logging.Filter):
         clean = redact(message, secrets)
         if clean != message:
             record.msg, record.args = clean, None
-        if record.exc_info and record.exc_text is None and record.exc_info[1] is not None:
-            formatted = logging.Formatter().formatException(record.exc_info)
+        if record.exc_info and record.exc_info[1] is not None or record.exc_text:
+            formatted = record.exc_text or logging.Formatter().formatException(
+                record.exc_info)  # type: ignore[arg-type]
             cleaned = redact(formatted, secrets)
             if cleaned != formatted:
                 record.exc_text = cleaned

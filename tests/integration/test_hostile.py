@@ -244,6 +244,10 @@ def test_submit_over_the_wire_takes_names_only_and_errors_leak_nothing(legato, g
     error, raw = _submit_refused(legato, queue, "deep")
     assert error == "deep.json:line 1: refused: nested deeper than 64 levels"
     assert str(tmp_path) not in raw and "Traceback" not in raw
+    # A name that is not a string never reaches the loader: the message is refused, and the
+    # client waiting on it is told so (instead of waiting forever).
+    error, raw = _submit_refused(legato, queue, ["summarize"])
+    assert error.startswith("message refused: bad arguments: legato.submit: pipeline")
     assert len(legato.runs(limit=1000)) == runs_before  # nothing was written
     # The same worker, still up, runs a pipeline named as it should be.
     reply = legato.app.send_task("legato.submit", queue=queue, kwargs={
