@@ -133,3 +133,15 @@ def test_names_only_resolves_inside_the_directory(tmp_path):
             find_pipeline(name, pipes, names_only=True)
         assert info.value.reason == "unknown pipeline", name
         assert str(pipes) not in str(info.value) and "ok" not in info.value.reason
+
+
+def test_a_recursive_alias_is_refused(pipelines_dir):
+    path = pipelines_dir / "loop.yaml"
+    path.write_text("steps: &a [*a]\n")  # a sequence that contains itself
+    assert str(_refused(pipelines_dir, "loop")) == f"{path}: refused: nested too deep"
+
+
+def test_a_file_over_the_size_limit_is_not_read(pipelines_dir):
+    path = pipelines_dir / "huge.yaml"
+    path.write_text("steps: []\n# " + "x" * (4 * 1024 * 1024) + "\n")
+    assert str(_refused(pipelines_dir, "huge")) == f"{path}: file is over 4194304 bytes"
