@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -22,8 +23,8 @@ from pydantic import ValidationError
 from legato import schema
 from legato.compile import Compiler
 from legato.envelope import RESUMABLE, RunRecord, StepRecord
-from legato.errors import InputError, RunNotFound, StepError
-from legato.loader import load_models, load_pipeline, resolve
+from legato.errors import InputError, RunNotFound, SpecError, StepError
+from legato.loader import find_pipeline, load_models, load_pipeline, resolve
 from legato.settings import Settings, get_settings
 from legato.spec import Pipeline
 from legato.store import RunStore
@@ -54,10 +55,28 @@ class Legato:
         return load_pipeline(pipeline, pipelines_dir=self.settings.pipelines_dir,
                              models_file=self.settings.models_path)
 
+    def load_named(self, name: str) -> Pipeline:
+        """A pipeline by name only, from the pipelines directory: what a producer over the wire
+        (`legato.submit`) may ask for. A SpecError names the file by its name in the directory,
+        never by a server path, and lists nothing that is there."""
+        pipelines_dir, models_file = self.settings.pipelines_dir, self.settings.models_path
+        path = find_pipeline(name, pipelines_dir, names_only=True)  # its error echoes the name
+        try:
+            return load_pipeline(str(path), pipelines_dir=pipelines_dir, models_file=models_file)
+        except SpecError as exc:
+            raise _without_server_paths(exc, path, models_file) from None
+
     def submit(self, pipeline: str | Pipeline, input: Any, *,
-               idempotency_key: str | None = None) -> str:
-        """Validate, record and enqueue one run; return its id. Raises SpecError or InputError."""
-        spec = self.load(pipeline)
+               idempotency_key: str | None = None, names_only: bool = False) -> str:
+        """Validate, record and enqueue one run; return its id. Raises SpecError or InputError.
+
+        `names_only`: `pipeline` is a name in the pipelines directory, never a file path (what
+        `legato.submit` does for producers)."""
+        if names_only:
+            spec = self.load_named(pipeline) if isinstance(pipeline, str) else \
+                _refuse_object(pipeline)
+        else:
+            spec = self.load(pipeline)
         check_input(spec, input, max_bytes=self.settings.max_input_bytes)
         digest = self.store.put_spec(spec)
         record = RunRecord(id=uuid.uuid4().hex, pipeline=spec.name, spec_hash=digest,
@@ -125,3 +144,20 @@ def check_input(spec: Pipeline, value: Any, *, max_bytes: int | None = None) -> 
     except ValidationError as exc:
         raise InputError(f"input for pipeline {spec.name!r} refused: "
                          f"{schema.describe(exc)}") from None
+
+
+def _without_server_paths(exc: SpecError, path: Path, models_file: Path) -> SpecError:
+    """The same error, its file named by base name: "summarize.yaml", "models file"."""
+    source = exc.source
+    if source == str(path):
+        source = path.name
+    elif source in (str(models_file), str(models_file.resolve())):
+        source = "models file"
+    elif "/" in source or "\\" in source:
+        source = "pipeline"  # some other file: not named
+    return SpecError(exc.reason, source=source, path=exc.path)
+
+
+def _refuse_object(pipeline: Any) -> Pipeline:
+    raise SpecError("a pipeline is named, not sent", source=type(pipeline).__name__)
+

@@ -30,11 +30,81 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 # -- files -------------------------------------------------------------------------------------
 
 
+# A definition file is small: these bound what a hostile one (an alias bomb, "billion laughs",
+# or thousands of nested brackets) can make the loader build, long before memory runs out.
+MAX_YAML_NODES = 100_000  # scalars, sequences and mappings, every alias counted in full
+MAX_YAML_DEPTH = 64
+MAX_YAML_BYTES = 4 * 1024 * 1024
+
+
+class _LimitedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing documents too deep or too large once aliases are expanded
+    (pydantic and JSON expand every alias: 9 anchors of 9 aliases are 387 million nodes)."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise _TooBig(f"nested deeper than {MAX_YAML_DEPTH} levels", self.peek_event())
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def compose_document(self) -> Any:
+        node = super().compose_document()
+        _check_expanded_size(node)
+        return node
+
+
+class _TooBig(Exception):
+    def __init__(self, reason: str, event: Any = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.line = event.start_mark.line + 1 if event is not None else None
+
+
+def _check_expanded_size(root: Any) -> None:
+    """Count nodes as if every alias were copied out (memoised per node: linear in the file)."""
+    sizes: dict[int, int] = {}
+
+    def size(node: Any) -> int:
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        if total > MAX_YAML_NODES:
+            raise _TooBig(f"more than {MAX_YAML_NODES} nodes once its aliases are expanded "
+                          "(an alias bomb?)")
+        sizes[id(node)] = total
+        return total
+
+    if root is not None:
+        size(root)  # recursion is bounded by MAX_YAML_DEPTH, checked while composing
+
+
 def _read_yaml(path: Path) -> Any:
+    """Parse a YAML (or JSON) definition file with the limits above; SpecError names the file."""
     try:
-        return yaml.safe_load(path.read_text())
+        if path.stat().st_size > MAX_YAML_BYTES:
+            raise SpecError(f"file is over {MAX_YAML_BYTES} bytes", source=str(path))
+        text = path.read_text()
     except OSError as exc:
         raise SpecError(f"cannot read: {exc.strerror}", source=str(path)) from exc
+    except UnicodeDecodeError:
+        raise SpecError("not a UTF-8 text file", source=str(path)) from None
+    try:
+        return yaml.load(text, Loader=_LimitedLoader)  # noqa: S506 - a SafeLoader subclass
+    except _TooBig as exc:
+        raise SpecError(f"refused: {exc.reason}", source=str(path),
+                        path=f"line {exc.line}" if exc.line else "") from None
+    except RecursionError:
+        raise SpecError("refused: nested too deep", source=str(path)) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else ""
@@ -43,7 +113,10 @@ def _read_yaml(path: Path) -> Any:
 
 
 def _expand_env(value: Any) -> Any:
-    """`${NAME}` and `${NAME:-default}` in strings are replaced from the environment."""
+    """`${NAME}` and `${NAME:-default}` in strings are replaced from the environment.
+
+    Not in a model's `headers`: they may hold secrets, expanded only by the process that makes
+    the call, when it makes it (models/credentials.py), never pinned into a spec."""
     if isinstance(value, str):
         return _ENV_REF.sub(lambda m: os.environ.get(m.group(1)) or (m.group(2) or ""), value)
     if isinstance(value, dict):
@@ -61,13 +134,27 @@ def load_models(path: Path) -> dict[str, ModelConfig]:
     out = {}
     for alias, raw in data["models"].items():
         try:
-            out[alias] = ModelConfig.model_validate(_expand_env(raw))
+            expanded = ({k: v if k == "headers" else _expand_env(v) for k, v in raw.items()}
+                        if isinstance(raw, dict) else _expand_env(raw))
+            out[alias] = ModelConfig.model_validate(expanded)
         except ValidationError as exc:
             raise _spec_error(exc, raw, str(path), prefix=f"models.{alias}") from None
     return out
 
 
-def find_pipeline(name_or_path: str, pipelines_dir: Path) -> Path:
+# What a pipeline name sent over the wire may be: a file stem inside the pipelines directory.
+PIPELINE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,99}")
+_NOT_PIPELINES = frozenset({"models"})
+
+
+def find_pipeline(name_or_path: str, pipelines_dir: Path, *, names_only: bool = False) -> Path:
+    """The file for a pipeline name (in `pipelines_dir`) or, unless `names_only`, a file path.
+
+    `names_only` is for names from producers (`legato.submit`): no path separators, no absolute
+    paths, no `models`, no symlink leading out of the directory, and an error that names neither
+    the directory nor what is in it."""
+    if names_only:
+        return _find_by_name(name_or_path, pipelines_dir)
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml", ".json") and path.is_file():
         return path
@@ -78,6 +165,28 @@ def find_pipeline(name_or_path: str, pipelines_dir: Path) -> Path:
     known = ", ".join(available_pipelines(pipelines_dir)) or "none"
     raise SpecError(f"unknown pipeline (no such file, nor in {pipelines_dir}/; known: {known})",
                     source=name_or_path)
+
+
+def _find_by_name(name: str, pipelines_dir: Path) -> Path:
+    shown = name[:100] if isinstance(name, str) else repr(name)[:100]
+    unknown = SpecError("unknown pipeline", source=shown)
+    if not isinstance(name, str) or not PIPELINE_NAME.fullmatch(name) or name in _NOT_PIPELINES:
+        raise unknown
+    try:
+        root = pipelines_dir.resolve(strict=True)
+    except OSError:
+        raise unknown from None
+    for suffix in (".yaml", ".yml", ".json"):
+        candidate = root / f"{name}{suffix}"
+        try:
+            real = candidate.resolve(strict=True)
+        except OSError:
+            continue
+        # A symlink may not lead out of the directory (nor deeper, nor to the models file).
+        if real.parent == root and real.is_file() and real.stem not in _NOT_PIPELINES:
+            return real
+        raise unknown
+    raise unknown
 
 
 def available_pipelines(pipelines_dir: Path) -> list[str]:

@@ -58,6 +58,9 @@ class Settings:
     batch_size: int = 100  # a vote's members per task (run concurrently in it)
     batch_concurrency: int = 256  # a worker process's threads for those members
     serve_default_queue: bool = True  # control workers also consume Celery's `celery` queue
+    # Model aliases a spec names that the worker's models file lacks: "any" calls them with no
+    # credential of the worker's; "configured" refuses them (pipeline/models/credentials.py).
+    model_endpoints: str = "any"
 
     @property
     def broker(self) -> str:
@@ -93,6 +96,7 @@ class Settings:
             batch_concurrency=int(_env("BATCH_CONCURRENCY", str(cls.batch_concurrency))),
             serve_default_queue=_env("SERVE_DEFAULT_QUEUE", "1").strip().lower()
             not in ("0", "false", "no", "off"),
+            model_endpoints=_choice("MODEL_ENDPOINTS", cls.model_endpoints, ("any", "configured")),
         )
 
 

@@ -3,23 +3,36 @@
     send_task("legato.submit", kwargs={"pipeline": "summarize", "input": {...}})
     send_task("legato.status", kwargs={"run_id": "..."})
 
-`legato.submit` returns `{"run_id": ...}`. A bad pipeline or input fails the task with SpecError or
-InputError, and nothing is written. In a chain, the previous task's result becomes the input when
-no `input` is given (`chain(fetch.s(), submit.s(pipeline="summarize"))`).
+`legato.submit` returns `{"run_id": ...}`. The pipeline is a *name* in the worker's pipelines
+directory, never a file path (producers are less trusted than workers: docs/security.md). In a
+chain, the previous task's result becomes the input when no `input` is given
+(`chain(fetch.s(), submit.s(pipeline="summarize"))`). A bad pipeline or input fails the task with
+SpecError or InputError, and nothing is written. The failure a client sees carries the error's
+one line and no traceback: no server path, file content or listing.
+
 `legato.status` returns the run's record as JSON (status, output, error, usage, timings), so a
 client needs nothing but Celery to learn how a run ended.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from typing import Any, NoReturn
+
+from celery import Task
+from celery.exceptions import Ignore
 
 from legato.client import Legato
-from legato.errors import InputError
+from legato.errors import InputError, LegatoError
 from legato.workers.app import app
 
+logger = logging.getLogger(__name__)
 _client: Legato | None = None
-_NO_INPUT = object()
+_NO_INPUT: Any = object()
+
+
+class SubmitFailed(LegatoError):
+    """legato.submit failed for a reason not the producer's: the worker's log says more."""
 
 
 def _legato() -> Legato:
@@ -29,18 +42,36 @@ def _legato() -> Legato:
     return _client
 
 
-@app.task(name="legato.submit", ignore_result=False)
-def submit(previous: Any = _NO_INPUT, *, pipeline: str, input: Any = _NO_INPUT,
+@app.task(name="legato.submit", bind=True, ignore_result=False)
+def submit(self: Task, previous: Any = _NO_INPUT, *, pipeline: str, input: Any = _NO_INPUT,
            idempotency_key: str | None = None) -> dict[str, str]:
-    if input is _NO_INPUT:
-        if previous is _NO_INPUT:
-            raise InputError("no input: give `input`, or chain legato.submit after a task "
-                             "whose result is the input")
-        input = previous
-    return {"run_id": _legato().submit(pipeline, input, idempotency_key=idempotency_key)}
+    try:
+        if input is _NO_INPUT:
+            if previous is _NO_INPUT:
+                raise InputError("no input: give `input`, or chain legato.submit after a task "
+                                 "whose result is the input")
+            input = previous
+        run_id = _legato().submit(pipeline, input, idempotency_key=idempotency_key,
+                                  names_only=True)
+    except LegatoError as exc:
+        _fail(self, exc)
+    except Exception as exc:  # the details stay in the worker's log
+        logger.exception("legato.submit failed")
+        _fail(self, SubmitFailed(f"submit failed on the worker ({type(exc).__name__}); "
+                                 f"task id {self.request.id}"))
+    return {"run_id": run_id}
 
 
-@app.task(name="legato.status", ignore_result=False)
-def status(*, run_id: str) -> dict[str, Any]:
+@app.task(name="legato.status", bind=True, ignore_result=False)
+def status(self: Task, *, run_id: str) -> dict[str, Any]:
     """The run's record, as JSON; RunNotFound for an unknown id."""
-    return _legato().status(run_id).model_dump(mode="json")
+    try:
+        return _legato().status(run_id).model_dump(mode="json")
+    except LegatoError as exc:
+        _fail(self, exc)
+
+
+def _fail(task: Task, exc: LegatoError) -> NoReturn:
+    """Store the failure without Celery's traceback (server paths) and stop the task there."""
+    task.backend.mark_as_failure(task.request.id, exc, traceback=None, request=task.request)
+    raise Ignore()

@@ -32,6 +32,7 @@ from celery.signals import (
     worker_shutdown,
 )
 
+from legato.models import credentials
 from legato.queues import CONTROL
 from legato.settings import Settings, get_settings
 from legato.tools import load_tool_modules
@@ -65,6 +66,8 @@ def create_app(settings: Settings | None = None) -> Celery:
         broker_transport_options={"visibility_timeout": 6 * 3600},
         broker_transport=broker.transport_for(settings.broker),  # Redis: clients made once
         worker_hijack_root_logger=False,
+        # A malformed message is set aside (acked, kept, counted), never fatal: workers/poison.py
+        worker_consumer="legato.workers.poison:Consumer",
         imports=list(settings.tool_modules),
     )
     load_tool_modules(settings.tool_modules)
@@ -119,5 +122,8 @@ def _stop_sweeper(**_: object) -> None:
 observability.setup_tracing()
 after_setup_logger.connect(observability.install_log_context, weak=False)
 after_setup_task_logger.connect(observability.install_log_context, weak=False)
+# Credentials of this worker's models file (and key-shaped strings) never reach its logs.
+after_setup_logger.connect(credentials.install_log_redaction, weak=False)
+after_setup_task_logger.connect(credentials.install_log_redaction, weak=False)
 task_prerun.connect(observability.on_task_prerun, weak=False)
 task_postrun.connect(observability.on_task_postrun, weak=False)

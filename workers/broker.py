@@ -7,13 +7,22 @@ which then delivers fewer tasks per second to the pool. A plain client object ho
 of its own (each command takes one from the channel's pool, safely from any thread), so one per
 channel serves every caller.
 Used for `redis://` and `rediss://` brokers (workers/app.py); RabbitMQ is untouched.
+
+Anyone who can write to Redis can also push a forged envelope (not JSON, or JSON without kombu's
+`properties`) straight onto a queue's list; stock kombu raises on it in the consumer's event
+loop and the worker exits. Here such an item is set aside like any poison message
+(workers/poison.py) and the worker goes on.
 """
 
 from __future__ import annotations
 
+import binascii
+import json
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
+from kombu.transport.virtual.base import Empty
+from kombu.utils.encoding import bytes_to_str
 
 PATH = "legato.workers.broker:Transport"
 
@@ -29,6 +38,58 @@ class Channel(kombu_redis.Channel):
         if self._commands_client is None:
             self._commands_client = super()._create_client()
         return self._commands_client
+
+    def _brpop_read(self, **options: Any) -> bool:
+        # kombu's, except that an item that is not a kombu envelope is set aside, not raised.
+        try:
+            try:
+                dest__item = self.client.parse_response(self.client.connection, "BRPOP",
+                                                        **options)
+            except self.connection_errors:
+                self.client.connection.disconnect()
+                raise
+            if not dest__item:
+                raise Empty()
+            dest, item = dest__item
+            dest = bytes_to_str(dest).rsplit(self.sep, 1)[0]
+            self._queue_cycle.rotate(dest)
+            try:
+                payload = json.loads(bytes_to_str(item))
+                _check_envelope(payload)
+            except (ValueError, TypeError, KeyError, RecursionError) as exc:
+                self._set_aside(dest, item, exc)
+                return True
+            try:
+                self.connection._deliver(payload, dest)
+            except (binascii.Error, UnicodeDecodeError) as exc:  # a body that is not base64
+                self._set_aside(dest, item, exc)
+            return True
+        finally:
+            self._in_poll = None  # type: ignore[assignment]  # as kombu does
+            flush = getattr(self, "_flush_brpop_reauth", None)  # kombu >= 5.7
+            if flush is not None:
+                flush()
+
+    def _set_aside(self, queue: str, item: bytes | str, exc: BaseException) -> None:
+        from legato.settings import get_settings
+        from legato.workers.poison import record_forged_envelope
+
+        record_forged_envelope(self.client, get_settings().key_prefix, queue, item, exc)
+
+
+def _check_envelope(payload: Any) -> None:
+    """Raise unless `payload` has what kombu's Message and Celery's consumer read."""
+    if not isinstance(payload, dict):
+        raise TypeError(f"an envelope must be an object, not {type(payload).__name__}")
+    props = payload["properties"]
+    if not isinstance(props, dict) or not isinstance(props.get("delivery_tag"), str):
+        raise TypeError("properties.delivery_tag must be a string")
+    if not isinstance(props.get("delivery_info", {}), dict):
+        raise TypeError("properties.delivery_info must be an object")
+    if not isinstance(payload.get("body"), str | None):
+        raise TypeError("body must be a string")
+    if not isinstance(payload.get("headers"), dict | None):
+        raise TypeError("headers must be an object")
 
 
 class Transport(kombu_redis.Transport):

@@ -14,6 +14,11 @@ it go into `trace` as `ModelAttempt`s, which the step record keeps as `detail.mo
 Messages are checked (`Message`) on the way in; the step a call is for is a `StepRef` (its `tag`
 goes to the model as `X-Legato-Step`). Without Redis (unit tests, plain library use) the shared
 policies — breaker, rate limits, budgets, cache — are off.
+
+Before anything else, every model the call may use is bound through the process's credential
+policy (credentials.py): on a worker (a gateway with Redis) the worker's own models file decides
+each alias's endpoint and credential, whatever the spec embedded; without Redis, by default, the
+configs given are the caller's own and are used as they are.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from legato.models.breaker import CircuitBreaker
 from legato.models.budget import BudgetMeter, cost_of
 from legato.models.cache import Mode, ResponseCache, cache_key
 from legato.models.config import Budget, ModelConfig
+from legato.models.credentials import Credentials, for_process
 from legato.models.openai_compat import Completion
 from legato.models.ratelimit import RateLimiter, estimate_tokens
 from legato.models.retry import for_model
@@ -59,9 +65,13 @@ class RunScope:
 
 class Gateway:
     def __init__(self, http: Client, redis: Any = None, prefix: str = "legato", *,
-                 sleep: Callable[[float], None] = time.sleep, default_cache: Mode = "off") -> None:
+                 sleep: Callable[[float], None] = time.sleep, default_cache: Mode = "off",
+                 credentials: Credentials | None = None) -> None:
         self.http = as_transport(http)  # wrapped once, not per call
         self.redis = redis
+        # A shared (worker) gateway defaults to the process's own models file; a bare one
+        # trusts the configs it is handed (library use: there is no producer to distrust).
+        self._credentials = credentials
         self.sleep = sleep
         self.default_cache = default_cache
         self.breaker = CircuitBreaker(redis, prefix) if redis is not None else None
@@ -81,6 +91,7 @@ class Gateway:
         tried_models = cast(list[ModelAttempt], trace) if trace is not None else []
         tag = step.tag if step is not None else step_tag
         checked = as_messages(messages)
+        models = self._bind(models, alias)
         primary = models[alias]
         mode = (run.cache if run is not None else None) or self.default_cache
         digest = None
@@ -139,6 +150,20 @@ class Gateway:
             raise TransientError(f"no model available for {alias!r}: tried {names}")
         raise TransientError(f"{last} (tried {names})", status_code=last.status_code,
                              retry_after=last.retry_after)
+
+    @property
+    def credentials(self) -> Credentials:
+        if self._credentials is None:
+            self._credentials = for_process() if self.redis is not None else \
+                Credentials.trusting()
+        return self._credentials
+
+    def _bind(self, models: dict[str, ModelConfig], alias: str) -> dict[str, ModelConfig]:
+        """The alias and its fallbacks as this process's credential policy allows them."""
+        policy = self.credentials
+        if alias not in models:
+            raise PermanentError(f"unknown model alias {alias!r}")
+        return {name: policy.bind(name, models[name]) for name in _candidates(models, alias)}
 
     def _call(self, name: str, cfg: ModelConfig, messages: list[Message],
               schema: dict[str, Any] | None, params: dict[str, Any] | None,

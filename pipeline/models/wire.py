@@ -12,6 +12,7 @@ from typing import Any
 
 from legato.errors import PermanentError, TransientError
 from legato.models.config import ModelConfig
+from legato.models.credentials import redact
 from legato.models.transport import Client, WireResponse, as_transport
 
 _CONTEXT_HINTS = ("context length", "context_length", "maximum context", "too many tokens",
@@ -52,18 +53,47 @@ def permanent(status: int, model: str, message: str) -> PermanentError:
     return PermanentError(f"HTTP {status} from {model}: {message}", status_code=status)
 
 
+_NOT_SECRET = frozenset({"content-type", "accept", "anthropic-version", "x-legato-step",
+                         "user-agent"})
+
+
+def sent_secrets(headers: dict[str, str]) -> list[str]:
+    """The header values of a request that may be credentials (and a bearer's bare token)."""
+    values = []
+    for name, value in headers.items():
+        if name.lower() in _NOT_SECRET:
+            continue
+        values.append(value)
+        scheme, _, token = value.partition(" ")
+        if token and scheme.lower() in ("bearer", "basic", "token"):
+            values.append(token)
+    return values
+
+
 def send(client: Client, cfg: ModelConfig, url: str, body: dict[str, Any],
          headers: dict[str, str], *, reset_headers: tuple[str, ...]) -> Any:
-    """POST `body`; return the answer's JSON, or raise TransientError / PermanentError."""
-    # Timeouts and connection failures come out of the transport as TransientError already.
-    response = as_transport(client).post(url, json=body, headers=headers, timeout=timeout(cfg))
+    """POST `body`; return the answer's JSON, or raise TransientError / PermanentError.
+
+    Error texts are stored in run records and logged: the credentials this request carried (and
+    anything shaped like one) are redacted from them, whatever the server echoed."""
+    secrets = sent_secrets(headers)
+    try:
+        response = as_transport(client).post(url, json=body, headers=headers,
+                                             timeout=timeout(cfg))
+    except TransientError as exc:  # timeouts and connection failures, mapped by the transport
+        clean = redact(str(exc), secrets)
+        if clean == str(exc):
+            raise
+        raise TransientError(clean, status_code=exc.status_code,
+                             retry_after=exc.retry_after) from None
     status = response.status
     if status in (408, 429) or status >= 500:
-        raise TransientError(f"HTTP {status} from {cfg.model}: {error_message(response)}",
+        raise TransientError(f"HTTP {status} from {cfg.model}: "
+                             f"{redact(error_message(response), secrets)}",
                              status_code=status,
                              retry_after=retry_after(response, reset_headers))
     if status >= 400:
-        raise permanent(status, cfg.model, error_message(response))
+        raise permanent(status, cfg.model, redact(error_message(response), secrets))
     try:
         return response.json()
     except ValueError as exc:
