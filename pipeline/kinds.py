@@ -20,6 +20,7 @@ from legato.spec import Aggregate, Classifier, Gate, ModelCall, ModelConfig, Orc
 from legato.tools import get_tool
 from legato.tools.registry import ToolNotFound
 from legato.tools.runner import call_tool, idempotency_key
+from legato.tools.toolbox import Toolbox
 
 
 @dataclass
@@ -40,6 +41,7 @@ class StepContext:
     index: int | None = None
     gateway: Gateway | None = None  # the process's; None: a bare one (no Redis policies)
     run: RunScope | None = None
+    tools: Toolbox | None = None  # the process's; None: the installed one (tools/toolbox.py)
 
     def variables(self, **extra: Any) -> dict[str, Any]:
         return {"input": self.input, "outputs": self.outputs, "item": self.item,
@@ -100,7 +102,7 @@ def run_tool(step: Tool, ctx: StepContext) -> Outcome:
         raise PermanentError(exc.args[0]) from None
     args = {k: ctx.render(v) if isinstance(v, str) else v for k, v in step.args.items()}
     run_id, _, path = ctx.step_tag.partition("/")
-    return Outcome(call_tool(spec, args, key=idempotency_key(run_id, path, "0")))
+    return Outcome(call_tool(spec, args, key=idempotency_key(run_id, path, "0"), tools=ctx.tools))
 
 
 def check_gate(gate: Gate, output: Any, ctx: StepContext) -> None:

@@ -88,7 +88,7 @@ def agent_turn(step: Agent, ctx: StepContext, turn: int,
     run_id, _, path = ctx.step_tag.partition("/")
     node_path = path.rsplit("/", 1)[0]
     with ThreadPoolExecutor(max_workers=min(8, len(calls))) as pool:
-        results = list(pool.map(lambda c: _use_tool(step, c, run_id, node_path), calls))
+        results = list(pool.map(lambda c: _use_tool(step, c, run_id, node_path, ctx), calls))
     for call, result in zip(calls, results, strict=True):
         messages.append({"role": "tool", "tool_call_id": call["id"], "content": result})
     return Outcome({"messages": messages, "final": None, "tool_calls": len(calls)},
@@ -100,14 +100,15 @@ def _opening(step: Agent, ctx: StepContext) -> list[dict[str, Any]]:
     return [*messages, {"role": "user", "content": ctx.render(step.prompt)}]
 
 
-def _use_tool(step: Agent, call: dict[str, Any], run_id: str, node_path: str) -> str:
+def _use_tool(step: Agent, call: dict[str, Any], run_id: str, node_path: str,
+              ctx: StepContext) -> str:
     """A tool's result for the transcript; a refusal or failure is reported to the model."""
     name = call["name"]
     try:
         if name not in step.tools:
             raise PermanentError(f"tool {name!r} is not one of this agent's tools")
         value = call_tool(get_tool(name), call["arguments"],
-                          key=idempotency_key(run_id, node_path, call["id"]))
+                          key=idempotency_key(run_id, node_path, call["id"]), tools=ctx.tools)
         return json.dumps({"tool": name, "result": value}, ensure_ascii=False, default=str)
     except StepError as exc:
         return json.dumps({"tool": name, "error": str(exc)}, ensure_ascii=False)

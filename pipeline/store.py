@@ -20,6 +20,7 @@ from legato.errors import RunNotFound
 from legato.journal import Journal
 from legato.keys import Keys
 from legato.spec import Pipeline, pipeline_from_json
+from legato.voting import Ballot
 
 # KEYS: run, idem key (or the run key again), runs index, active. ARGV: id, created_at, fields...
 _CREATE = """
@@ -91,12 +92,31 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
+def connect(url: str) -> redis.Redis:
+    """A Redis client for `url` as Legato uses it: str replies, a blocking pool, outage retries.
+
+    Ride out a Redis restart or a dropped connection: reconnect and retry each command for about
+    half a minute. The journal's scripts are safe to run again (see journal.py). A wrong password
+    or an untrusted certificate is no outage: it fails at once. Many threads share the pool (a
+    worker's pool threads and its fan-out threads): one that finds every connection busy waits
+    for one instead of failing.
+    """
+    retry = _OutageRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=20)
+    pool = redis.BlockingConnectionPool.from_url(
+        url, decode_responses=True, health_check_interval=30, socket_keepalive=True,
+        retry=retry, retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        max_connections=MAX_CONNECTIONS, timeout=POOL_WAIT_SECONDS,
+    )
+    return redis.Redis(connection_pool=pool)
+
+
 class RunStore:
     def __init__(self, client: redis.Redis, prefix: str = "legato") -> None:
         # Made with decode_responses=True: replies are str, which redis-py's types can't express.
         self.redis: Any = client
         self.keys = Keys(prefix)
         self.journal = Journal(client, self.keys)
+        self.ballot = Ballot(client, self.keys)  # quorum votes' tallies
         self._create = client.register_script(_CREATE)
         self._finish = client.register_script(_FINISH)
         self._reopen = client.register_script(_REOPEN)
@@ -105,19 +125,7 @@ class RunStore:
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "legato") -> RunStore:
-        # Ride out a Redis restart or a dropped connection: reconnect and retry each command for
-        # about half a minute. The journal's scripts are safe to run again (see journal.py).
-        # A wrong password or an untrusted certificate is no outage: it fails at once.
-        retry = _OutageRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=20)
-        # Many threads share the pool (a worker's pool threads and its fan-out threads): one
-        # that finds every connection busy waits for one instead of failing.
-        pool = redis.BlockingConnectionPool.from_url(
-            url, decode_responses=True, health_check_interval=30, socket_keepalive=True,
-            retry=retry, retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-            max_connections=MAX_CONNECTIONS, timeout=POOL_WAIT_SECONDS,
-        )
-        client = redis.Redis(connection_pool=pool)
-        return cls(client, prefix)
+        return cls(connect(url), prefix)
 
     @property
     def prefix(self) -> str:
@@ -193,6 +201,10 @@ class RunStore:
 
     def bump(self, run_id: str, field: str) -> int:
         return int(self.redis.hincrby(self.keys.run(run_id), field, 1))
+
+    def forget_active(self, run_id: str) -> None:
+        """Stop watching a run for signs of life (its record is gone: nothing to recover)."""
+        self.redis.zrem(self.keys.active, run_id)
 
     @staticmethod
     def _run_fields(record: RunRecord) -> dict[str, str]:

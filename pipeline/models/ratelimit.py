@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from legato.errors import TransientError
+from legato.keys import Keys
 from legato.spec import RateLimit
 
 # KEYS: request bucket, token bucket. ARGV: per bucket (limit, burst, cost) x 2, window seconds.
@@ -81,14 +82,14 @@ class RateLimiter:
                  sleep: Callable[[float], None] = time.sleep, max_wait: float = 120.0) -> None:
         self.redis = redis
         self.prefix = prefix
+        self._keys = Keys(prefix)
         self.sleep = sleep
         self.max_wait = max_wait
         self._acquire = redis.register_script(_ACQUIRE)
         self._reconcile = redis.register_script(_RECONCILE)
 
     def keys(self, alias: str) -> list[str]:
-        base = f"{self.prefix}:ratelimit:{alias}"
-        return [f"{base}:requests", f"{base}:tokens"]
+        return self._keys.ratelimit(alias)
 
     def acquire(self, alias: str, limit: RateLimit, tokens: int) -> float:
         """Wait until both buckets admit one call of about `tokens`; returns seconds waited."""

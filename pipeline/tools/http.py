@@ -1,53 +1,47 @@
 """HTTP tools: calls over httpx, with a timeout and a host allow-list.
 
 Only hosts listed in LEGATO_HTTP_TOOL_HOSTS (comma-separated; `*.example.com` matches its
-subdomains) may be called; an empty list allows none. Server errors and timeouts are transient
-(retried), other 4xx permanent; a POST carries the call's idempotency key as `Idempotency-Key`.
+subdomains) may be called; an empty list allows none. The list and the client are the calling
+`Toolbox`'s (tools/toolbox.py: the worker's runtime makes it from its settings); outside a tool
+call (plain library use) the list is read from the environment when a URL is checked.
+Server errors and timeouts are transient (retried), other 4xx permanent; a POST carries the
+call's idempotency key as `Idempotency-Key`.
 
     http_tool("order_status", url="https://shop.example.com/orders/{order_id}")
 """
 
 from __future__ import annotations
 
-import os
 import re
-import threading
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
 from legato.errors import PermanentError, TransientError
+from legato.settings import Settings
+from legato.tools import toolbox
 from legato.tools.registry import IDEMPOTENCY_PARAM, ToolSpec, register_spec, tool
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 MAX_BODY_CHARS = 64 * 1024
 
-_client: httpx.Client | None = None
-_lock = threading.Lock()
-
-
-def _http() -> httpx.Client:
-    global _client
-    if _client is None:
-        with _lock:
-            if _client is None:
-                _client = httpx.Client(follow_redirects=False)
-    return _client
-
 
 def allowed_hosts() -> list[str]:
-    raw = os.environ.get("LEGATO_HTTP_TOOL_HOSTS", "")
-    return [h.strip().lower() for h in raw.split(",") if h.strip()]
+    """The calling toolbox's allow-list; outside a tool call, LEGATO_HTTP_TOOL_HOSTS now."""
+    box = toolbox.active()
+    return list(box.hosts if box is not None else Settings.from_env().http_tool_hosts)
 
 
-def check_url(url: str) -> None:
-    """Refuse (PermanentError) a URL that is not http(s) or whose host is not allowed."""
+def check_url(url: str, hosts: Iterable[str] | None = None) -> None:
+    """Refuse (PermanentError) a URL that is not http(s) or whose host is not in `hosts`
+    (default: `allowed_hosts()`)."""
     parts = urlsplit(url)
     host = (parts.hostname or "").lower()
     if parts.scheme not in ("http", "https") or not host:
         raise PermanentError(f"refused URL {url!r}: only http(s) URLs with a host")
-    for allowed in allowed_hosts():
+    for allowed in (allowed_hosts() if hosts is None else [h.lower() for h in hosts]):
         if host == allowed or (allowed.startswith("*.") and host.endswith(allowed[1:])):
             return
     raise PermanentError(f"refused URL {url!r}: host {host!r} is not in LEGATO_HTTP_TOOL_HOSTS")
@@ -55,11 +49,17 @@ def check_url(url: str) -> None:
 
 def request(method: str, url: str, *, timeout: float, json_body: Any = None,
             key: str = "") -> dict[str, Any]:
-    check_url(url)
+    box = toolbox.active()
+    check_url(url, box.hosts if box is not None else None)
     headers = {"Idempotency-Key": key} if key and method != "GET" else {}
     try:
-        response = _http().request(method, url, json=json_body, headers=headers,
-                                   timeout=timeout)
+        if box is not None:
+            response = box.http.request(method, url, json=json_body, headers=headers,
+                                        timeout=timeout)
+        else:  # called outside a tool call: a client for this request
+            with httpx.Client(follow_redirects=False) as client:
+                response = client.request(method, url, json=json_body, headers=headers,
+                                          timeout=timeout)
     except httpx.TimeoutException as exc:
         raise TransientError(f"{method} {url} timed out") from exc
     except httpx.TransportError as exc:

@@ -3,12 +3,14 @@
 A timed-out call cannot be killed (it is Python code in a thread); it is abandoned and its result
 ignored, and the step sees `TransientError`. That is why tools with side effects take the
 idempotency key: the retry or redelivery that follows carries the same key.
+
+The threads (and HTTP tools' client) are a `Toolbox`'s (tools/toolbox.py): the one passed in, else
+the one the process's runtime installed, else — plain library use — one made for this call.
 """
 
 from __future__ import annotations
 
 import hashlib
-from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
@@ -16,17 +18,18 @@ from pydantic import ValidationError
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from legato.errors import PermanentError, StepError, TransientError
+from legato.settings import Settings
+from legato.tools import toolbox as toolboxes
 from legato.tools.registry import ToolSpec
-
-_pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="legato-tool")
+from legato.tools.toolbox import Toolbox
 
 
 def idempotency_key(run_id: str, path: str, call_id: str) -> str:
     return hashlib.sha256(f"{run_id}/{path}/{call_id}".encode()).hexdigest()[:32]
 
 
-def _once(spec: ToolSpec, args: dict[str, Any]) -> Any:
-    future = _pool.submit(spec.fn, **args)
+def _once(spec: ToolSpec, args: dict[str, Any], box: Toolbox) -> Any:
+    future = box.pool.submit(toolboxes.run_in, box, spec.fn, args)  # HTTP tools find it
     try:
         return future.result(timeout=spec.timeout)
     except FutureTimeout:
@@ -39,11 +42,19 @@ def _once(spec: ToolSpec, args: dict[str, Any]) -> Any:
         raise PermanentError(f"tool {spec.name!r} raised {type(exc).__name__}: {exc}") from exc
 
 
-def call_tool(spec: ToolSpec, args: dict[str, Any], *, key: str) -> Any:
+def call_tool(spec: ToolSpec, args: dict[str, Any], *, key: str,
+              tools: Toolbox | None = None) -> Any:
     """Run a tool under its timeout, retrying transient failures `spec.retries` times."""
     if spec.wants_idempotency_key:
         args = {**args, "idempotency_key": key}
     retrying = Retrying(retry=retry_if_exception_type(TransientError),
                         stop=stop_after_attempt(spec.retries + 1),
                         wait=wait_exponential(multiplier=0.2, max=5), reraise=True)
-    return retrying(_once, spec, args)
+    box = tools or toolboxes.installed()
+    if box is not None:
+        return retrying(_once, spec, args, box)
+    own = Toolbox(hosts=Settings.from_env().http_tool_hosts, max_threads=1)
+    try:
+        return retrying(_once, spec, args, own)
+    finally:
+        own.close()
