@@ -21,7 +21,7 @@ import pytest
 
 from legato.keys import Keys
 from legato.settings import ELSEWHERE, Settings, replace
-from legato.tools import toolbox, tool
+from legato.tools import tool, toolbox
 from legato.tools.runner import call_tool
 from legato.workers import resources, runtime
 
@@ -157,9 +157,7 @@ ENVIRON_ALLOWED = {
 def _environ_uses(path: Path) -> list[int]:
     lines = []
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv", "environb"):
-            lines.append(node.lineno)
-        elif isinstance(node, ast.ImportFrom) and node.module == "os" and any(
+        if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv", "environb") or isinstance(node, ast.ImportFrom) and node.module == "os" and any(
                 a.name in ("environ", "getenv") for a in node.names):
             lines.append(node.lineno)
     return lines
