@@ -157,8 +157,11 @@ ENVIRON_ALLOWED = {
 def _environ_uses(path: Path) -> list[int]:
     lines = []
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv", "environb") or isinstance(node, ast.ImportFrom) and node.module == "os" and any(
-                a.name in ("environ", "getenv") for a in node.names):
+        attribute = isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv",
+                                                                     "environb")
+        imported = isinstance(node, ast.ImportFrom) and node.module == "os" and any(
+            a.name in ("environ", "getenv") for a in node.names)
+        if attribute or imported:
             lines.append(node.lineno)
     return lines
 
