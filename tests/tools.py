@@ -52,3 +52,11 @@ def blob(size: int) -> str:
 
 # An HTTP tool whose URL template takes the port: the fake model server's health check.
 http_tool("local_health", url="http://127.0.0.1:{port}/health", timeout=2, retries=0)
+
+
+@tool
+def process_id() -> int:
+    """The worker process the tool ran in: for the per-process runtime."""
+    import os
+
+    return os.getpid()
