@@ -105,8 +105,8 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
 
 def _on_process_init(**_: Any) -> None:
     # A prefork child: its parent's runtime was dropped at the fork (workers/runtime.py); make
-    # its own now, from the same settings, rather than in its first task.
-    runtime.reset()
+    # its own now, from the same settings, rather than in its first task. (The solo pool sends
+    # this in the worker's own process: there it is the runtime `worker_init` made.)
     runtime.current()
 
 

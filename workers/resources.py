@@ -18,6 +18,7 @@ from legato.store import RunStore
 from legato.tools.toolbox import Toolbox
 from legato.voting import Ballot
 from legato.workers import runtime
+from legato.workers.lifeline import LeaseKeeper
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -57,6 +58,11 @@ def ballot() -> Ballot:
 def batch_pool() -> ThreadPoolExecutor:
     """The threads a batch task runs its members on (LEGATO_BATCH_CONCURRENCY)."""
     return runtime.current().batch_pool()
+
+
+def keeper() -> LeaseKeeper:
+    """The process's lease keeper (the heartbeat), started on first use."""
+    return runtime.current().keeper()
 
 
 def tools() -> Toolbox:

@@ -201,7 +201,8 @@ def current() -> Runtime:
 
 
 def start(settings: Settings) -> Runtime:
-    """Make the process's runtime from `settings` (closing one made before)."""
+    """Make the process's runtime from `settings` (closing one made before). A child forked
+    later makes its own from the same settings."""
     global _settings
     reset()
     _settings = settings
@@ -209,18 +210,19 @@ def start(settings: Settings) -> Runtime:
 
 
 def reset() -> None:
-    """Close the process's runtime (a forked child's inherited one is only dropped); the next
-    `current()` makes a new one."""
-    global _runtime
+    """Close the process's runtime (a forked child's inherited one is only dropped) and forget
+    `start()`'s settings; the next `current()` makes a new one from the environment's."""
+    global _runtime, _settings
     with _lock:
-        old, _runtime = _runtime, None
+        old, _runtime, _settings = _runtime, None, None
         toolbox.install(None)
     if old is not None:
         old.close()
 
 
 def _forget_inherited() -> None:
-    """In a forked child: the parent's runtime is not ours (nor its lock's state)."""
+    """In a forked child: the parent's runtime is not ours (nor its lock's state); its settings
+    are, and the child's runtime is made from them."""
     global _runtime, _lock
     _lock = threading.Lock()
     _runtime = None

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 
 from legato.keys import Keys
-from legato.settings import ELSEWHERE, Settings, replace
+from legato.settings import ELSEWHERE, Settings, get_settings, replace
 from legato.tools import tool, toolbox
 from legato.tools.runner import call_tool
-from legato.workers import resources, runtime
+from legato.workers import lifeline, resources, runtime
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = [ROOT / "pipeline", ROOT / "tasks", ROOT / "workers"]
@@ -48,12 +48,13 @@ def test_the_runtime_is_one_per_process_and_made_again_after_reset(fresh_runtime
     assert resources.batch_pool() is rt.batch_pool() and resources.ballot() is rt.store().ballot
     assert resources.tools() is rt.tools is toolbox.installed()
     assert rt.gateway().default_cache == rt.settings.cache
+    assert resources.keeper() is rt.keeper() is lifeline.keeper(rt.store(), rt.settings)
     http = rt.http()
     resources.reset()
     assert http.is_closed and toolbox.installed() is None
     again = runtime.current()
-    assert again is not rt and again.settings == rt.settings  # made from the same settings
-    assert again.http() is not http
+    assert again is not rt and again.http() is not http
+    assert again.settings == get_settings()  # reset forgets start()'s settings too
 
 
 def test_a_forked_child_gets_a_fresh_runtime(fresh_runtime):
@@ -86,7 +87,7 @@ def test_a_forked_child_gets_a_fresh_runtime(fresh_runtime):
     os.waitpid(pid, 0)
     with os.fdopen(read) as pipe:
         found = json.loads(pipe.read() or "{}")
-    assert found and all(found.values()), found
+    assert found and all(found.values()), found  # "settings": the child's are start()'s
     assert runtime.current() is rt and not parent["http"].is_closed  # the parent's untouched
 
 
