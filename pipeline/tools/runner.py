@@ -53,7 +53,8 @@ def call_tool(spec: ToolSpec, args: dict[str, Any], *, key: str,
     box = tools or toolboxes.installed()
     if box is not None:
         return retrying(_once, spec, args, box)
-    own = Toolbox(hosts=Settings.from_env().http_tool_hosts, max_threads=1)
+    # A thread per attempt: an attempt that timed out still holds its own.
+    own = Toolbox(hosts=Settings.from_env().http_tool_hosts, max_threads=spec.retries + 1)
     try:
         return retrying(_once, spec, args, own)
     finally:
