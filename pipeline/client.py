@@ -11,9 +11,11 @@ A job input is checked against the pipeline's input schema before anything is wr
 
 from __future__ import annotations
 
+import importlib
 import json
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,21 +32,34 @@ from legato.spec import Pipeline
 from legato.store import RunStore
 from legato.tools import load_tool_modules
 
+AppFactory = Callable[[Settings], Celery]
+# The Celery app a producer sends with, when it is given neither an app nor a factory: the worker
+# wiring's factory, named by import path (as `celery -A` names an app) so the engine does not
+# import the worker wiring, and only a producer that sends loads it.
+DEFAULT_APP_FACTORY = "legato.workers.app:create_app"
+
+
+def default_app_factory(settings: Settings) -> Celery:
+    module, _, name = DEFAULT_APP_FACTORY.partition(":")
+    factory: AppFactory = getattr(importlib.import_module(module), name)
+    return factory(settings)
+
 
 class Legato:
     def __init__(self, settings: Settings | None = None, *, app: Celery | None = None,
-                 store: RunStore | None = None) -> None:
+                 store: RunStore | None = None, app_factory: AppFactory | None = None) -> None:
         self.settings = settings or get_settings()
         self._app = app
+        self._app_factory = app_factory or default_app_factory
         self.store = store or RunStore.from_url(self.settings.redis_url, self.settings.key_prefix)
         load_tool_modules(self.settings.tool_modules)
 
     @property
     def app(self) -> Celery:
+        """The Celery app runs are sent with: the one given, else made (once) by the factory from
+        this client's settings. The producer needs it only to send."""
         if self._app is None:
-            from legato.workers.app import create_app  # the producer needs the app only to send
-
-            self._app = create_app(self.settings)
+            self._app = self._app_factory(self.settings)
         return self._app
 
     def load(self, pipeline: str | Pipeline) -> Pipeline:
@@ -86,7 +101,7 @@ class Legato:
         if run_id != record.id:
             return run_id  # the same idempotency key was used before: that run is this job
         try:
-            Compiler(self.app, run_id, digest).run(spec).apply_async()
+            self._compiler(run_id, digest).run(spec).apply_async()
         except Exception as exc:
             self.store.finish_run(run_id, "failed", error=f"could not enqueue: {exc}")
             raise
@@ -106,8 +121,10 @@ class Legato:
             only = " or ".join(sorted(RESUMABLE, reverse=True))
             raise InputError(f"run {run_id} is {state}: only {only} runs resume")
         run = self.store.get_run(run_id)
-        Compiler(self.app, run_id, run.spec_hash).run(self.store.get_spec(run.spec_hash)) \
-            .apply_async()
+        self._compiler(run_id, run.spec_hash).run(self.store.get_spec(run.spec_hash)).apply_async()
+
+    def _compiler(self, run_id: str, digest: str) -> Compiler:
+        return Compiler(self.app, run_id, digest, batch_size=self.settings.batch_size)
 
     def status(self, run_id: str) -> RunRecord:
         return self.store.get_run(run_id)

@@ -39,11 +39,13 @@ __all__ = ["CONTROL", "DEFAULT_QUEUES", "LLM", "TOOLS", "Compiler"]
 
 
 class Compiler:
-    def __init__(self, app: Celery, run_id: str, spec_hash: str, *, fuse: bool = True) -> None:
+    def __init__(self, app: Celery, run_id: str, spec_hash: str, *, fuse: bool = True,
+                 batch_size: int | None = None) -> None:
         self.app = app
         self.run_id = run_id
         self.spec_hash = spec_hash
         self.fuse = fuse  # the pipeline's `fuse`
+        self.batch_size = batch_size  # None: the process's settings' (LEGATO_BATCH_SIZE)
 
     def envelope(self, node: str, *, path: str | None = None, index: int | None = None,
                  item: Any = None, quorum: int | None = None) -> dict[str, Any]:
@@ -111,7 +113,7 @@ class Compiler:
         if not self.fuse:
             return [self.app.signature("legato.llm", kwargs={"step": e}, queue=queue)
                     for e in envelopes]
-        size = max(1, get_settings().batch_size)
+        size = max(1, self.batch_size or get_settings().batch_size)
         return [self.app.signature("legato.llm_batch", kwargs={"steps": envelopes[i:i + size]},
                                    queue=queue)
                 for i in range(0, len(envelopes), size)]

@@ -13,6 +13,7 @@ from legato.fields import Gate
 from legato.models import Completion, Gateway, RunScope, ask
 from legato.models.config import ModelConfig
 from legato.models.transport import Client
+from legato.tools.toolbox import Toolbox
 
 
 @dataclass
@@ -34,6 +35,7 @@ class StepContext:
     index: int | None = None
     gateway: Gateway | None = None  # the process's; None: a bare one (no Redis policies)
     run: RunScope | None = None
+    tools: Toolbox | None = None  # the process's; None: the installed one (tools/toolbox.py)
 
     def __post_init__(self) -> None:
         self.node = self.node or self.step.path

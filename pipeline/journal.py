@@ -174,9 +174,6 @@ class Journal:
         self._renew = client.register_script(_RENEW)
         self._claim = client.register_script(_CLAIM)
 
-    def _attempts(self, run_id: str) -> str:
-        return f"{self.keys.run(run_id)}:attempts"
-
     def begin(self, run_id: str, record: StepRecord, reads: tuple[str, ...], *, token: str,
               signature: dict[str, Any], now: float, lease_seconds: float) -> Begin:
         reply = self._begin(**self._begin_call(run_id, record, reads, token=token,
@@ -211,7 +208,7 @@ class Journal:
         running = record.model_dump_json(exclude={"attempt"})  # the script puts it first
         return {
             "keys": [k.run(run_id), k.steps(run_id), k.outputs(run_id), k.leases, k.lease_owner,
-                     k.lease_sig, k.active, self._attempts(run_id)],
+                     k.lease_sig, k.active, k.attempts(run_id)],
             "args": [record.path, running, repr(now), repr(now + lease_seconds),
                      lease_member(run_id, record.path), token,
                      signature if isinstance(signature, str) else _signature_json(signature),

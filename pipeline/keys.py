@@ -12,11 +12,17 @@
     <p>:lease:sig              hash: "<run>|<path>" -> the task's signature, to dispatch it again
                                (a batch member's: "@<task id>", the field holding its batch's)
     <p>:done:<id>              pub/sub channel: the run reached a terminal state
+    <p>:dead                   list: the newest poison messages set aside, as JSON
+    <p>:poisoned               hash: poison messages set aside, by reason (and `total`)
     <p>:run:{<id>}:attempts    hash: step path -> attempts begun
     <p>:run:{<id>}:vote:<node>:votes|reached    quorum tallies (voting.py)
 
-The model layer keeps its shared state beside these (pipeline/models/): `<p>:breaker:<provider>`,
-`<p>:ratelimit:<alias>:requests|tokens`, `<p>:budget:<run>`, `<p>:cache:<digest>`.
+The model layer's shared state (pipeline/models/):
+
+    <p>:breaker:<provider>     hash: a provider's circuit (failures, opened_at); `...:probe` a lock
+    <p>:ratelimit:<alias>:requests|tokens       token buckets of an alias's rate limits
+    <p>:budget:<id>            hash: a run's budget spent (calls, tokens, cost, started)
+    <p>:cache:<digest>         a recorded model response (JSON)
 
 Lua scripts touch a run's keys and the global lease keys together, so Legato wants one Redis
 (a primary, with replicas if you like), not Redis Cluster.
@@ -49,6 +55,34 @@ class Keys:
     def done(self, run_id: str) -> str:
         return f"{self.prefix}:done:{run_id}"
 
+    def attempts(self, run_id: str) -> str:
+        return f"{self.run(run_id)}:attempts"
+
+    def votes(self, run_id: str, node: str) -> str:
+        return f"{self.run(run_id)}:vote:{node}:votes"
+
+    def vote_reached(self, run_id: str, node: str) -> str:
+        return f"{self.run(run_id)}:vote:{node}:reached"
+
+    # -- the model layer's ---------------------------------------------------------------------
+
+    def breaker(self, provider: str) -> str:
+        return f"{self.prefix}:breaker:{provider}"
+
+    def breaker_probe(self, provider: str) -> str:
+        return f"{self.breaker(provider)}:probe"
+
+    def ratelimit(self, alias: str) -> list[str]:
+        """An alias's request bucket and token bucket, in that order."""
+        base = f"{self.prefix}:ratelimit:{alias}"
+        return [f"{base}:requests", f"{base}:tokens"]
+
+    def budget(self, run_id: str) -> str:
+        return f"{self.prefix}:budget:{run_id}"
+
+    def cache(self, digest: str) -> str:
+        return f"{self.prefix}:cache:{digest}"
+
     @property
     def runs(self) -> str:
         return f"{self.prefix}:runs"
@@ -56,6 +90,16 @@ class Keys:
     @property
     def active(self) -> str:
         return f"{self.prefix}:active"
+
+    @property
+    def dead(self) -> str:
+        """list: the newest poison messages set aside (workers/poison.py), as JSON"""
+        return f"{self.prefix}:dead"
+
+    @property
+    def poisoned(self) -> str:
+        """hash: poison messages set aside, counted by reason (and `total`)"""
+        return f"{self.prefix}:poisoned"
 
     @property
     def leases(self) -> str:

@@ -1,34 +1,57 @@
-"""One Settings object, read from the environment (LEGATO_*) once, at the edges.
+"""One Settings object for every `LEGATO_*` variable, read from the environment once, at the edges.
 
-Library code takes arguments; only the CLI, the worker wiring and the client's defaults read this.
+`Settings.from_env()` (or the process-wide `get_settings()`) reads the environment; `Settings(...)`
+is exactly what it is given, the defaults otherwise — it never looks at the environment, so
+library code and tests that build one get what they asked for. Library code takes arguments: only
+the CLI, the worker wiring (workers/app.py, workers/runtime.py) and the client's defaults read
+this. `replace(settings, field=value)` is a copy with some fields changed (checked again).
+
+A few `LEGATO_*` names are not settings, and are read where they belong (`ELSEWHERE`).
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal, cast
+from typing import Annotated, Any, Literal
 
-
-def _env(name: str, default: str) -> str:
-    return os.environ.get(f"LEGATO_{name}", default)
-
-
-def _choice(name: str, default: str, allowed: tuple[str, ...]) -> str:
-    value = _env(name, default).strip().lower()
-    if value not in allowed:
-        raise ValueError(f"LEGATO_{name}={value!r}: expected one of {', '.join(allowed)}")
-    return value
-
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
 ModelTransport = Literal["aiohttp", "httpx"]
 MODEL_TRANSPORTS: tuple[ModelTransport, ...] = ("aiohttp", "httpx")
+CacheMode = Literal["off", "read-write", "replay"]  # models/cache.py's Mode
+CACHE_MODES: tuple[CacheMode, ...] = ("off", "read-write", "replay")
+LogFormat = Literal["text", "json"]
+_ON = ("1", "true", "yes", "on")
+
+# `LEGATO_*` names that are not Settings fields, and who reads them.
+ELSEWHERE: dict[str, str] = {
+    "LEGATO_MODEL_API_KEY": "models.yaml: the example aliases' `api_key_env` (the worker reads it)",
+    "LEGATO_STRUCTURED_OUTPUT": "models.yaml: `${LEGATO_STRUCTURED_OUTPUT:-...}`",
+    "LEGATO_MODEL_NAME": "models.yaml: `${LEGATO_MODEL_NAME:-...}`",
+    "LEGATO_LARGE_MODEL_NAME": "models.yaml: `${LEGATO_LARGE_MODEL_NAME:-...}`",
+    "LEGATO_IMAGE": "docker-compose.yml: the image to run",
+    "LEGATO_IMAGE_EXTRAS": "docker-compose.yml: the extras the image is built with",
+    "LEGATO_CONTROL_CONCURRENCY": "docker-compose.yml: worker-control's `-c`",
+    "LEGATO_LLM_CONCURRENCY": "docker-compose.yml: worker-llm's `-c`",
+    "LEGATO_TOOLS_CONCURRENCY": "docker-compose.yml: worker-tools' `-c`",
+    "LEGATO_BILLING_CONCURRENCY": "docker-compose.yml: worker-billing's `-c`",
+    "LEGATO_FAULT_SCALE": "tests/faults: how long the fault suite runs",
+}
 
 
-@dataclass(frozen=True)
-class Settings:
+def _comma_list(value: Any, *, lower: bool = False) -> Any:
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",")]
+        return tuple(v.lower() if lower else v for v in items if v)
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LEGATO_", frozen=True, extra="ignore",
+                                      populate_by_name=True)
+
     redis_url: str = "redis://127.0.0.1:6379/0"
     broker_url: str = ""  # empty: same as redis_url
     pipelines_dir: Path = Path("pipelines")
@@ -40,7 +63,7 @@ class Settings:
     # threads parked on futures; ~0.4 ms CPU a call) or "httpx" (one shared sync client, 2–9 ms
     # a call at 100–500 connections). See docs/benchmarks.md, "The model-call path".
     model_transport: ModelTransport = "aiohttp"
-    tool_modules: tuple[str, ...] = ()
+    tool_modules: Annotated[tuple[str, ...], NoDecode] = ()  # comma-separated
     # Durability: a step's lease outlives a few missed heartbeats; an expired lease means its
     # worker died, and the sweeper dispatches the step again (within lease + sweep seconds).
     lease_seconds: float = 15.0
@@ -57,10 +80,77 @@ class Settings:
     max_output_bytes: int = 1024 * 1024  # a step output's JSON size; larger fails the step
     batch_size: int = 100  # a vote's members per task (run concurrently in it)
     batch_concurrency: int = 256  # a worker process's threads for those members
-    serve_default_queue: bool = True  # control workers also consume Celery's `celery` queue
+    # Control workers also consume Celery's default queue (`celery`), where producers that name
+    # no queue publish; off when other Celery apps' workers share that queue.
+    serve_default_queue: bool = True
     # Model aliases a spec names that the worker's models file lacks: "any" calls them with no
     # credential of the worker's; "configured" refuses them (pipeline/models/credentials.py).
-    model_endpoints: str = "any"
+    model_endpoints: Literal["any", "configured"] = "any"
+    # The response cache's mode for runs whose pipeline does not say (`cache:`); an unknown value
+    # is "off".
+    cache: CacheMode = "off"
+    # The hosts HTTP tools may call (comma-separated; `*.example.com` matches its subdomains);
+    # empty allows none.
+    http_tool_hosts: Annotated[tuple[str, ...], NoDecode] = ()
+    log_format: LogFormat = "text"  # "json": one JSON object a log line; anything else: text
+    otel: bool = False  # trace with OpenTelemetry (1/true/yes/on)
+    # The OpenAI-compatible API the example models.yaml points at (read there as
+    # `${LEGATO_MODEL_BASE_URL}`); `legato demo` uses it instead of starting a model.
+    model_base_url: str = ""
+    # The OpenTelemetry SDK's own names (no LEGATO_ prefix), read here with the rest.
+    otel_service_name: str = Field(
+        "legato", validation_alias=AliasChoices("otel_service_name", "OTEL_SERVICE_NAME"))
+    otel_traces_exporter: str = Field(
+        "otlp", validation_alias=AliasChoices("otel_traces_exporter", "OTEL_TRACES_EXPORTER"))
+
+    @field_validator("model_endpoints", mode="before")
+    @classmethod
+    def _endpoints(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip().lower()
+            if value not in ("any", "configured"):
+                raise ValueError(f"LEGATO_MODEL_ENDPOINTS={value!r}: expected any or configured")
+        return value
+
+    @field_validator("model_transport", mode="before")
+    @classmethod
+    def _transport(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip().lower()
+            if value not in MODEL_TRANSPORTS:
+                raise ValueError(f"LEGATO_MODEL_TRANSPORT={value!r}: expected one of "
+                                 f"{', '.join(MODEL_TRANSPORTS)}")
+        return value
+
+    @field_validator("tool_modules", mode="before")
+    @classmethod
+    def _modules(cls, value: Any) -> Any:
+        return _comma_list(value)
+
+    @field_validator("http_tool_hosts", mode="before")
+    @classmethod
+    def _hosts(cls, value: Any) -> Any:
+        return _comma_list(value, lower=True)
+
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _cache(cls, value: Any) -> Any:
+        return value if value in CACHE_MODES else "off"
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _log_format(cls, value: Any) -> Any:
+        return "json" if isinstance(value, str) and value.lower() == "json" else "text"
+
+    @field_validator("otel", mode="before")
+    @classmethod
+    def _otel(cls, value: Any) -> Any:
+        return value.lower() in _ON if isinstance(value, str) else value
+
+    @field_validator("otel_traces_exporter", mode="before")
+    @classmethod
+    def _exporter(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
 
     @property
     def broker(self) -> str:
@@ -71,35 +161,24 @@ class Settings:
         return Path(self.models_file) if self.models_file else self.pipelines_dir / "models.yaml"
 
     @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: Any,
+                                   *_: Any, **__: Any) -> tuple[Any, ...]:
+        # `Settings(...)`: its arguments and the defaults only. The environment is read by
+        # `from_env`, once, at an edge.
+        return (init_settings,)
+
+    @classmethod
     def from_env(cls) -> Settings:
-        return cls(
-            redis_url=_env("REDIS_URL", cls.redis_url),
-            broker_url=_env("BROKER_URL", ""),
-            pipelines_dir=Path(_env("PIPELINES_DIR", "pipelines")),
-            models_file=_env("MODELS_FILE", ""),
-            key_prefix=_env("KEY_PREFIX", cls.key_prefix),
-            http_timeout=float(_env("HTTP_TIMEOUT", str(cls.http_timeout))),
-            http_max_connections=int(_env("HTTP_MAX_CONNECTIONS", str(cls.http_max_connections))),
-            model_transport=cast(ModelTransport, _choice("MODEL_TRANSPORT", cls.model_transport,
-                                                         MODEL_TRANSPORTS)),
-            tool_modules=tuple(m for m in _env("TOOL_MODULES", "").split(",") if m.strip()),
-            lease_seconds=float(_env("LEASE_SECONDS", str(cls.lease_seconds))),
-            heartbeat_seconds=float(_env("HEARTBEAT_SECONDS", str(cls.heartbeat_seconds))),
-            sweep_seconds=float(_env("SWEEP_SECONDS", str(cls.sweep_seconds))),
-            stall_seconds=float(_env("STALL_SECONDS", str(cls.stall_seconds))),
-            max_recoveries=int(_env("MAX_RECOVERIES", str(cls.max_recoveries))),
-            step_retries=int(_env("STEP_RETRIES", str(cls.step_retries))),
-            step_retry_seconds=float(_env("STEP_RETRY_SECONDS", str(cls.step_retry_seconds))),
-            max_input_bytes=int(_env("MAX_INPUT_BYTES", str(cls.max_input_bytes))),
-            max_output_bytes=int(_env("MAX_OUTPUT_BYTES", str(cls.max_output_bytes))),
-            batch_size=int(_env("BATCH_SIZE", str(cls.batch_size))),
-            batch_concurrency=int(_env("BATCH_CONCURRENCY", str(cls.batch_concurrency))),
-            serve_default_queue=_env("SERVE_DEFAULT_QUEUE", "1").strip().lower()
-            not in ("0", "false", "no", "off"),
-            model_endpoints=_choice("MODEL_ENDPOINTS", cls.model_endpoints, ("any", "configured")),
-        )
+        """Every `LEGATO_*` variable (and OTEL_SERVICE_NAME, OTEL_TRACES_EXPORTER) read now."""
+        return cls(**EnvSettingsSource(cls)())
+
+
+def replace(settings: Settings, **changes: Any) -> Settings:
+    """A copy of `settings` with `changes` (checked like the rest)."""
+    return type(settings).model_validate({**settings.model_dump(), **changes})
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
+    """The process's settings, read from the environment on first use."""
     return Settings.from_env()

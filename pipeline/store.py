@@ -21,6 +21,7 @@ from legato.journal import Journal
 from legato.keys import Keys
 from legato.lua import lua_set
 from legato.spec import Pipeline, pipeline_from_json
+from legato.voting import Ballot
 
 # KEYS: run, idem key (or the run key again), runs index, active. ARGV: id, created_at, fields...
 _CREATE = """
@@ -70,6 +71,18 @@ return quiet
 """
 
 
+def set_aside(client: redis.Redis, keys: Keys, record: str, reason: str, *,
+              keep: int = 1000) -> None:
+    """Keep a poison message's excerpt (the newest `keep`) and count it, in one round trip.
+    (A function, not only a RunStore method: the broker transport has its own client.)"""
+    pipe = client.pipeline(transaction=False)
+    pipe.lpush(keys.dead, record)
+    pipe.ltrim(keys.dead, 0, keep - 1)
+    pipe.hincrby(keys.poisoned, reason, 1)
+    pipe.hincrby(keys.poisoned, "total", 1)
+    pipe.execute()
+
+
 class _OutageRetry(Retry):
     """redis-py's Retry, minus the ConnectionErrors that retrying cannot mend."""
 
@@ -92,12 +105,31 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
+def connect(url: str) -> redis.Redis:
+    """A Redis client for `url` as Legato uses it: str replies, a blocking pool, outage retries.
+
+    Ride out a Redis restart or a dropped connection: reconnect and retry each command for about
+    half a minute. The journal's scripts are safe to run again (see journal.py). A wrong password
+    or an untrusted certificate is no outage: it fails at once. Many threads share the pool (a
+    worker's pool threads and its fan-out threads): one that finds every connection busy waits
+    for one instead of failing.
+    """
+    retry = _OutageRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=20)
+    pool = redis.BlockingConnectionPool.from_url(
+        url, decode_responses=True, health_check_interval=30, socket_keepalive=True,
+        retry=retry, retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        max_connections=MAX_CONNECTIONS, timeout=POOL_WAIT_SECONDS,
+    )
+    return redis.Redis(connection_pool=pool)
+
+
 class RunStore:
     def __init__(self, client: redis.Redis, prefix: str = "legato") -> None:
         # Made with decode_responses=True: replies are str, which redis-py's types can't express.
         self.redis: Any = client
         self.keys = Keys(prefix)
         self.journal = Journal(client, self.keys)
+        self.ballot = Ballot(client, self.keys)  # quorum votes' tallies
         self._create = client.register_script(_CREATE)
         self._finish = client.register_script(_FINISH)
         self._reopen = client.register_script(_REOPEN)
@@ -106,19 +138,7 @@ class RunStore:
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "legato") -> RunStore:
-        # Ride out a Redis restart or a dropped connection: reconnect and retry each command for
-        # about half a minute. The journal's scripts are safe to run again (see journal.py).
-        # A wrong password or an untrusted certificate is no outage: it fails at once.
-        retry = _OutageRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=20)
-        # Many threads share the pool (a worker's pool threads and its fan-out threads): one
-        # that finds every connection busy waits for one instead of failing.
-        pool = redis.BlockingConnectionPool.from_url(
-            url, decode_responses=True, health_check_interval=30, socket_keepalive=True,
-            retry=retry, retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-            max_connections=MAX_CONNECTIONS, timeout=POOL_WAIT_SECONDS,
-        )
-        client = redis.Redis(connection_pool=pool)
-        return cls(client, prefix)
+        return cls(connect(url), prefix)
 
     @property
     def prefix(self) -> str:
@@ -198,6 +218,10 @@ class RunStore:
     def bump(self, run_id: str, field: str) -> int:
         return int(self.redis.hincrby(self.keys.run(run_id), field, 1))
 
+    def forget_active(self, run_id: str) -> None:
+        """Stop watching a run for signs of life (its record is gone: nothing to recover)."""
+        self.redis.zrem(self.keys.active, run_id)
+
     @staticmethod
     def _run_fields(record: RunRecord) -> dict[str, str]:
         data = record.model_dump(exclude={"usage", "input", "output"}, exclude_none=True)
@@ -210,6 +234,10 @@ class RunStore:
     def skip_step(self, run_id: str, record: StepRecord) -> None:
         """Journal a step that will not run (e.g. a voter after the quorum), unless it ran."""
         self.redis.hsetnx(self.keys.steps(run_id), record.path, record.model_dump_json())
+
+    def set_aside(self, record: str, reason: str, *, keep: int = 1000) -> None:
+        """A poison message set aside: see `set_aside`."""
+        set_aside(self.redis, self.keys, record, reason, keep=keep)
 
     def fail_step(self, run_id: str, record: StepRecord) -> None:
         """Journal a step that failed outside its work (a task's own code raised, a canvas

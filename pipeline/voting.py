@@ -33,8 +33,7 @@ class Ballot:
         self._tally = client.register_script(_TALLY)
 
     def _keys(self, run_id: str, node: str) -> list[str]:
-        base = f"{self.keys.run(run_id)}:vote:{node}"
-        return [f"{base}:votes", f"{base}:reached"]
+        return [self.keys.votes(run_id, node), self.keys.vote_reached(run_id, node)]
 
     def reached(self, run_id: str, node: str) -> bool:
         return bool(self.redis.exists(self._keys(run_id, node)[1]))

@@ -123,7 +123,7 @@ def journaled(task: Task, envelope: dict[str, Any], kind: str, work: Work, *,
     if begin.state != "go":
         return _not_run(step, begin)
     record.attempt = begin.attempt
-    keeper = lifeline.keeper(store, settings)
+    keeper = resources.keeper()
     keeper.hold(step.run_id, step.path, token)
     try:
         error = _work(record, work, node, spec, step, begin, final)
@@ -162,7 +162,7 @@ def journaled_many(task: Task, envelopes: list[dict[str, Any]], kind: str,
         raise Ignore()
     results = [None if b.state == "go" else _not_run(s, b)
                for s, b in zip(steps, begins, strict=True)]
-    keeper = lifeline.keeper(store, settings)
+    keeper = resources.keeper()
     running: dict[Future[StepError | None], int] = {}
     for i, begin in enumerate(begins):
         if begin.state == "go":
@@ -260,7 +260,8 @@ def _work(record: StepRecord, work: Work, node: Node, spec: Pipeline, step: Step
                       http=resources.transport(),
                       step=StepRef(run_id=step.run_id, path=step.path), node=step.node,
                       item=step.item, index=step.index,
-                      gateway=resources.gateway(), run=resources.run_scope(step.run_id, spec))
+                      gateway=resources.gateway(), run=resources.run_scope(step.run_id, spec),
+                      tools=resources.tools())
     error: StepError | None = None
     try:
         with observability.in_step(step.run_id, step.path):

@@ -25,7 +25,8 @@ def _node_and_compiler(step: dict[str, Any]) -> tuple[Node, Compiler]:
     envelope = StepInput.model_validate(step)
     spec = resources.store().get_spec(envelope.spec_hash)
     node = graph.node(spec, envelope.node)
-    return node, Compiler(app, envelope.run_id, envelope.spec_hash, fuse=spec.fuse)
+    return node, Compiler(app, envelope.run_id, envelope.spec_hash, fuse=spec.fuse,
+                          batch_size=resources.settings().batch_size)
 
 
 def _route(ctx: StepContext, node: Node, _: Pipeline) -> Outcome:

@@ -24,10 +24,10 @@ from celery.exceptions import Ignore
 
 from legato.client import Legato
 from legato.errors import InputError, LegatoError
+from legato.workers import resources
 from legato.workers.app import app
 
 logger = logging.getLogger(__name__)
-_client: Legato | None = None
 _NO_INPUT: Any = object()
 
 
@@ -36,10 +36,7 @@ class SubmitFailed(LegatoError):
 
 
 def _legato() -> Legato:
-    global _client
-    if _client is None:
-        _client = Legato(app=app)
-    return _client
+    return resources.client(app)
 
 
 @app.task(name="legato.submit", bind=True, ignore_result=False)

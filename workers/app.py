@@ -16,9 +16,21 @@ Why these settings:
 - Task events on, so Flower sees every task by its public name (`legato.llm`, ...).
 - A Redis broker goes through workers/broker.py: kombu's transport, minus a redis-py client
   object built per message.
+
+The app comes from the factory, `create_app(settings)`: producers, tests and the bench build their
+own from the settings they hold. The one module-level `app` below exists because `celery -A
+legato.workers.app worker|flower|control ...` (and Flower, and compose's plain-celery service) must
+find an app by import path; it is the only thing built from the environment at import, and it is
+`create_app(Settings.from_env())` like any other. Signal handlers are connected once, here, in
+`connect_signals`: they make the process's runtime (workers/runtime.py) at worker start and in each
+prefork child, start the sweeper, close the runtime at shutdown, and put run ids on log lines.
 """
 
 from __future__ import annotations
+
+import functools
+import threading
+from typing import Any
 
 from celery import Celery
 from celery.signals import (
@@ -27,7 +39,9 @@ from celery.signals import (
     celeryd_after_setup,
     task_postrun,
     task_prerun,
+    worker_init,
     worker_process_init,
+    worker_process_shutdown,
     worker_ready,
     worker_shutdown,
 )
@@ -36,17 +50,25 @@ from legato.models import credentials
 from legato.queues import CONTROL
 from legato.settings import Settings, get_settings
 from legato.tools import load_tool_modules
-from legato.workers import broker, lifeline, observability, resources, tls
+from legato.workers import broker, observability, runtime, tls
 from legato.workers.backend import backend_url
 from legato.workers.celery_config import WIRE_AND_DELIVERY
 
 TASK_MODULES = tuple(f"legato.tasks.{m}" for m in ("steps", "flow", "loops", "finish", "submit"))
 
 
-def create_app(settings: Settings | None = None) -> Celery:
+class LegatoApp(Celery):
+    """A Celery app that keeps the Settings it was made from: its workers' runtime uses them."""
+
+    settings: Settings
+
+
+def create_app(settings: Settings | None = None) -> LegatoApp:
     settings = settings or get_settings()
-    app = Celery("legato", broker=tls.verified(settings.broker),
-                 backend=backend_url(tls.verified(settings.redis_url)), include=list(TASK_MODULES))
+    app = LegatoApp("legato", broker=tls.verified(settings.broker),
+                    backend=backend_url(tls.verified(settings.redis_url)),
+                    include=list(TASK_MODULES))
+    app.settings = settings
     app.conf.update(
         **WIRE_AND_DELIVERY,
         task_default_queue=CONTROL,
@@ -71,10 +93,14 @@ def create_app(settings: Settings | None = None) -> Celery:
         imports=list(settings.tool_modules),
     )
     load_tool_modules(settings.tool_modules)
+    # OpenTelemetry traces publishes and task runs when LEGATO_OTEL is on (once per process).
+    observability.setup_tracing(settings)
     return app
 
 
-app = create_app()
+def _settings_of(sender: Any) -> Settings:
+    found = getattr(sender, "app", None)
+    return found.settings if isinstance(found, LegatoApp) else get_settings()
 
 
 # Where a Celery producer that names no queue publishes (celery-node's default, `send_task`
@@ -82,48 +108,68 @@ app = create_app()
 CELERY_DEFAULT_QUEUE = "celery"
 
 
-@celeryd_after_setup.connect
-def _serve_the_default_queue(sender: object = None, instance: object = None, **_: object) -> None:
+def _serve_the_default_queue(sender: Any = None, instance: Any = None, **_: Any) -> None:
     """A worker that serves legato.control also consumes Celery's default queue, so a job sent
     there is not left waiting with no record. LEGATO_SERVE_DEFAULT_QUEUE=0 turns it off (when
     other Celery apps' workers share the broker and its `celery` queue)."""
-    queues = getattr(getattr(instance, "app", None), "amqp", None)
-    queues = getattr(queues, "queues", None)
-    if queues is None or not get_settings().serve_default_queue:
+    found = getattr(instance, "app", None)
+    queues = getattr(getattr(found, "amqp", None), "queues", None)
+    if queues is None or not _settings_of(instance).serve_default_queue:
         return
     if CONTROL in queues.consume_from and CELERY_DEFAULT_QUEUE not in queues.consume_from:
         queues.select_add(CELERY_DEFAULT_QUEUE)
 
 
-@worker_process_init.connect
-def _fresh_resources(**_: object) -> None:
-    # A forked child must not share its parent's sockets, nor think it has its heartbeat thread.
-    resources.reset()
-    lifeline.forget_keeper()
+def _on_worker_init(sender: Any = None, **_: Any) -> None:
+    runtime.start(_settings_of(sender))  # the worker's main process: from its app's settings
 
 
-_sweeper: lifeline.Sweeper | None = None
+def _on_process_init(**_: Any) -> None:
+    # A prefork child: its parent's runtime was dropped at the fork (workers/runtime.py); make
+    # its own now, from the same settings, rather than in its first task. (The solo pool sends
+    # this in the worker's own process: there it is the runtime `worker_init` made.)
+    runtime.current()
 
 
-@worker_ready.connect
-def _start_sweeper(sender: object = None, **_: object) -> None:
-    global _sweeper
-    _sweeper = lifeline.Sweeper(resources.store(), app, get_settings())
-    _sweeper.start()
+def _on_worker_ready(sender: Any = None, **_: Any) -> None:
+    found = getattr(sender, "app", None)
+    runtime.current().start_sweeper(found if isinstance(found, Celery) else app)
 
 
-@worker_shutdown.connect
-def _stop_sweeper(**_: object) -> None:
-    if _sweeper is not None:
-        _sweeper.stop()
+def _on_shutdown(**_: Any) -> None:
+    runtime.reset()  # stops the sweeper and the heartbeat, closes clients and pools
 
 
-# Logs carry run id and step path; OpenTelemetry traces when LEGATO_OTEL=1 (workers/observability).
-observability.setup_tracing()
-after_setup_logger.connect(observability.install_log_context, weak=False)
-after_setup_task_logger.connect(observability.install_log_context, weak=False)
-# Credentials of this worker's models file (and key-shaped strings) never reach its logs.
-after_setup_logger.connect(credentials.install_log_redaction, weak=False)
-after_setup_task_logger.connect(credentials.install_log_redaction, weak=False)
-task_prerun.connect(observability.on_task_prerun, weak=False)
-task_postrun.connect(observability.on_task_postrun, weak=False)
+_connected = False
+_connect_lock = threading.Lock()
+
+
+def connect_signals(settings: Settings) -> None:
+    """Every signal handler Legato's workers use, connected once per process."""
+    global _connected
+    with _connect_lock:
+        if _connected:
+            return
+        _connected = True
+    worker_init.connect(_on_worker_init, weak=False)
+    celeryd_after_setup.connect(_serve_the_default_queue, weak=False)
+    worker_process_init.connect(_on_process_init, weak=False)
+    worker_ready.connect(_on_worker_ready, weak=False)
+    worker_shutdown.connect(_on_shutdown, weak=False)
+    worker_process_shutdown.connect(_on_shutdown, weak=False)
+    # Logs carry run id and step path (workers/observability.py), as JSON lines with
+    # LEGATO_LOG_FORMAT=json.
+    log_context = functools.partial(observability.install_log_context,
+                                    json_lines=settings.log_format == "json")
+    after_setup_logger.connect(log_context, weak=False)
+    after_setup_task_logger.connect(log_context, weak=False)
+    # Credentials of this worker's models file (and key-shaped strings) never reach its logs.
+    after_setup_logger.connect(credentials.install_log_redaction, weak=False)
+    after_setup_task_logger.connect(credentials.install_log_redaction, weak=False)
+    task_prerun.connect(observability.on_task_prerun, weak=False)
+    task_postrun.connect(observability.on_task_postrun, weak=False)
+
+
+# For `celery -A legato.workers.app` (see the module's docstring): the one app built at import.
+app = create_app(get_settings())
+connect_signals(app.settings)

@@ -111,7 +111,7 @@ class Sweeper(_Loop):
         try:
             run = self.store.get_run(run_id)
         except Exception:
-            self.store.redis.zrem(self.store.keys.active, run_id)
+            self.store.forget_active(run_id)
             return "failed"
         if run.done:  # it reached a terminal state (envelope.TERMINAL) since it was claimed
             return "finished"
@@ -122,29 +122,17 @@ class Sweeper(_Loop):
             return "failed"
         log.warning("run %s shows no sign of life: sending it again", run_id)
         spec = self.store.get_spec(run.spec_hash)
-        Compiler(self.app, run_id, run.spec_hash).run(spec).apply_async()
+        Compiler(self.app, run_id, run.spec_hash,
+                 batch_size=self.settings.batch_size).run(spec).apply_async()
         return "recovered"
 
 
-_keeper: LeaseKeeper | None = None
-_keeper_lock = threading.Lock()
-
-
 def keeper(store: RunStore, settings: Settings) -> LeaseKeeper:
-    """This process's lease keeper, started on first use (works for every pool)."""
-    global _keeper
-    if _keeper is None:
-        with _keeper_lock:
-            if _keeper is None:
-                _keeper = LeaseKeeper(store, settings)
-                _keeper.start()
-    return _keeper
+    """This process's lease keeper (its runtime's), started on first use (works for every pool).
+    `store` and `settings` are the runtime's own: kept for the callers that pass them."""
+    from legato.workers import runtime
 
-
-def forget_keeper() -> None:
-    """After a fork: the parent's thread did not come along."""
-    global _keeper
-    _keeper = None
+    return runtime.current().keeper()
 
 
 def signature_json(task: Any) -> dict[str, Any]:

@@ -8,19 +8,23 @@ Logs: a `task_prerun` hook puts the task's run id and step path in a context var
 
 Traces: with `LEGATO_OTEL=1`, `opentelemetry-instrumentation-celery` (the `otel` extra) traces
 every publish and every task run, with the run id and step path as span attributes. Exporter:
-`OTEL_TRACES_EXPORTER` = `otlp` (default; `OTEL_EXPORTER_OTLP_ENDPOINT`) or `console`.
+`OTEL_TRACES_EXPORTER` = `otlp` (default; `OTEL_EXPORTER_OTLP_ENDPOINT`, which the exporter reads
+itself) or `console`.
+
+Both are set up from Settings (workers/app.py passes them in); nothing here reads the environment.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
+
+from legato.settings import Settings
 
 log = logging.getLogger("legato.worker")
 
@@ -107,9 +111,10 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def install_log_context(logger: logging.Logger | None = None, **_: Any) -> None:
-    """Put the step filter and formatter on a logger's handlers (Celery's setup-logger hooks)."""
-    json_lines = os.environ.get("LEGATO_LOG_FORMAT", "text").lower() == "json"
+def install_log_context(logger: logging.Logger | None = None, *, json_lines: bool = False,
+                        **_: Any) -> None:
+    """Put the step filter and formatter on a logger's handlers (Celery's setup-logger hooks,
+    connected in workers/app.py with `json_lines` from LEGATO_LOG_FORMAT)."""
     for handler in (logger or logging.getLogger()).handlers:
         if any(isinstance(f, StepContextFilter) for f in handler.filters):
             continue
@@ -122,21 +127,20 @@ def install_log_context(logger: logging.Logger | None = None, **_: Any) -> None:
 
 # -- OpenTelemetry ---------------------------------------------------------------------------
 
+# Instrumenting Celery patches it for the whole process, children forked later included: a fact
+# about the process, not a resource to make again (the SDK's span processor handles forks itself).
 _traced = False
 
 
-def otel_enabled() -> bool:
-    return os.environ.get("LEGATO_OTEL", "0").lower() in ("1", "true", "yes", "on")
-
-
-def setup_tracing(*, force: bool = False) -> bool:
-    """Instrument Celery with OpenTelemetry if LEGATO_OTEL is on (or `force`). True if it did.
+def setup_tracing(settings: Settings, *, force: bool = False) -> bool:
+    """Instrument Celery with OpenTelemetry if `settings.otel` (LEGATO_OTEL) is on (or `force`).
+    True if it did.
 
     A tracer provider already set by the host application is kept; otherwise one is made with
-    the exporter named by OTEL_TRACES_EXPORTER.
+    the exporter named by `settings.otel_traces_exporter` (OTEL_TRACES_EXPORTER).
     """
     global _traced
-    if _traced or not (force or otel_enabled()):
+    if _traced or not (force or settings.otel):
         return _traced
     try:
         from opentelemetry import trace
@@ -146,7 +150,7 @@ def setup_tracing(*, force: bool = False) -> bool:
                     "pip install 'legato[otel]'")
         return False
     if not _has_provider(trace):
-        provider = _make_provider()
+        provider = _make_provider(settings.otel_service_name, settings.otel_traces_exporter)
         if provider is not None:
             trace.set_tracer_provider(provider)
     CeleryInstrumentor().instrument()
@@ -159,14 +163,13 @@ def _has_provider(trace: Any) -> bool:
     return type(provider).__name__ not in ("ProxyTracerProvider", "NoOpTracerProvider")
 
 
-def _make_provider() -> Any:
+def _make_provider(service_name: str, kind: str) -> Any:
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 
-    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "legato")})
+    resource = Resource.create({"service.name": service_name})
     provider = TracerProvider(resource=resource)
-    kind = os.environ.get("OTEL_TRACES_EXPORTER", "otlp").lower()
     if kind == "console":
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 

@@ -34,6 +34,8 @@ from vine import promise
 
 from legato.envelope import StepInput
 from legato.errors import LegatoError
+from legato.keys import Keys
+from legato.store import RunStore, set_aside
 
 logger = logging.getLogger("legato.poison")
 
@@ -178,11 +180,9 @@ class MessageRefused(LegatoError):
 class SetAside:
     """Acknowledge a poison message, keep a truncated copy, count it, log one line."""
 
-    def __init__(self, redis: Callable[[], Any], prefix: str, app: Celery | None = None) -> None:
+    def __init__(self, store: Callable[[], RunStore], app: Celery | None = None) -> None:
         self.app = app
-        self.redis = redis
-        self.dead_key = f"{prefix}:dead"
-        self.count_key = f"{prefix}:poisoned"
+        self.store = store
 
     def __call__(self, message: Message, reason: str, detail: str,
                  connection_errors: tuple[type[BaseException], ...] = ()) -> None:
@@ -197,13 +197,7 @@ class SetAside:
                              "queue": (message.delivery_info or {}).get("routing_key"),
                              "content_type": message.content_type, "body": _excerpt(message)})
         try:
-            client = self.redis()
-            pipe = client.pipeline(transaction=False)
-            pipe.lpush(self.dead_key, record)
-            pipe.ltrim(self.dead_key, 0, DEAD_KEEP - 1)
-            pipe.hincrby(self.count_key, reason, 1)
-            pipe.hincrby(self.count_key, "total", 1)
-            pipe.execute()
+            self.store().set_aside(record, reason, keep=DEAD_KEEP)
         except Exception:  # noqa: BLE001 - bookkeeping must never take the consumer down
             logger.warning("could not record a poison message in Redis", exc_info=True)
 
@@ -230,20 +224,15 @@ def record_forged_envelope(client: Any, prefix: str, queue: str, item: bytes | s
     record = json.dumps({"at": time.time(), "reason": "forged envelope", "detail": detail,
                          "queue": queue, "body": text[:_EXCERPT]})
     try:
-        pipe = client.pipeline(transaction=False)
-        pipe.lpush(f"{prefix}:dead", record)
-        pipe.ltrim(f"{prefix}:dead", 0, DEAD_KEEP - 1)
-        pipe.hincrby(f"{prefix}:poisoned", "forged envelope", 1)
-        pipe.hincrby(f"{prefix}:poisoned", "total", 1)
-        pipe.execute()
+        set_aside(client, Keys(prefix), record, "forged envelope", keep=DEAD_KEEP)
     except Exception:  # noqa: BLE001 - bookkeeping must never take the consumer down
         logger.warning("could not record a poison message in Redis", exc_info=True)
 
 
-def _redis() -> Any:
+def _store() -> RunStore:
     from legato.workers import resources
 
-    return resources.store().redis
+    return resources.store()
 
 
 class Consumer(CeleryConsumer):
@@ -251,9 +240,7 @@ class Consumer(CeleryConsumer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        from legato.settings import get_settings
-
-        self.set_aside = SetAside(_redis, get_settings().key_prefix, self.app)
+        self.set_aside = SetAside(_store, self.app)
 
     def create_task_handler(self, promise: Any = promise) -> Callable[[Message], None]:
         handle = super().create_task_handler(promise)

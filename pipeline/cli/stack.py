@@ -23,27 +23,26 @@ def worker(
     name: Annotated[str | None, typer.Option("--name", "-n")] = None,
     loglevel: str = "INFO",
 ) -> None:
-    """Run a worker on the given queues (same as `celery -A legato.workers.app worker`)."""
-    from legato.workers.app import app as celery_app
-
-    argv = ["worker", "-Q", queues, "-c", str(concurrency), "-P", pool, f"--loglevel={loglevel}"]
+    """Run a worker on the given queues (it is `celery -A legato.workers.app worker`)."""
+    argv = [sys.executable, "-m", "celery", "-A", "legato.workers.app", "worker", "-Q", queues,
+            "-c", str(concurrency), "-P", pool, f"--loglevel={loglevel}"]
     if name:
         argv += ["-n", name]
-    celery_app.worker_main(argv)
+    os.execv(sys.executable, argv)
 
 
 @app.command()
 def flower(
     port: int = 5555,
     address: str = "127.0.0.1",
-    basic_auth: Annotated[str | None, typer.Option(help="user:password")] = None,
+    basic_auth: Annotated[str | None, typer.Option(help="user:password",
+                                                   envvar="FLOWER_BASIC_AUTH")] = None,
 ) -> None:
     """Run Flower against Legato's broker (tasks show under their public names)."""
     argv = [sys.executable, "-m", "celery", "-A", "legato.workers.app", "flower", f"--port={port}",
             f"--address={address}"]
-    auth = basic_auth or os.environ.get("FLOWER_BASIC_AUTH")
-    if auth:
-        argv.append(f"--basic-auth={auth}")
+    if basic_auth:
+        argv.append(f"--basic-auth={basic_auth}")
     os.execv(sys.executable, argv)
 
 

@@ -67,8 +67,7 @@ def agent_turn(step: Agent, ctx: StepContext, turn: int,
             name=c.name, arguments=json.dumps(c.arguments))) for c in calls]).wire())
     allowed, refused = calls[:step.max_tool_calls_per_turn], calls[step.max_tool_calls_per_turn:]
     with ThreadPoolExecutor(max_workers=min(8, len(allowed))) as pool:
-        results = list(pool.map(lambda c: _use_tool(step, c, ctx.step.run_id, ctx.node),
-                                allowed))
+        results = list(pool.map(lambda c: _use_tool(step, c, ctx), allowed))
     over = json.dumps({"error": f"not run: a turn may make at most "
                                 f"{step.max_tool_calls_per_turn} tool calls"})
     results += [over] * len(refused)
@@ -85,15 +84,15 @@ def _opening(step: Agent, ctx: StepContext) -> list[dict[str, Any]]:
     return [*messages, {"role": "user", "content": ctx.render(step.prompt)}]
 
 
-def _use_tool(step: Agent, call: ToolCall, run_id: str, node: str) -> str:
+def _use_tool(step: Agent, call: ToolCall, ctx: StepContext) -> str:
     """A tool's result for the transcript; a refusal or failure is reported to the model. The
-    idempotency key is the agent step's (`node`), the same on every retry of the turn."""
+    idempotency key is the agent step's (`ctx.node`), the same on every retry of the turn."""
     name = call.name
     try:
         if name not in step.tools:
             raise PermanentError(f"tool {name!r} is not one of this agent's tools")
-        value = call_tool(get_tool(name), call.arguments,
-                          key=idempotency_key(run_id, node, call.id or ""))
+        value = call_tool(get_tool(name), call.arguments, tools=ctx.tools,
+                          key=idempotency_key(ctx.step.run_id, ctx.node, call.id or ""))
         return json.dumps({"tool": name, "result": value}, ensure_ascii=False, default=str)
     except StepError as exc:
         return json.dumps({"tool": name, "error": str(exc)}, ensure_ascii=False)

@@ -33,7 +33,8 @@ def run(step: Tool, ctx: StepContext) -> Outcome:
     except ToolNotFound as exc:
         raise PermanentError(exc.args[0]) from None
     args = {k: ctx.render(v) if isinstance(v, str) else v for k, v in step.args.items()}
-    return Outcome(call_tool(spec, args, key=idempotency_key(ctx.step.run_id, ctx.step.path, "0")))
+    key = idempotency_key(ctx.step.run_id, ctx.step.path, "0")
+    return Outcome(call_tool(spec, args, key=key, tools=ctx.tools))
 
 
 def _own_queue(name: str) -> str | None:

@@ -29,15 +29,16 @@ from legato.local import processes
 from legato.local.net import free_port, port_open
 from legato.local.redis_server import RedisServer
 from legato.queues import DEFAULT_QUEUES
-from legato.settings import Settings
+from legato.settings import Settings, replace
 
 BRANCH_QUEUES = ["legato.branch.billing", "legato.branch.technical"]
 
 
-def _model_url(stack: ExitStack, model: str, console: Console, logs: Path) -> str:
-    if os.environ.get("LEGATO_MODEL_BASE_URL"):
-        console.print(f"model: {os.environ['LEGATO_MODEL_BASE_URL']} (from the environment)")
-        return os.environ["LEGATO_MODEL_BASE_URL"]
+def _model_url(stack: ExitStack, settings: Settings, model: str, console: Console,
+               logs: Path) -> str:
+    if settings.model_base_url:
+        console.print(f"model: {settings.model_base_url} (from the environment)")
+        return settings.model_base_url
     if model == "fake":
         service = stack.enter_context(processes.fake_model(log_dir=logs))
         console.print("model: the fake model server")
@@ -106,10 +107,10 @@ def _run(console: Console, settings: Settings, model: str, keep: bool | None,
         console.print(f"redis: {redis.url} (private, AOF on)")
         env = {
             "LEGATO_REDIS_URL": redis.url,
-            "LEGATO_MODEL_BASE_URL": _model_url(stack, model, console, logs),
+            "LEGATO_MODEL_BASE_URL": _model_url(stack, settings, model, console, logs),
             "LEGATO_PIPELINES_DIR": str(pipelines_dir),
         }
-        os.environ.update(env)
+        os.environ.update(env)  # for models.yaml's ${LEGATO_MODEL_BASE_URL} in this process
         with console.status("starting workers and Flower…"):
             stack.enter_context(processes.worker("main", list(DEFAULT_QUEUES), env=env,
                                                  log_dir=logs))
@@ -117,7 +118,8 @@ def _run(console: Console, settings: Settings, model: str, keep: bool | None,
                                                  log_dir=logs))
             flower_port = 5555 if not port_open("127.0.0.1", 5555) else free_port()
             stack.enter_context(processes.flower(flower_port, env=env, log_dir=logs))
-        legato = Legato(Settings.from_env())
+        legato = Legato(replace(settings, redis_url=redis.url, pipelines_dir=pipelines_dir,
+                                model_base_url=env["LEGATO_MODEL_BASE_URL"]))
         records = _submit_all(legato, names, pipelines_dir, console, timeout)
         _show(console, records)
         console.print(f"Flower: http://127.0.0.1:{flower_port}   logs: {logs}")

@@ -3,7 +3,8 @@
 Closed: calls go through and each failed attempt counts. `failures` consecutive failed attempts
 open it: calls skip this provider (to a fallback) for `cooldown` seconds. Then it is half-open:
 one caller at a time gets a probe; a success closes it, a failure opens it for another cool-down.
-Keys: `<prefix>:breaker:<provider>` (a hash: failures, opened_at) and `...:probe` (a lock).
+Keys (keys.py): `<prefix>:breaker:<provider>` (a hash: failures, opened_at) and `...:probe`
+(a lock).
 
 The healthy path costs no round trip: a process that found a provider closed with no failure on
 record trusts that for `TRUST_CLOSED` seconds, and a success is written only when there may be
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal
 
+from legato.keys import Keys
 from legato.models.config import ModelConfig
 
 State = Literal["closed", "open", "half-open"]
@@ -32,11 +34,12 @@ class CircuitBreaker:
                  clock: Callable[[], float] = time.time) -> None:
         self.redis = redis
         self.prefix = prefix
+        self.keys = Keys(prefix)
         self.clock = clock
         self._closed_until: dict[str, float] = {}  # provider -> until when "closed" is trusted
 
     def key(self, cfg: ModelConfig) -> str:
-        return f"{self.prefix}:breaker:{provider_id(cfg)}"
+        return self.keys.breaker(provider_id(cfg))
 
     def state(self, cfg: ModelConfig) -> State:
         if cfg.breaker is None:
@@ -59,7 +62,8 @@ class CircuitBreaker:
             return state == "closed"
         assert cfg.breaker is not None
         lock_ms = max(1, int(cfg.breaker.cooldown * 1000))
-        return bool(self.redis.set(self.key(cfg) + ":probe", "1", nx=True, px=lock_ms))
+        probe = self.keys.breaker_probe(provider_id(cfg))
+        return bool(self.redis.set(probe, "1", nx=True, px=lock_ms))
 
     def is_open(self, cfg: ModelConfig) -> bool:
         return self.state(cfg) == "open"
@@ -71,7 +75,7 @@ class CircuitBreaker:
         self._closed_until.pop(key, None)
         pipe = self.redis.pipeline()
         pipe.hincrby(key, "failures", 1)
-        pipe.delete(key + ":probe")
+        pipe.delete(self.keys.breaker_probe(provider_id(cfg)))
         pipe.hexists(key, "opened_at")
         failures, probing, was_open = pipe.execute()
         if probing or was_open or failures >= cfg.breaker.failures:
@@ -84,4 +88,4 @@ class CircuitBreaker:
         key = self.key(cfg)
         if self._closed_until.get(key, 0.0) > self.clock():
             return  # found closed just now and no failure since: nothing to reset
-        self.redis.delete(key, key + ":probe")
+        self.redis.delete(key, self.keys.breaker_probe(provider_id(cfg)))

@@ -16,6 +16,7 @@ from typing import Any
 
 from legato.envelope import Usage
 from legato.errors import BudgetExceeded
+from legato.keys import Keys
 from legato.models.config import Budget, ModelConfig
 
 TTL_SECONDS = 7 * 24 * 3600
@@ -34,10 +35,11 @@ class BudgetMeter:
                  clock: Callable[[], float] = time.time) -> None:
         self.redis = redis
         self.prefix = prefix
+        self.keys = Keys(prefix)
         self.clock = clock
 
     def key(self, run_id: str) -> str:
-        return f"{self.prefix}:budget:{run_id}"
+        return self.keys.budget(run_id)
 
     def spent(self, run_id: str) -> dict[str, float]:
         raw = self.redis.hgetall(self.key(run_id))

@@ -13,6 +13,7 @@ import json
 from typing import Any, Literal
 
 from legato.envelope import Messages, ToolCall, Usage, as_messages
+from legato.keys import Keys
 from legato.models.config import ModelConfig
 from legato.models.openai_compat import Completion
 
@@ -37,10 +38,11 @@ class ResponseCache:
     def __init__(self, redis: Any, prefix: str = "legato", ttl: int | None = None) -> None:
         self.redis = redis
         self.prefix = prefix
+        self.keys = Keys(prefix)
         self.ttl = ttl
 
     def _key(self, digest: str) -> str:
-        return f"{self.prefix}:cache:{digest}"
+        return self.keys.cache(digest)
 
     def get(self, digest: str) -> Completion | None:
         raw = self.redis.get(self._key(digest))

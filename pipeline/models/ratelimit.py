@@ -19,6 +19,7 @@ from typing import Any
 
 from legato.envelope import Messages, as_messages
 from legato.errors import TransientError
+from legato.keys import Keys
 from legato.models.config import RateLimit
 
 # KEYS: request bucket, token bucket. ARGV: per bucket (limit, burst, cost) x 2, window seconds.
@@ -83,14 +84,14 @@ class RateLimiter:
                  sleep: Callable[[float], None] = time.sleep, max_wait: float = 120.0) -> None:
         self.redis = redis
         self.prefix = prefix
+        self._keys = Keys(prefix)
         self.sleep = sleep
         self.max_wait = max_wait
         self._acquire = redis.register_script(_ACQUIRE)
         self._reconcile = redis.register_script(_RECONCILE)
 
     def keys(self, alias: str) -> list[str]:
-        base = f"{self.prefix}:ratelimit:{alias}"
-        return [f"{base}:requests", f"{base}:tokens"]
+        return self._keys.ratelimit(alias)
 
     def acquire(self, alias: str, limit: RateLimit, tokens: int) -> float:
         """Wait until both buckets admit one call of about `tokens`; returns seconds waited."""

@@ -7,7 +7,9 @@ to a loopback, private, link-local (cloud metadata) or otherwise reserved addres
 in the list is the operator's explicit consent to that address. Redirects are followed (at most
 MAX_REDIRECTS) only to URLs that pass the same checks. `{placeholders}` are URL-encoded, so an
 argument cannot rewrite the path or query. Server errors and timeouts are transient (retried),
-other 4xx permanent; a POST carries the call's idempotency key as `Idempotency-Key`.
+other 4xx permanent; a POST carries the call's idempotency key as `Idempotency-Key`. The list
+and the client are the calling `Toolbox`'s (tools/toolbox.py: the worker's runtime makes it from
+its settings); outside a tool call (plain library use) the list is read from the environment.
 
     http_tool("order_status", url="https://shop.example.com/orders/{order_id}")
 
@@ -18,10 +20,8 @@ so a DNS answer that changes in between (rebinding) is not caught.
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 import socket
-import threading
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urljoin, urlsplit
@@ -29,24 +29,14 @@ from urllib.parse import quote, urljoin, urlsplit
 import httpx
 
 from legato.errors import PermanentError, TransientError
+from legato.settings import Settings
+from legato.tools import toolbox
 from legato.tools.registry import IDEMPOTENCY_PARAM, ToolSpec, register_spec, tool
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 MAX_BODY_CHARS = 64 * 1024
 MAX_REDIRECTS = 5
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-
-_client: httpx.Client | None = None
-_lock = threading.Lock()
-
-
-def _http() -> httpx.Client:
-    global _client
-    if _client is None:
-        with _lock:
-            if _client is None:
-                _client = httpx.Client(follow_redirects=False)
-    return _client
 
 
 @dataclass(frozen=True)
@@ -77,8 +67,10 @@ class Origin:
 
 
 def allowed_origins() -> list[Origin]:
-    raw = os.environ.get("LEGATO_HTTP_TOOL_HOSTS", "")
-    return [Origin.parse(entry) for entry in raw.split(",") if entry.strip()]
+    """The calling toolbox's allow-list; outside a tool call, LEGATO_HTTP_TOOL_HOSTS now."""
+    box = toolbox.active()
+    entries = box.hosts if box is not None else Settings.from_env().http_tool_hosts
+    return [Origin.parse(entry) for entry in entries]
 
 
 def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -125,23 +117,29 @@ def check_url(url: str, *, resolve: Any = socket.getaddrinfo) -> None:
 
 def request(method: str, url: str, *, timeout: float, json_body: Any = None,
             key: str = "") -> dict[str, Any]:
+    box = toolbox.active()
     headers = {"Idempotency-Key": key} if key and method != "GET" else {}
-    for _ in range(MAX_REDIRECTS + 1):
-        check_url(url)
-        try:
-            response = _http().request(method, url, json=json_body, headers=headers,
-                                       timeout=timeout)
-        except httpx.TimeoutException as exc:
-            raise TransientError(f"{method} {url} timed out") from exc
-        except httpx.TransportError as exc:
-            raise TransientError(f"{method} {url} failed: {exc!r}") from exc
-        if not response.is_redirect:
-            break
-        url = urljoin(url, response.headers["location"])
-        if response.status_code in (301, 302, 303) and method != "HEAD":
-            method, json_body = "GET", None  # as browsers and httpx do
-    else:
-        raise PermanentError(f"{method} {url}: more than {MAX_REDIRECTS} redirects")
+    client = box.http if box is not None else httpx.Client(follow_redirects=False)
+    try:
+        for _ in range(MAX_REDIRECTS + 1):
+            check_url(url)
+            try:
+                response = client.request(method, url, json=json_body, headers=headers,
+                                          timeout=timeout)
+            except httpx.TimeoutException as exc:
+                raise TransientError(f"{method} {url} timed out") from exc
+            except httpx.TransportError as exc:
+                raise TransientError(f"{method} {url} failed: {exc!r}") from exc
+            if not response.is_redirect:
+                break
+            url = urljoin(url, response.headers["location"])
+            if response.status_code in (301, 302, 303) and method != "HEAD":
+                method, json_body = "GET", None  # as browsers and httpx do
+        else:
+            raise PermanentError(f"{method} {url}: more than {MAX_REDIRECTS} redirects")
+    finally:
+        if box is None:  # called outside a tool call: a client for this request only
+            client.close()
     if response.status_code == 429 or response.status_code >= 500:
         raise TransientError(f"{method} {url}: HTTP {response.status_code}",
                              status_code=response.status_code)

@@ -5,7 +5,6 @@ aggregate, a vote) and a route's replace() — all through AMQP."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
 
 import pytest
 
@@ -13,7 +12,7 @@ from legato.client import Legato
 from legato.compile import DEFAULT_QUEUES
 from legato.local import processes
 from legato.local.rabbitmq import RabbitServer, find_rabbitmq_server
-from legato.settings import Settings
+from legato.settings import Settings, replace
 
 pytestmark = pytest.mark.skipif(
     find_rabbitmq_server() is None,

@@ -11,7 +11,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from legato.errors import InputError
 from legato.local import processes
 from legato.local.net import free_port
 from legato.local.redis_server import RedisServer, find_redis_server
-from legato.settings import Settings
+from legato.settings import Settings, replace
 from legato.spec import Aggregate
 from legato.workers.app import create_app
 

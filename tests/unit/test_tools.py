@@ -10,8 +10,9 @@ import pytest
 from legato.errors import PermanentError, TransientError
 from legato.loader import resolve
 from legato.spec import Agent, ModelConfig, Pipeline
-from legato.tools import get_tool, runner, tool
+from legato.tools import get_tool, tool
 from legato.tools.runner import call_tool, idempotency_key
+from legato.tools.toolbox import MAX_ABANDONED, Toolbox
 
 
 @tool(name="unit_lookup", timeout=2.5, retries=2, queue="legato.tools.slow")
@@ -157,22 +158,23 @@ def test_hung_calls_hold_no_pool_slot_and_are_capped_per_tool():
     def quick() -> str:
         return "quick"
 
+    box = Toolbox()  # a worker's runtime holds one per process
     try:
-        for _ in range(runner.MAX_ABANDONED):  # more than any thread pool would have spare
+        for _ in range(MAX_ABANDONED):  # more than a thread pool would have had spare
             with pytest.raises(TransientError, match="timed out"):
-                call_tool(get_tool("unit_hangs"), {}, key="k")
-        assert runner.abandoned("unit_hangs") == runner.MAX_ABANDONED
+                call_tool(get_tool("unit_hangs"), {}, key="k", tools=box)
+        assert box.abandoned("unit_hangs") == MAX_ABANDONED
         with pytest.raises(TransientError, match="timed-out calls still running"):
-            call_tool(get_tool("unit_hangs"), {}, key="k")
+            call_tool(get_tool("unit_hangs"), {}, key="k", tools=box)
         started = time.monotonic()
-        assert call_tool(get_tool("unit_quick"), {}, key="k") == "quick"  # not starved
+        assert call_tool(get_tool("unit_quick"), {}, key="k", tools=box) == "quick"  # not starved
         assert time.monotonic() - started < 0.5
     finally:
         release.set()
     deadline = time.monotonic() + 5
-    while runner.abandoned("unit_hangs") and time.monotonic() < deadline:
+    while box.abandoned("unit_hangs") and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert runner.abandoned("unit_hangs") == 0  # the hung calls ended and were counted out
+    assert box.abandoned("unit_hangs") == 0  # the hung calls ended and were counted out
 
 
 def test_redirects_are_followed_only_where_the_allow_list_allows(monkeypatch):

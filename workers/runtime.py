@@ -1,0 +1,235 @@
+"""The runtime: one object per process holding everything the process shares.
+
+Settings, the Redis client and run store (with the ballot), the sync HTTP client, the model
+transport and the gateway over it, the batch threads, the tool threads and HTTP tools' client (a
+`Toolbox`), the lease keeper and — in a worker's main process — the sweeper; and the producer
+client the `legato.submit` task uses. Each is made on first use and shared by every task and
+thread of the process (arq's `on_startup` context, as one object).
+
+Lifecycle (workers/app.py connects the signals):
+- made at worker start (`worker_init`: from the app's own settings) and in each prefork child
+  (`worker_process_init`); in any other process (a producer, a test) on first `current()`;
+- closed at worker shutdown (`worker_shutdown`, `worker_process_shutdown`): threads stopped, the
+  loop transport, the HTTP clients and the Redis pool closed;
+- after a fork the child drops its parent's (`os.register_at_fork`: their threads did not come
+  along and their sockets are the parent's) and makes its own, from the same settings.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from legato.models import Gateway, RunScope
+from legato.models.credentials import Credentials
+from legato.models.transport import HttpxTransport, LoopTransport, Transport
+from legato.settings import Settings, get_settings
+from legato.spec import Pipeline
+from legato.store import RunStore, connect
+from legato.tools import toolbox
+from legato.tools.toolbox import Toolbox
+from legato.voting import Ballot
+from legato.workers.lifeline import LeaseKeeper, Sweeper
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from legato.client import Legato
+
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.pid = os.getpid()  # the process that made it: only it may close what it holds
+        self.tools = Toolbox(hosts=settings.http_tool_hosts)
+        self._lock = threading.RLock()
+        self._redis: Any = None
+        self._store: RunStore | None = None
+        self._http: httpx.Client | None = None
+        self._transport: Transport | None = None
+        self._gateway: Gateway | None = None
+        self._batch_pool: ThreadPoolExecutor | None = None
+        self._keeper: LeaseKeeper | None = None
+        self._sweeper: Sweeper | None = None
+        self._client: Legato | None = None
+
+    # -- Redis -----------------------------------------------------------------------------------
+
+    def redis(self) -> Any:
+        """The process's Redis client (one blocking pool; retries through outages)."""
+        with self._lock:
+            if self._redis is None:
+                self._redis = connect(self.settings.redis_url)
+            return self._redis
+
+    def store(self) -> RunStore:
+        with self._lock:
+            if self._store is None:
+                self._store = RunStore(self.redis(), self.settings.key_prefix)
+            return self._store
+
+    def ballot(self) -> Ballot:
+        """Vote tallies for quorum votes (over the store's Redis client)."""
+        return self.store().ballot
+
+    def run_scope(self, run_id: str, spec: Pipeline) -> RunScope:
+        """What the gateway needs of a run: its budget (and when it began), its cache mode."""
+        started = None
+        if spec.budget is not None and spec.budget.deadline_seconds is not None:
+            started = self.store().get_run(run_id).created_at
+        return RunScope(run_id, spec.budget, spec.cache, started)
+
+    # -- model calls -----------------------------------------------------------------------------
+
+    def http(self) -> httpx.Client:
+        """The process's sync HTTP client (the model transport if LEGATO_MODEL_TRANSPORT=httpx)."""
+        with self._lock:
+            if self._http is None:
+                s = self.settings
+                limits = httpx.Limits(max_connections=s.http_max_connections,
+                                      max_keepalive_connections=s.http_max_connections)
+                self._http = httpx.Client(timeout=s.http_timeout, limits=limits)
+            return self._http
+
+    def transport(self) -> Transport:
+        """The process's model transport: every model call in the process goes through it.
+
+        LEGATO_MODEL_TRANSPORT=aiohttp (default): one event-loop thread with one aiohttp session,
+        calling threads parked on futures; =httpx: the shared sync client `http()`.
+        """
+        with self._lock:
+            if self._transport is None:
+                s = self.settings
+                self._transport = (HttpxTransport(self.http()) if s.model_transport == "httpx"
+                                   else LoopTransport(s.http_max_connections, s.http_timeout))
+            return self._transport
+
+    def gateway(self) -> Gateway:
+        """The process's model gateway: every model call's policies, over the transport and
+        Redis."""
+        with self._lock:
+            if self._gateway is None:
+                s = self.settings  # which endpoint gets which key: this worker's models file
+                policy = Credentials.from_file(s.models_path, adhoc=s.model_endpoints == "any")
+                self._gateway = Gateway(self.transport(), self.redis(), s.key_prefix,
+                                        default_cache=s.cache, credentials=policy)
+            return self._gateway
+
+    # -- threads ---------------------------------------------------------------------------------
+
+    def batch_pool(self) -> ThreadPoolExecutor:
+        """The threads a batch task runs its members on (LEGATO_BATCH_CONCURRENCY): their model
+        calls wait on the transport's event loop, so a thread costs little."""
+        with self._lock:
+            if self._batch_pool is None:
+                self._batch_pool = ThreadPoolExecutor(self.settings.batch_concurrency,
+                                                      thread_name_prefix="legato-batch")
+            return self._batch_pool
+
+    def keeper(self) -> LeaseKeeper:
+        """This process's lease keeper, started on first use (works for every pool)."""
+        with self._lock:
+            if self._keeper is None:
+                self._keeper = LeaseKeeper(self.store(), self.settings)
+                self._keeper.start()
+            return self._keeper
+
+    def start_sweeper(self, app: Celery) -> Sweeper:
+        """The worker's sweeper (one per worker, in its main process), started once."""
+        with self._lock:
+            if self._sweeper is None:
+                self._sweeper = Sweeper(self.store(), app, self.settings)
+                self._sweeper.start()
+            return self._sweeper
+
+    # -- producing -------------------------------------------------------------------------------
+
+    def client(self, app: Celery) -> Legato:
+        """A producer over this runtime's store, sending with `app` (the `legato.submit` task's)."""
+        from legato.client import Legato
+
+        with self._lock:
+            if self._client is None:
+                self._client = Legato(self.settings, app=app, store=self.store())
+            return self._client
+
+    # -- the end ---------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the threads, close the transport, the HTTP clients and the Redis pool. Only the
+        process that made the runtime closes it; another (a forked child) only drops it."""
+        with self._lock:
+            sweeper, keeper, self._sweeper, self._keeper = self._sweeper, self._keeper, None, None
+            transport, self._transport, self._gateway = self._transport, None, None
+            client, self._http = self._http, None
+            pool, self._batch_pool = self._batch_pool, None
+            redis, self._redis, self._store, self._client = self._redis, None, None, None
+        if os.getpid() != self.pid:
+            return
+        for loop in (sweeper, keeper):
+            if loop is not None:
+                loop.stop()
+        if isinstance(transport, LoopTransport):
+            transport.close()
+        if client is not None:
+            client.close()
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+        self.tools.close()
+        if redis is not None:
+            redis.connection_pool.disconnect()
+
+
+_runtime: Runtime | None = None
+_settings: Settings | None = None  # what this process's runtime is made from (start() sets it)
+_lock = threading.Lock()
+
+
+def current() -> Runtime:
+    """This process's runtime, made on first use (from `start()`'s settings, else the
+    environment's)."""
+    global _runtime
+    runtime = _runtime
+    if runtime is not None and runtime.pid == os.getpid():
+        return runtime
+    with _lock:
+        if _runtime is None or _runtime.pid != os.getpid():
+            _runtime = Runtime(_settings or get_settings())
+            toolbox.install(_runtime.tools)
+        return _runtime
+
+
+def start(settings: Settings) -> Runtime:
+    """Make the process's runtime from `settings` (closing one made before). A child forked
+    later makes its own from the same settings."""
+    global _settings
+    reset()
+    _settings = settings
+    return current()
+
+
+def reset() -> None:
+    """Close the process's runtime (a forked child's inherited one is only dropped) and forget
+    `start()`'s settings; the next `current()` makes a new one from the environment's."""
+    global _runtime, _settings
+    with _lock:
+        old, _runtime, _settings = _runtime, None, None
+        toolbox.install(None)
+    if old is not None:
+        old.close()
+
+
+def _forget_inherited() -> None:
+    """In a forked child: the parent's runtime is not ours (nor its lock's state); its settings
+    are, and the child's runtime is made from them."""
+    global _runtime, _lock
+    _lock = threading.Lock()
+    _runtime = None
+    toolbox.install(None)
+
+
+os.register_at_fork(after_in_child=_forget_inherited)
