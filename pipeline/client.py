@@ -126,6 +126,14 @@ class Legato:
     def _compiler(self, run_id: str, digest: str) -> Compiler:
         return Compiler(self.app, run_id, digest, batch_size=self.settings.batch_size)
 
+    def unserved_queues(self, pipeline: str | Pipeline) -> dict[str, list[str]]:
+        """The queues a run of `pipeline` may send to that no live worker consumes now, with the
+        steps that would wait there."""
+        spec = self.load(pipeline)
+        wanted = Compiler(self.app, "-", "-", fuse=spec.fuse).queues(spec)
+        served = self.store.served(sorted(wanted), now=time.time())
+        return {q: paths for q, paths in sorted(wanted.items()) if not served[q]}
+
     def status(self, run_id: str) -> RunRecord:
         return self.store.get_run(run_id)
 

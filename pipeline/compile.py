@@ -107,6 +107,19 @@ class Compiler:
         """The canvas of one step at `path`, inside a step on `queue` (None at the top)."""
         return kind_of(step).compile(step, path, tree.inherit_queue(step, queue), self)
 
+    def queues(self, pipeline: Pipeline) -> dict[str, list[str]]:
+        """Every queue a run of `pipeline` may send a task to, with the step paths sent there
+        (a route's every branch included)."""
+        found: dict[str, list[str]] = {}
+        for visit in tree.walk(pipeline.steps):
+            for queue in _queues_in(self.step(visit.step, visit.path, visit.queue)):
+                paths_there = found.setdefault(queue, [])
+                if visit.path not in paths_there:
+                    paths_there.append(visit.path)
+        if self.run(pipeline).tasks[-1].task != "legato.segment":
+            found.setdefault(CONTROL, [])  # legato.finalize
+        return found
+
     def members(self, envelopes: list[dict[str, Any]], queue: str) -> list[Signature]:
         """Fan-out members as `legato.llm_batch` tasks of LEGATO_BATCH_SIZE (a task each when
         the pipeline says `fuse: false`)."""
@@ -134,3 +147,12 @@ class Compiler:
                 start: int = 0, round_no: int = 0) -> Signature:
         """The orchestrator's workers, then its synthesizer (legato.kinds.orchestrate)."""
         return workers(step, path, subtasks, queue, self, start=start, round_no=round_no)
+
+
+def _queues_in(sig: Any) -> set[str]:
+    """The queues of every task in a canvas."""
+    inner = [*getattr(sig, "tasks", ()), *([sig.body] if getattr(sig, "body", None) else [])]
+    if inner:
+        return set().union(*(_queues_in(s) for s in inner))
+    queue = sig.options.get("queue")
+    return {queue} if queue else set()

@@ -14,6 +14,7 @@ made from these.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal, TypeAlias, get_args
 
@@ -126,10 +127,21 @@ class RunRecord(_Wire):
     usage: Usage = Field(default_factory=Usage)
     idempotency_key: str | None = None
     resumes: int = 0
+    waiting_for: str | None = None  # a queue no live worker serves, a step of the run sent there
+    waiting_since: float | None = None
 
     @property
     def done(self) -> bool:
         return self.status in TERMINAL
+
+    @property
+    def waiting(self) -> str | None:
+        """"waiting for a worker on queue X since T", while a step of the run sits in a queue
+        that no live worker consumes (the sweeper fails the run after LEGATO_UNSERVED_SECONDS)."""
+        if self.done or not self.waiting_for:
+            return None
+        since = time.strftime("%H:%M:%S", time.localtime(self.waiting_since or self.created_at))
+        return f"waiting for a worker on queue {self.waiting_for} since {since}"
 
 
 class StepRef(BaseModel):

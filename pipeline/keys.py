@@ -12,6 +12,8 @@
     <p>:lease:sig              hash: "<run>|<path>" -> the task's signature, to dispatch it again
                                (a batch member's: "@<task id>", the field holding its batch's)
     <p>:done:<id>              pub/sub channel: the run reached a terminal state
+    <p>:consumers:<queue>      sorted set: workers consuming the queue, by advertisement expiry
+    <p>:waiting                sorted set: runs waiting for a worker on an unserved queue
     <p>:dead                   list: the newest poison messages set aside, as JSON
     <p>:poisoned               hash: poison messages set aside, by reason (and `total`)
     <p>:run:{<id>}:attempts    hash: step path -> attempts begun
@@ -90,6 +92,15 @@ class Keys:
     @property
     def active(self) -> str:
         return f"{self.prefix}:active"
+
+    def consumers(self, queue: str) -> str:
+        """sorted set: the workers consuming `queue`, by when their advertisement expires"""
+        return f"{self.prefix}:consumers:{queue}"
+
+    @property
+    def waiting(self) -> str:
+        """sorted set: runs with a step sent to a queue no live worker serves, by since when"""
+        return f"{self.prefix}:waiting"
 
     @property
     def dead(self) -> str:

@@ -44,6 +44,8 @@ def run_summary(run: RunRecord) -> Group:
     cost = f"  cost {u.cost:.6g}" if u.cost else ""  # from the models' `prices`
     lines.append(Text(f"took {took}  calls {u.calls}  tokens {u.prompt_tokens} in / "
                       f"{u.completion_tokens} out{cost}", style="dim"))
+    if run.waiting:
+        lines.append(Text(run.waiting, style="yellow"))
     if run.error:
         lines.append(Text(f"error: {run.error}", style="red"))
     if run.status == "succeeded":
@@ -77,5 +79,5 @@ def runs_table(runs: list[RunRecord]) -> Table:
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at))
         table.add_row(r.id, r.pipeline, status_text(r.status), created,
                       _seconds(r.started_at, r.finished_at) if r.finished_at else "",
-                      _preview(r.error or "", 60))
+                      _preview(r.error or r.waiting or "", 60))
     return table

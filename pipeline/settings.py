@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     lease_seconds: float = 15.0
     heartbeat_seconds: float = 5.0
     sweep_seconds: float = 5.0
+    # A run with a step sent to a queue no live worker consumes shows it at once, and fails after
+    # this long (before the stall recovery, which could not help it).
+    unserved_seconds: float = 120.0
     stall_seconds: float = 300.0  # an unfinished run with no sign of life this long is recovered
     max_recoveries: int = 2  # ...this many times, then failed as stalled
     # A step whose model call is still failing transiently after its quick HTTP retries is sent

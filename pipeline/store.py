@@ -36,14 +36,17 @@ redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
 return ARGV[1]
 """
 
-# KEYS: run, active. ARGV: channel, status, run id, field/value pairs... Terminal states are final.
+# KEYS: run, active, waiting. ARGV: channel, status, run id, field/value pairs... Terminal states
+# are final.
 _FINISH = lua_set("TERMINAL", TERMINAL) + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status or TERMINAL[status] then
   return 0
 end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], unpack(ARGV, 4))
+redis.call('HDEL', KEYS[1], 'waiting_for', 'waiting_since')
 redis.call('ZREM', KEYS[2], ARGV[3])
+redis.call('ZREM', KEYS[3], ARGV[3])
 redis.call('PUBLISH', ARGV[1], ARGV[2])
 return 1
 """
@@ -55,7 +58,7 @@ local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 'missing' end
 if not string.find(' ' .. ARGV[3] .. ' ', ' ' .. status .. ' ', 1, true) then return status end
 redis.call('HSET', KEYS[1], 'status', 'running')
-redis.call('HDEL', KEYS[1], 'error', 'finished_at', 'output')
+redis.call('HDEL', KEYS[1], 'error', 'finished_at', 'output', 'waiting_for', 'waiting_since')
 redis.call('HINCRBY', KEYS[1], 'resumes', 1)
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 return 'ok'
@@ -81,6 +84,19 @@ def set_aside(client: redis.Redis, keys: Keys, record: str, reason: str, *,
     pipe.hincrby(keys.poisoned, reason, 1)
     pipe.hincrby(keys.poisoned, "total", 1)
     pipe.execute()
+
+
+# KEYS: run, waiting. ARGV: run id, queue, since. Marks an unfinished run as waiting for a worker
+# on `queue`, unless it already is.
+_MARK_WAITING = lua_set("TERMINAL", TERMINAL) + """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status or TERMINAL[status] or redis.call('HEXISTS', KEYS[1], 'waiting_for') == 1 then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'waiting_for', ARGV[2], 'waiting_since', ARGV[3])
+redis.call('ZADD', KEYS[2], 'NX', ARGV[3], ARGV[1])
+return 1
+"""
 
 
 class _OutageRetry(Retry):
@@ -134,6 +150,7 @@ class RunStore:
         self._finish = client.register_script(_FINISH)
         self._reopen = client.register_script(_REOPEN)
         self._claim_stalled = client.register_script(_CLAIM_STALLED)
+        self._mark_waiting = client.register_script(_MARK_WAITING)
         self._stored_specs: set[str] = set()
 
     @classmethod
@@ -201,7 +218,8 @@ class RunStore:
             fields["error"] = error
         flat = [x for kv in fields.items() for x in kv]
         args = [self.keys.done(run_id), status, run_id, *flat]
-        return bool(self._finish(keys=[self.keys.run(run_id), self.keys.active], args=args))
+        return bool(self._finish(keys=[self.keys.run(run_id), self.keys.active,
+                                       self.keys.waiting], args=args))
 
     def reopen_run(self, run_id: str, *, allowed: tuple[str, ...]) -> str:
         """Set a run in one of `allowed` states running again; returns 'ok' or its state."""
@@ -234,6 +252,45 @@ class RunStore:
     def skip_step(self, run_id: str, record: StepRecord) -> None:
         """Journal a step that will not run (e.g. a voter after the quorum), unless it ran."""
         self.redis.hsetnx(self.keys.steps(run_id), record.path, record.model_dump_json())
+
+    # -- queues and their consumers ---------------------------------------------------------------
+
+    def advertise(self, worker: str, queues: list[str], *, now: float, ttl: float) -> None:
+        """`worker` consumes `queues` for the next `ttl` seconds (renewed by its sweeper)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for queue in queues:
+            pipe.zadd(self.keys.consumers(queue), {worker: now + ttl})
+            pipe.zremrangebyscore(self.keys.consumers(queue), "-inf", now)
+        pipe.execute()
+
+    def withdraw(self, worker: str, queues: list[str]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for queue in queues:
+            pipe.zrem(self.keys.consumers(queue), worker)
+        pipe.execute()
+
+    def served(self, queues: list[str], *, now: float) -> dict[str, bool]:
+        """Whether each queue has a live consumer, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for queue in queues:
+            pipe.zcount(self.keys.consumers(queue), now, "+inf")
+        return {q: n > 0 for q, n in zip(queues, pipe.execute(), strict=True)}
+
+    def mark_waiting(self, run_id: str, queue: str, *, since: float) -> bool:
+        """Note that a step of the run was sent to `queue`, which no live worker serves."""
+        return bool(self._mark_waiting(keys=[self.keys.run(run_id), self.keys.waiting],
+                                       args=[run_id, queue, repr(since)]))
+
+    def waiting_runs(self, limit: int = 200) -> list[tuple[str, float]]:
+        """Runs marked waiting, oldest first, with since when."""
+        return [(str(m), float(s)) for m, s in
+                self.redis.zrange(self.keys.waiting, 0, limit - 1, withscores=True)]
+
+    def clear_waiting(self, run_id: str) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hdel(self.keys.run(run_id), "waiting_for", "waiting_since")
+        pipe.zrem(self.keys.waiting, run_id)
+        pipe.execute()
 
     def set_aside(self, record: str, reason: str, *, keep: int = 1000) -> None:
         """A poison message set aside: see `set_aside`."""
@@ -320,6 +377,8 @@ def _run_from_hash(raw: dict[str, str]) -> RunRecord:
         finished_at=num("finished_at"),
         idempotency_key=raw.get("idempotency_key"),
         resumes=int(raw.get("resumes", 0)),
+        waiting_for=raw.get("waiting_for") or None,
+        waiting_since=num("waiting_since"),
         usage=Usage(
             prompt_tokens=int(raw.get("prompt_tokens", 0)),
             completion_tokens=int(raw.get("completion_tokens", 0)),

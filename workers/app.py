@@ -36,6 +36,7 @@ from celery import Celery
 from celery.signals import (
     after_setup_logger,
     after_setup_task_logger,
+    before_task_publish,
     celeryd_after_setup,
     task_postrun,
     task_prerun,
@@ -50,7 +51,7 @@ from legato.models import credentials
 from legato.queues import CONTROL
 from legato.settings import Settings, get_settings
 from legato.tools import load_tool_modules
-from legato.workers import broker, observability, runtime, tls
+from legato.workers import broker, observability, runtime, tls, unserved
 from legato.workers.backend import backend_url
 from legato.workers.celery_config import WIRE_AND_DELIVERY
 
@@ -133,7 +134,19 @@ def _on_process_init(**_: Any) -> None:
 
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     found = getattr(sender, "app", None)
-    runtime.current().start_sweeper(found if isinstance(found, Celery) else app)
+
+    def consumed() -> list[str]:  # read each pass: add_consumer / cancel_consumer show
+        queues = getattr(getattr(sender, "task_consumer", None), "queues", None) or []
+        return [q.name for q in queues]
+
+    runtime.current().start_sweeper(found if isinstance(found, Celery) else app,
+                                    worker=str(getattr(sender, "hostname", "") or ""),
+                                    queues=consumed)
+
+
+def _on_publish(sender: Any = None, body: Any = None, routing_key: str | None = None,
+                **_: Any) -> None:
+    unserved.note_unserved(runtime.current().queue_watch(), body, routing_key)
 
 
 def _on_shutdown(**_: Any) -> None:
@@ -155,6 +168,7 @@ def connect_signals(settings: Settings) -> None:
     celeryd_after_setup.connect(_serve_the_default_queue, weak=False)
     worker_process_init.connect(_on_process_init, weak=False)
     worker_ready.connect(_on_worker_ready, weak=False)
+    before_task_publish.connect(_on_publish, weak=False)  # steps sent to unserved queues
     worker_shutdown.connect(_on_shutdown, weak=False)
     worker_process_shutdown.connect(_on_shutdown, weak=False)
     # Logs carry run id and step path (workers/observability.py), as JSON lines with

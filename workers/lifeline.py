@@ -15,11 +15,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
 
 from legato.compile import Compiler
+from legato.envelope import RunRecord
+from legato.errors import RunNotFound
 from legato.keys import split_member
 from legato.settings import Settings
 from legato.store import RunStore
@@ -76,21 +79,82 @@ class LeaseKeeper(_Loop):
 
 
 class Sweeper(_Loop):
-    def __init__(self, store: RunStore, app: Celery, settings: Settings) -> None:
+    """Also advertises the queues its worker consumes (`queues()`, read each pass so a consumer
+    added or cancelled at run time shows), and fails runs that waited too long for a worker on a
+    queue nobody serves."""
+
+    def __init__(self, store: RunStore, app: Celery, settings: Settings, *,
+                 worker: str = "", queues: Callable[[], list[str]] = list) -> None:
         super().__init__("legato-sweeper", settings.sweep_seconds)
         self.store = store
         self.app = app
         self.settings = settings
+        self.worker = worker
+        self.queues = queues
+        self._advertised: list[str] = []
 
     def tick(self) -> None:
         self.sweep()
 
+    def start(self) -> None:
+        try:  # at once, not a pass later: a step may be sent to these queues right away
+            self._advertise()
+        except Exception:
+            log.warning("could not advertise this worker's queues yet", exc_info=True)
+        super().start()
+
+    def stop(self) -> None:
+        super().stop()
+        if self.worker and self._advertised:
+            self.store.withdraw(self.worker, self._advertised)
+
     def sweep(self) -> dict[str, int]:
         """One pass; returns what it did."""
-        done = {"redispatched": self._redispatch(), "recovered": 0, "failed": 0, "finished": 0}
+        self._advertise()
+        done = {"redispatched": self._redispatch(), "recovered": 0, "failed": 0, "finished": 0,
+                "unserved": self._unserved()}
         for run_id in self.store.claim_stalled(quiet_for=self.settings.stall_seconds):
             done[self._recover(run_id)] += 1
         return done
+
+    def _advertise(self) -> None:
+        if not self.worker:
+            return
+        queues = sorted(self.queues())
+        gone = sorted(set(self._advertised) - set(queues))
+        if gone:
+            self.store.withdraw(self.worker, gone)
+        # Three passes' worth: a worker that stops sweeping drops out within that.
+        self.store.advertise(self.worker, queues, now=time.time(),
+                             ttl=3 * self.settings.sweep_seconds + 1)
+        self._advertised = queues
+
+    def _unserved(self) -> int:
+        """Clear the runs whose queue has a worker now; fail those that waited too long."""
+        waiting = self.store.waiting_runs()
+        if not waiting:
+            return 0
+        failed, now = 0, time.time()
+        runs = {run_id: self._record(run_id) for run_id, _ in waiting}
+        queues = sorted({r.waiting_for for r in runs.values() if r and r.waiting_for})
+        served = self.store.served(queues, now=now) if queues else {}
+        for run_id, since in waiting:
+            run = runs[run_id]
+            if run is None or run.done or not run.waiting_for or served.get(run.waiting_for):
+                self.store.clear_waiting(run_id)
+            elif now - since >= self.settings.unserved_seconds:
+                self.store.finish_run(run_id, "failed", error=(
+                    f"no worker serves queue {run.waiting_for} (waited "
+                    f"{int(now - since)}s; start one with -Q {run.waiting_for})"))
+                self.store.clear_waiting(run_id)
+                failed += 1
+        return failed
+
+    def _record(self, run_id: str) -> RunRecord | None:
+        try:
+            return self.store.get_run(run_id)
+        except RunNotFound:
+            return None
 
     def _redispatch(self) -> int:
         claimed = self.store.journal.claim_expired(
@@ -117,8 +181,9 @@ class Sweeper(_Loop):
             return "finished"
         if self.store.bump(run_id, "recoveries") > self.settings.max_recoveries:
             quiet = int(self.settings.stall_seconds)
+            why = f" ({run.waiting})" if run.waiting else ""
             self.store.finish_run(run_id, "failed",
-                                  error=f"stalled: no step made progress for {quiet}s")
+                                  error=f"stalled: no step made progress for {quiet}s{why}")
             return "failed"
         log.warning("run %s shows no sign of life: sending it again", run_id)
         spec = self.store.get_spec(run.spec_hash)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,7 @@ from legato.tools import toolbox
 from legato.tools.toolbox import Toolbox
 from legato.voting import Ballot
 from legato.workers.lifeline import LeaseKeeper, Sweeper
+from legato.workers.unserved import QueueWatch
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -56,6 +58,7 @@ class Runtime:
         self._keeper: LeaseKeeper | None = None
         self._sweeper: Sweeper | None = None
         self._client: Legato | None = None
+        self._queue_watch: QueueWatch | None = None
 
     # -- Redis -----------------------------------------------------------------------------------
 
@@ -138,13 +141,23 @@ class Runtime:
                 self._keeper.start()
             return self._keeper
 
-    def start_sweeper(self, app: Celery) -> Sweeper:
-        """The worker's sweeper (one per worker, in its main process), started once."""
+    def start_sweeper(self, app: Celery, *, worker: str = "",
+                      queues: Callable[[], list[str]] = list) -> Sweeper:
+        """The worker's sweeper (one per worker, in its main process), started once; it also
+        advertises `queues()` as consumed by `worker`."""
         with self._lock:
             if self._sweeper is None:
-                self._sweeper = Sweeper(self.store(), app, self.settings)
+                self._sweeper = Sweeper(self.store(), app, self.settings, worker=worker,
+                                        queues=queues)
                 self._sweeper.start()
             return self._sweeper
+
+    def queue_watch(self) -> QueueWatch:
+        """Which queues have live consumers, as this process last read (workers/unserved.py)."""
+        with self._lock:
+            if self._queue_watch is None:
+                self._queue_watch = QueueWatch(self.store())
+            return self._queue_watch
 
     # -- producing -------------------------------------------------------------------------------
 

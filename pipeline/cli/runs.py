@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
 from legato.cli import (
     JsonFlag,
@@ -199,3 +200,11 @@ def validate(pipeline: Annotated[str, typer.Argument(help="pipeline name or file
     except SpecError as exc:
         fail(str(exc))
     out.print(f"[green]ok[/] {spec.name} ({spec.content_hash()})")
+    try:
+        unserved = legato_client().unserved_queues(spec)
+    except Exception as exc:  # the file is fine; whether workers serve it is a bonus
+        err.print(f"note: could not check which queues workers serve ({type(exc).__name__})")
+        return
+    for queue, steps in unserved.items():
+        err.print(Text(f"warning: no running worker serves queue {queue} "
+                       f"(steps: {', '.join(steps) or 'closing the run'})", style="yellow"))
