@@ -51,7 +51,8 @@ class Legato:
         self.settings = settings or get_settings()
         self._app = app
         self._app_factory = app_factory or default_app_factory
-        self.store = store or RunStore.from_url(self.settings.redis_url, self.settings.key_prefix)
+        self.store = store or RunStore.from_url(self.settings.redis_url, self.settings.key_prefix,
+                                                run_ttl=self.settings.run_ttl)
         load_tool_modules(self.settings.tool_modules)
 
     @property

@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     lease_seconds: float = 15.0
     heartbeat_seconds: float = 5.0
     sweep_seconds: float = 5.0
+    # A finished run's keys (record, journal, outputs, attempts, votes, budget, idempotency key)
+    # expire after this many seconds; 0 keeps them. `legato prune` deletes earlier on demand.
+    run_ttl: float = 7 * 24 * 3600
     # A run with a step sent to a queue no live worker consumes shows it at once, and fails after
     # this long (before the stall recovery, which could not help it).
     unserved_seconds: float = 120.0

@@ -36,31 +36,66 @@ redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
 return ARGV[1]
 """
 
-# KEYS: run, active, waiting. ARGV: channel, status, run id, field/value pairs... Terminal states
-# are final.
-_FINISH = lua_set("TERMINAL", TERMINAL) + """
-local status = redis.call('HGET', KEYS[1], 'status')
+DEFAULT_RUN_TTL = 7 * 24 * 3600  # LEGATO_RUN_TTL
+
+# The run's own keys, then (for retention) its extras set's members and its idempotency key.
+# KEYS[n]: the extras set; KEYS[1..n]: the run's keys. ARGV[1]: the idempotency key prefix.
+_EACH_KEY = """
+local function each_key(fn, first, idem_prefix)
+  local all = redis.call('SMEMBERS', KEYS[#KEYS])  -- read before `fn` may delete them
+  local idem = redis.call('HGET', KEYS[first], 'idempotency_key')
+  if idem then table.insert(all, idem_prefix .. idem) end
+  for i = first, #KEYS do table.insert(all, KEYS[i]) end
+  for _, k in ipairs(all) do fn(k) end
+end
+"""
+
+# KEYS: active, waiting, then the run's keys (Keys.of_run: the run hash first, the extras set
+# last). ARGV: channel, status, run id, ttl (0: keep), idempotency key prefix, field/value
+# pairs... Terminal states are final; a finished run's keys expire after the ttl.
+_FINISH = lua_set("TERMINAL", TERMINAL) + _EACH_KEY + """
+local status = redis.call('HGET', KEYS[3], 'status')
 if not status or TERMINAL[status] then
   return 0
 end
-redis.call('HSET', KEYS[1], 'status', ARGV[2], unpack(ARGV, 4))
-redis.call('HDEL', KEYS[1], 'waiting_for', 'waiting_since')
+redis.call('HSET', KEYS[3], 'status', ARGV[2], unpack(ARGV, 6))
+redis.call('HDEL', KEYS[3], 'waiting_for', 'waiting_since')
+redis.call('ZREM', KEYS[1], ARGV[3])
 redis.call('ZREM', KEYS[2], ARGV[3])
-redis.call('ZREM', KEYS[3], ARGV[3])
 redis.call('PUBLISH', ARGV[1], ARGV[2])
+local ttl = tonumber(ARGV[4])
+if ttl > 0 then
+  each_key(function(k) redis.call('EXPIRE', k, ttl) end, 3, ARGV[5])
+end
 return 1
 """
 
-# KEYS: run, active. ARGV: run id, now, allowed states (space separated).
-# Reopens a run for another pass: its completed steps are memoized, the rest run again.
-_REOPEN = """
-local status = redis.call('HGET', KEYS[1], 'status')
+# KEYS: runs index, active, waiting, then the run's keys (as for _FINISH). ARGV: run id, cutoff,
+# idempotency key prefix. A finished run that finished before the cutoff goes with all its keys;
+# an index entry whose run has expired goes too. Returns 1 when the run is gone.
+_PRUNE = lua_set("TERMINAL", TERMINAL) + _EACH_KEY + """
+local status = redis.call('HGET', KEYS[4], 'status')
+if status then
+  local finished = tonumber(redis.call('HGET', KEYS[4], 'finished_at') or '')
+  if not TERMINAL[status] or not finished or finished >= tonumber(ARGV[2]) then return 0 end
+  each_key(function(k) redis.call('DEL', k) end, 4, ARGV[3])
+end
+for i = 1, 3 do redis.call('ZREM', KEYS[i], ARGV[1]) end
+return 1
+"""
+
+# KEYS: active, then the run's keys (as for _FINISH). ARGV: run id, now, allowed states (space
+# separated), idempotency key prefix. Reopens a run for another pass: its completed steps are
+# memoized, the rest run again; its keys are kept again.
+_REOPEN = _EACH_KEY + """
+local status = redis.call('HGET', KEYS[2], 'status')
 if not status then return 'missing' end
 if not string.find(' ' .. ARGV[3] .. ' ', ' ' .. status .. ' ', 1, true) then return status end
-redis.call('HSET', KEYS[1], 'status', 'running')
-redis.call('HDEL', KEYS[1], 'error', 'finished_at', 'output', 'waiting_for', 'waiting_since')
-redis.call('HINCRBY', KEYS[1], 'resumes', 1)
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[2], 'status', 'running')
+redis.call('HDEL', KEYS[2], 'error', 'finished_at', 'output', 'waiting_for', 'waiting_since')
+redis.call('HINCRBY', KEYS[2], 'resumes', 1)
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+each_key(function(k) redis.call('PERSIST', k) end, 2, ARGV[4])
 return 'ok'
 """
 
@@ -140,10 +175,12 @@ def connect(url: str) -> redis.Redis:
 
 
 class RunStore:
-    def __init__(self, client: redis.Redis, prefix: str = "legato") -> None:
+    def __init__(self, client: redis.Redis, prefix: str = "legato", *,
+                 run_ttl: float = DEFAULT_RUN_TTL) -> None:
         # Made with decode_responses=True: replies are str, which redis-py's types can't express.
         self.redis: Any = client
         self.keys = Keys(prefix)
+        self.run_ttl = int(run_ttl)  # a finished run's keys expire after this (0: never)
         self.journal = Journal(client, self.keys)
         self.ballot = Ballot(client, self.keys)  # quorum votes' tallies
         self._create = client.register_script(_CREATE)
@@ -151,11 +188,13 @@ class RunStore:
         self._reopen = client.register_script(_REOPEN)
         self._claim_stalled = client.register_script(_CLAIM_STALLED)
         self._mark_waiting = client.register_script(_MARK_WAITING)
+        self._prune = client.register_script(_PRUNE)
         self._stored_specs: set[str] = set()
 
     @classmethod
-    def from_url(cls, url: str, prefix: str = "legato") -> RunStore:
-        return cls(connect(url), prefix)
+    def from_url(cls, url: str, prefix: str = "legato", *,
+                 run_ttl: float = DEFAULT_RUN_TTL) -> RunStore:
+        return cls(connect(url), prefix, run_ttl=run_ttl)
 
     @property
     def prefix(self) -> str:
@@ -217,14 +256,32 @@ class RunStore:
         if error is not None:
             fields["error"] = error
         flat = [x for kv in fields.items() for x in kv]
-        args = [self.keys.done(run_id), status, run_id, *flat]
-        return bool(self._finish(keys=[self.keys.run(run_id), self.keys.active,
-                                       self.keys.waiting], args=args))
+        args = [self.keys.done(run_id), status, run_id, repr(self.run_ttl),
+                self.keys.idem(""), *flat]
+        return bool(self._finish(keys=[self.keys.active, self.keys.waiting,
+                                       *self.keys.of_run(run_id)], args=args))
 
     def reopen_run(self, run_id: str, *, allowed: tuple[str, ...]) -> str:
         """Set a run in one of `allowed` states running again; returns 'ok' or its state."""
-        args = [run_id, repr(time.time()), " ".join(allowed)]
-        return str(self._reopen(keys=[self.keys.run(run_id), self.keys.active], args=args))
+        args = [run_id, repr(time.time()), " ".join(allowed), self.keys.idem("")]
+        return str(self._reopen(keys=[self.keys.active, *self.keys.of_run(run_id)], args=args))
+
+    def prune(self, *, older_than: float, now: float | None = None, batch: int = 500) -> int:
+        """Delete the runs that finished over `older_than` seconds ago, with every key of theirs,
+        and the index entries of runs whose keys already expired; returns how many went."""
+        cutoff = (now if now is not None else time.time()) - older_than
+        gone = kept = 0
+        while True:  # oldest first, by creation: a run finished at or after it was made
+            ids = self.redis.zrangebyscore(self.keys.runs, "-inf", cutoff, start=kept, num=batch)
+            for run_id in ids:
+                keys = [self.keys.runs, self.keys.active, self.keys.waiting,
+                        *self.keys.of_run(run_id)]
+                if self._prune(keys=keys, args=[run_id, repr(cutoff), self.keys.idem("")]):
+                    gone += 1
+                else:
+                    kept += 1
+            if len(ids) < batch:
+                return gone
 
     def claim_stalled(self, *, quiet_for: float, limit: int = 50) -> list[str]:
         """Unfinished runs with no sign of life (no step begun, ended or heartbeat) for a while,

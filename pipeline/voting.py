@@ -13,10 +13,11 @@ from typing import Any
 
 from legato.keys import Keys
 
-# KEYS: votes hash (voter path -> vote), reached flag. ARGV: voter path, vote, quorum.
-# Keyed by voter, so a redelivered voter is not counted twice.
+# KEYS: votes hash (voter path -> vote), reached flag, the run's extras set. ARGV: voter path,
+# vote, quorum. Keyed by voter, so a redelivered voter is not counted twice.
 _TALLY = """
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('SADD', KEYS[3], KEYS[1], KEYS[2])
 local agree = 0
 for _, vote in ipairs(redis.call('HVALS', KEYS[1])) do
   if vote == ARGV[2] then agree = agree + 1 end
@@ -41,4 +42,5 @@ class Ballot:
     def cast(self, run_id: str, node: str, voter: str, vote: Any, quorum: int) -> int:
         """Count `voter`'s vote; returns how many voters agree with it so far."""
         canonical = json.dumps(vote, sort_keys=True, separators=(",", ":"))
-        return int(self._tally(keys=self._keys(run_id, node), args=[voter, canonical, quorum]))
+        keys = [*self._keys(run_id, node), self.keys.run_extras(run_id)]
+        return int(self._tally(keys=keys, args=[voter, canonical, quorum]))

@@ -78,6 +78,9 @@ class LeaseKeeper(_Loop):
         self.store.journal.renew(held, now=time.time(), lease_seconds=self.lease_seconds)
 
 
+PRUNE_EVERY = 60.0  # seconds between a sweeper's retention passes
+
+
 class Sweeper(_Loop):
     """Also advertises the queues its worker consumes (`queues()`, read each pass so a consumer
     added or cancelled at run time shows), and fails runs that waited too long for a worker on a
@@ -92,6 +95,7 @@ class Sweeper(_Loop):
         self.worker = worker
         self.queues = queues
         self._advertised: list[str] = []
+        self._pruned_at = 0.0
 
     def tick(self) -> None:
         self.sweep()
@@ -115,7 +119,17 @@ class Sweeper(_Loop):
                 "unserved": self._unserved()}
         for run_id in self.store.claim_stalled(quiet_for=self.settings.stall_seconds):
             done[self._recover(run_id)] += 1
+        done["pruned"] = self._prune()
         return done
+
+    def _prune(self) -> int:
+        """Once a minute: drop what retention left behind (finished runs' keys expire by
+        themselves after LEGATO_RUN_TTL; their entries in the runs index do not)."""
+        now = time.time()
+        if not self.settings.run_ttl or now - self._pruned_at < PRUNE_EVERY:
+            return 0
+        self._pruned_at = now
+        return self.store.prune(older_than=self.settings.run_ttl, now=now)
 
     def _advertise(self) -> None:
         if not self.worker:

@@ -72,7 +72,8 @@ class Runtime:
     def store(self) -> RunStore:
         with self._lock:
             if self._store is None:
-                self._store = RunStore(self.redis(), self.settings.key_prefix)
+                self._store = RunStore(self.redis(), self.settings.key_prefix,
+                                       run_ttl=self.settings.run_ttl)
             return self._store
 
     def ballot(self) -> Ballot:

@@ -208,3 +208,27 @@ def validate(pipeline: Annotated[str, typer.Argument(help="pipeline name or file
     for queue, steps in unserved.items():
         err.print(Text(f"warning: no running worker serves queue {queue} "
                        f"(steps: {', '.join(steps) or 'closing the run'})", style="yellow"))
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> float:
+    """`90`, `90s`, `30m`, `12h`, `7d` -> seconds."""
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS else (text, "s")
+    try:
+        seconds = float(number) * _UNITS[unit]
+    except ValueError:
+        fail(f"--older-than {text!r}: a number with s, m, h or d, like 7d")
+    if seconds < 0:
+        fail(f"--older-than {text!r}: not negative")
+    return seconds
+
+
+@app.command()
+def prune(older_than: Annotated[str, typer.Option(
+        "--older-than", help="finished more than this long ago: 90s, 30m, 12h, 7d")]) -> None:
+    """Delete finished runs (record, journal, outputs, votes, budget, idempotency key) now,
+    rather than when LEGATO_RUN_TTL expires them."""
+    gone = legato_client().store.prune(older_than=_duration(older_than))
+    out.print(f"pruned {gone} run{'s' if gone != 1 else ''}")
