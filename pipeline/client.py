@@ -11,6 +11,7 @@ A job input is checked against the pipeline's input schema before anything is wr
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import time
@@ -24,6 +25,7 @@ from pydantic import ValidationError
 
 from legato import schema
 from legato.compile import Compiler
+from legato.consumers import QueueWatch, first_queues
 from legato.envelope import RESUMABLE, RunRecord, StepRecord
 from legato.errors import InputError, RunNotFound, SpecError, StepError
 from legato.loader import find_pipeline, load_models, load_pipeline, resolve
@@ -102,11 +104,18 @@ class Legato:
         if run_id != record.id:
             return run_id  # the same idempotency key was used before: that run is this job
         try:
-            self._compiler(run_id, digest).run(spec).apply_async()
+            canvas = self._compiler(run_id, digest).run(spec)
+            canvas.apply_async()
         except Exception as exc:
             self.store.finish_run(run_id, "failed", error=f"could not enqueue: {exc}")
             raise
+        self._watch.note(run_id, first_queues(canvas))  # "waiting for a worker on queue X"
         return run_id
+
+    @functools.cached_property
+    def _watch(self) -> QueueWatch:
+        """Which queues have live workers, as this producer last read (cached: legato.consumers)."""
+        return QueueWatch(self.store)
 
     def cancel(self, run_id: str, reason: str = "cancelled") -> bool:
         """Stop a run: steps not yet begun will not run. False if it had already finished."""

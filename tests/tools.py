@@ -71,6 +71,9 @@ def not_json(shape: str) -> object:
 def text_of(words: int) -> dict:
     """A user's own Celery task whose result a chain hands to `legato.submit` as the input."""
     return {"text": " ".join(f"word{i}" for i in range(words))}
+
+
+@tool
 def process_id() -> int:
     """The worker process the tool ran in: for the per-process runtime."""
     import os

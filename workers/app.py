@@ -146,7 +146,10 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
 
 def _on_publish(sender: Any = None, body: Any = None, routing_key: str | None = None,
                 **_: Any) -> None:
-    unserved.note_unserved(runtime.current().queue_watch(), body, routing_key)
+    # In a worker: the steps it sends on. A producer checks what it sends itself
+    # (Legato.submit), with its own store.
+    if runtime.started():
+        unserved.note_unserved(runtime.current().queue_watch(), body, routing_key)
 
 
 def _on_shutdown(**_: Any) -> None:

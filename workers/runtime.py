@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from legato.consumers import QueueWatch
 from legato.models import Gateway, RunScope
 from legato.models.credentials import Credentials
 from legato.models.transport import HttpxTransport, LoopTransport, Transport
@@ -35,7 +36,6 @@ from legato.tools import toolbox
 from legato.tools.toolbox import Toolbox
 from legato.voting import Ballot
 from legato.workers.lifeline import LeaseKeeper, Sweeper
-from legato.workers.unserved import QueueWatch
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -215,6 +215,12 @@ def current() -> Runtime:
             _runtime = Runtime(_settings or get_settings())
             toolbox.install(_runtime.tools)
         return _runtime
+
+
+def started() -> bool:
+    """Whether a worker made this process's runtime (`start()`, kept in its forked children);
+    False in a producer, whose client holds its own store."""
+    return _settings is not None
 
 
 def start(settings: Settings) -> Runtime:

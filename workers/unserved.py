@@ -3,7 +3,8 @@
 Workers advertise the queues they consume (their sweeper, every pass: `<p>:consumers:<queue>`).
 Every process that publishes a step — a producer, a worker continuing a chain — checks the
 queue's consumers as it sends (`note_unserved`, on Celery's `before_task_publish`; the answer is
-cached for CACHE_SECONDS, so it costs no round trip per message) and, when there are none, marks
+cached, legato/consumers.py, so it costs no round trip per message; a producer checks what it
+sends itself, in `Legato.submit`) and, when there are none, marks
 the run "waiting for a worker on queue X since T" at once. A sweeper clears the mark when a worker
 turns up, and fails the run after LEGATO_UNSERVED_SECONDS.
 """
@@ -11,36 +12,12 @@ turns up, and fails the run after LEGATO_UNSERVED_SECONDS.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Any
 
-from legato.store import RunStore
+from legato.consumers import QueueWatch
 
 log = logging.getLogger("legato.unserved")
-
-CACHE_SECONDS = 2.0
-
-
-class QueueWatch:
-    """Which queues have a live consumer, as this process last read it (per queue, for
-    CACHE_SECONDS)."""
-
-    def __init__(self, store: RunStore) -> None:
-        self.store = store
-        self._seen: dict[str, tuple[float, bool]] = {}
-        self._lock = threading.Lock()
-
-    def served(self, queue: str) -> bool:
-        now = time.monotonic()
-        with self._lock:
-            seen = self._seen.get(queue)
-        if seen is not None and now - seen[0] < CACHE_SECONDS:
-            return seen[1]
-        served = self.store.served([queue], now=time.time())[queue]
-        with self._lock:
-            self._seen[queue] = (now, served)
-        return served
 
 
 def run_of(body: Any) -> str | None:

@@ -334,7 +334,7 @@ def test_a_producer_cannot_send_a_workers_credentials_to_its_own_host(legato, ke
     # The producer has the header secret too: it must not expand it into the stored spec.
     monkeypatch.setenv("TEAM_HEADER_SECRET", HEADER_SECRET)
     monkeypatch.delenv("LEGATO_MODEL_API_KEY", raising=False)
-    from dataclasses import replace
+    from legato.settings import replace
 
     producer = Legato(replace(legato.settings, models_file=str(models)), app=legato.app)
 
