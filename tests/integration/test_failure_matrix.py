@@ -163,7 +163,8 @@ class Target:
         return Tool(id=id, tool="word_count", args={"text": self.mark + "{{ input.text }}"})
 
     def fan_out(self, needed_when_met: int, total: int) -> dict[str, Any]:
-        assert self.policy is not None
+        if self.policy is None:  # a cell whose target is not a branch: the default policy
+            return {}
         min_success = {"fail": None, "skip_unmet": total, "skip_met": needed_when_met}
         return {"on_failure": self.policy.on_failure, "min_success": min_success[self.policy.id]}
 
@@ -177,6 +178,7 @@ class Case:
     rules: list[dict[str, Any]] = field(default_factory=list)
     succeeds: bool = False
     cause: tuple[str, ...] = ()  # instead of the fault's own words, where the kind has its own
+    output: str | None = None  # the pipeline's output template
     check: Callable[[Legato, RunRecord, dict[str, Any]], None] | None = None
 
 
@@ -277,48 +279,113 @@ def _vote(quorum: int | None) -> Callable[[Target], Case]:
     return build
 
 
-def _orchestrate(rounds: int) -> Callable[[Target], Case]:
+def _orchestrate(rounds: int, target: str = "worker") -> Callable[[Target], Case]:
+    """target: `worker` (worker 1 of 2 in round 0, under the cell's policy), `planner` (round
+    0's), `replan` (round 1's, asked inside legato.synthesize) or `synthesizer`."""
+
     def build(t: Target) -> Case:
+        def at(where: str, condition: str = "true") -> str:
+            return "{% if " + condition + " %}" + t.mark + "{% endif %}" if where == target else ""
+
+        replan_round = "round == 0" if target == "planner" else "round == 1"
         study = Orchestrate(
             id="study", max_rounds=rounds, max_subtasks=2, **t.fan_out(1, 2),
-            planner=ModelCall(model="m", system="You plan.",
-                              prompt="Plan round {{ round }} for {{ input.text }}"),
-            worker=ModelCall(model="m", prompt="{% if subtask.title == 'second' %}" + t.mark
-                             + "{% endif %}Do {{ subtask.title }}", **t.call()),
-            synthesizer=ModelCall(model="m", prompt="Sum up:{% for r in results %} "
-                                  "{{ r.subtask.title }}{% endfor %}"))
+            planner=ModelCall(model="m", system="You plan.", prompt=at(
+                "replan" if target == "replan" else "planner", replan_round)
+                + "Plan round {{ round }} for {{ input.text }}"),
+            worker=ModelCall(model="m", prompt=at("worker", "subtask.title == 'second'")
+                             + "Do {{ subtask.title }}", **(t.call() if target == "worker"
+                                                               else {})),
+            synthesizer=ModelCall(model="m", prompt=at("synthesizer") + "Sum up:"
+                                  "{% for r in results %} {{ r.subtask.title }}{% endfor %}",
+                                  **(t.call() if target == "synthesizer" else {})))
         plan = {"subtasks": [{"title": title, "instructions": "go"}
                              for title in ("first", "second")]}
 
         def check(legato: Legato, run: RunRecord, steps: dict[str, Any]) -> None:
+            if target == "planner":
+                assert not [p for p in steps if "/worker[" in p]
+                return
             workers = [steps[f"study/worker[{i}]"].status for i in range(2)]
+            if target != "worker":
+                assert workers == ["succeeded"] * 2
+                assert "study" not in steps or target == "synthesizer"
+                return
             budget = t.fault.klass == "budget"
             assert workers == (["failed"] * 2 if budget else ["succeeded", "failed"])
             if run.status == "succeeded":  # the synthesizer saw the worker that succeeded
                 assert steps["study"].detail["failed"] == ["study/worker[1]"]
                 assert run.output.endswith("] Sum up: first"), run.output
 
-        return Case([study], "study", "study/worker[1]", calls_before=1, check=check, rules=[
+        path, failed, before = {
+            "worker": ("study", "study/worker[1]", 1),
+            "planner": ("study/plan", "study/plan", 0),
+            "replan": ("study/plan[1]", "study/plan[1]", 3),
+            "synthesizer": ("study", "study", 3 if rounds == 1 else 4),
+        }[target]
+        return Case([study], path, failed, calls_before=before, check=check, rules=[
             {"match": {"contains": "Plan round 0"}, "reply": plan},
             {"match": {"contains": "Plan round 1"}, "reply": {"subtasks": []}}])
 
     return build
 
 
-def _evaluate(t: Target) -> Case:
-    polish = Evaluate(
-        id="polish", max_rounds=3,
-        generator=ModelCall(model="m", prompt="Write about {{ input.text }} (round {{ round }})"),
-        evaluator=ModelCall(model="m", system="You judge.", max_repairs=1,
-                            prompt="{% if round == 1 %}" + t.mark + "{% endif %}"
-                            "Judge round {{ round }}: {{ candidate }}"))
+def _llm_aggregate(t: Target) -> Case:
+    """The fan-in's own model call fails (no branch does): the parallel step fails."""
+    schema = {"output_schema": LABEL} if t.fault.id == "malformed" else {}
+    fan = Parallel(id="fan", aggregate=Aggregate(
+        method="llm", model="m", prompt=t.mark + "Combine {{ results }}", **schema), sections=[
+        Tool(id="a", tool="word_count", args={"text": "{{ input.text }}"}),
+        Llm(id="b", model="m", prompt="Section {{ input.text }}"),
+        Tool(id="c", tool="keywords", args={"text": "{{ input.text }}"}),
+    ])
 
     def check(legato: Legato, run: RunRecord, steps: dict[str, Any]) -> None:
-        assert steps["polish/round[0]"].status == "succeeded" and "polish" not in steps
+        assert all(steps[f"fan/{s}"].status == "succeeded" for s in "abc")
 
-    return Case([polish], "polish/round[1]", "polish/round[1]", calls_before=3, check=check,
-                rules=[{"match": {"contains": "Judge round 0"},
-                        "reply": {"pass": False, "score": 0.1, "feedback": "more"}}])
+    return Case([fan], "fan", "fan", calls_before=1, check=check)
+
+
+def _run_output(t: Target) -> Case:
+    """The pipeline's `output` template fails when the run closes, after every step succeeded."""
+    def check(legato: Legato, run: RunRecord, steps: dict[str, Any]) -> None:
+        assert steps["ask"].status == "succeeded"
+
+    return Case([Llm(id="ask", model="m", prompt="Answer {{ input.text }}")], "output failed",
+                "", cause=(t.fault.cause[0].removeprefix("template failed: "), "absent"),
+                output=t.mark + "{{ outputs.ask }}", check=check)
+
+
+def _evaluate(target: str) -> Callable[[Target], Case]:
+    """target: the `evaluator` in round 1 (after a round that did not pass), or the `generator`
+    in round 0."""
+
+    def build(t: Target) -> Case:
+        def at(where: str, round_no: int) -> str:
+            if where != target:
+                return ""
+            return "{% if round == " + str(round_no) + " %}" + t.mark + "{% endif %}"
+
+        polish = Evaluate(
+            id="polish", max_rounds=3,
+            generator=ModelCall(model="m", prompt=at("generator", 0)
+                                + "Write about {{ input.text }} (round {{ round }})",
+                                **(t.call() if target == "generator" else {})),
+            evaluator=ModelCall(model="m", system="You judge.", prompt=at("evaluator", 1)
+                                + "Judge round {{ round }}: {{ candidate }}"))
+
+        def check(legato: Legato, run: RunRecord, steps: dict[str, Any]) -> None:
+            assert "polish" not in steps
+            if target == "evaluator":
+                assert steps["polish/round[0]"].status == "succeeded"
+
+        path = "polish/round[1]" if target == "evaluator" else "polish/round[0]"
+        return Case([polish], path, path, calls_before=3 if target == "evaluator" else 0,
+                    check=check, rules=[{"match": {"contains": "Judge round 0"},
+                                         "reply": {"pass": False, "score": 0.1,
+                                                   "feedback": "more"}}])
+
+    return build
 
 
 def _agent(t: Target) -> Case:
@@ -365,8 +432,15 @@ KINDS = {
     "vote_quorum": Kind(_vote(2), ON_MODEL_CALLS, policies=True),
     "orchestrate_1": Kind(_orchestrate(1), ON_MODEL_CALLS, policies=True),
     "orchestrate_2": Kind(_orchestrate(2), ON_MODEL_CALLS, policies=True),
-    "evaluate": Kind(_evaluate, ON_MODEL_CALLS),
+    "orchestrate_planner": Kind(_orchestrate(1, "planner"), ON_MODEL_CALLS),
+    "orchestrate_replan": Kind(_orchestrate(2, "replan"), ON_MODEL_CALLS),
+    "orchestrate_1_synthesizer": Kind(_orchestrate(1, "synthesizer"), ON_MODEL_CALLS),
+    "orchestrate_2_synthesizer": Kind(_orchestrate(2, "synthesizer"), ON_MODEL_CALLS),
+    "llm_aggregate": Kind(_llm_aggregate, ON_MODEL_CALLS),
+    "evaluate": Kind(_evaluate("evaluator"), ON_MODEL_CALLS),
+    "evaluate_generator": Kind(_evaluate("generator"), ON_MODEL_CALLS),
     "agent": Kind(_agent, tuple(f for f in ON_MODEL_CALLS if f != "malformed") + TOOL),
+    "run_output": Kind(_run_output, ("template",)),
 }
 
 
@@ -397,7 +471,7 @@ def test_a_failure_is_a_value_and_the_run_ends(legato: Legato, fake: Any, kind: 
         budget = (Budget(max_calls=case.calls_before) if case.calls_before
                   else Budget(deadline_seconds=0.001))
     pipeline = Pipeline(name=f"matrix_{kind}", models={"m": config}, steps=case.steps,
-                        budget=budget)
+                        budget=budget, output=case.output)
     fake.script({"rules": case.rules, "faults": fault.faults})
 
     started = time.monotonic()
@@ -422,9 +496,9 @@ def test_a_failure_is_a_value_and_the_run_ends(legato: Legato, fake: Any, kind: 
         assert run.status == "failed", run.output
         assert run.error is not None and run.error.startswith(f"{case.path}: "), run.error
         assert all(c in run.error for c in cause), run.error
-        if case.failed != case.path:  # a fan-out: it names the member that failed
+        if case.failed and case.failed != case.path:  # a fan-out names the member that failed
             assert case.failed in run.error or fault.klass == "budget", run.error
-        assert steps[case.path].status == "failed"
+            assert steps[case.path].status == "failed"
     if case.failed:
         record = steps[case.failed]
         assert record.status == "failed" and record.error_type == fault.error_type, record
