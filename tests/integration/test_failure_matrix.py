@@ -14,14 +14,29 @@ template, chosen per kind so that only it fails — meets one failure, and asser
   the error type retrying depends on;
 - leaves no step record `running`.
 
-Kinds (the target in brackets): llm [its prompt]; tool [its call / its args template]; chain
-[the middle of three steps, the last must not run]; route with a model classifier [the
-classifier; tool faults: the chosen branch]; route with a rule [the chosen branch; template: the
-rule itself]; parallel sections [section `b` of three — `a` and `c` are tools, so a run budget
-spends itself on `b` alone]; parallel vote, without and with a quorum [voter 0 of 3; voters 1
-and 2 answer yes and no, so a quorum of 2 is never reached and cannot skip voter 0 by a race];
-orchestrate with max_rounds 1 and 2 [worker 1 of 2, in the first round]; evaluate [the
-evaluator in round 1, after a round that did not pass]; agent [turn 0; a budget: turn 1].
+Kinds (the target in brackets; the cell id starts with the name before the colon):
+- llm: [its prompt]; tool: [its call, or its args template]; chain: [the middle of three
+  steps; the last must not run];
+- route_model: a model classifier [the classifier; tool faults: the chosen branch];
+  route_rule: a rule [the chosen branch; template: the rule itself];
+- sections: parallel sections [section `b` of three; `a` and `c` are tools, so a run budget
+  spends itself on `b` alone]; sections_chain / sections_route: `b` is itself a chain (a tool,
+  then the target) or a route whose rule picks the target, so the failure comes out of a nested
+  task inside the chord; llm_aggregate: [the fan-in's own model call; no branch fails];
+- vote / vote_quorum: a parallel vote without and with a quorum [voter 0 of 3; voters 1 and 2
+  answer yes and no, so a quorum of 2 is never reached and cannot skip voter 0 by a race];
+- orchestrate_1 / orchestrate_2: max_rounds 1 and 2 [worker 1 of 2, in the first round];
+  orchestrate_planner [the first plan]; orchestrate_replan [round 1's plan, asked inside
+  legato.synthesize]; orchestrate_1_synthesizer / orchestrate_2_synthesizer [the synthesizer];
+- evaluate [the evaluator in round 1, after a round that did not pass]; evaluate_generator [the
+  generator in round 0];
+- agent [turn 0; a budget: turn 1, after a tool call];
+- run_output: the pipeline's `output` template, rendered when the run closes (the error names no
+  step: it reads "output failed: ...").
+
+A second, smaller test puts a failing tool step *before* each kind: every kind's task must pass
+the failure on untouched (fan-outs through each member and the fan-in), and nothing after it may
+run or call a model.
 
 Failure classes: model HTTP 400; model 5xx (503) on every attempt, exhausting the model's HTTP
 retries and the step's task retries (LEGATO_STEP_RETRIES 3, LEGATO_STEP_RETRY_SECONDS 0.2 from
@@ -49,7 +64,13 @@ Cells left out, and why:
 - agent with tool faults is not a failure: a tool's error is given to the model as the tool's
   result (by design), so those cells assert the run succeeds with the error in the transcript.
 - the filter-error template only on llm and tool: every kind renders through the same
-  `StepContext.render`; the undefined-name cell covers each kind's own templates.
+  `StepContext.render`; the undefined-name cell covers each kind's own templates. run_output has
+  the undefined-name cell only.
+- the kinds' own calls as targets (planner, re-plan, synthesizer, model aggregate, generator)
+  only under the default policy, and with model-call faults only: no branch fails there, so
+  `on_failure`/`min_success` do not apply, and they are model calls.
+- sections_chain / sections_route with http400, http503, budget, template and tool_raises only:
+  what they add is the nesting; the other classes fail the same leaf code as in `sections`.
 """
 
 from __future__ import annotations
@@ -254,6 +275,36 @@ def _sections(t: Target) -> Case:
     ], "fan", "fan/b", check=check)
 
 
+def _nested(shape: str) -> Callable[[Target], Case]:
+    """A section that is itself a composite — a chain (a tool, then the target) or a route (a
+    rule choosing the target) — so the failure comes out of a nested task (a route's branch
+    replaces the route's task inside the chord)."""
+
+    def build(t: Target) -> Case:
+        leaf: Step = (t.tool("leaf") if t.fault.klass == "tool" else
+                      Llm(id="leaf", model="m", prompt=t.mark + "Leaf {{ input.text }}",
+                          **t.call()))
+        plain = Tool(id="plain", tool="word_count", args={"text": "{{ input.text }}"})
+        b: Step = (Chain(id="b", steps=[plain, leaf]) if shape == "chain" else
+                   Route(id="b", classifier=Classifier(rule="'leaf'"),
+                         branches={"leaf": leaf, "plain": plain}))
+
+        def check(legato: Legato, run: RunRecord, steps: dict[str, Any]) -> None:
+            assert steps["fan/a"].status == steps["fan/c"].status == "succeeded"
+            if run.status == "succeeded":
+                assert steps["fan"].detail["failed"] == ["fan/b/leaf"]
+                assert set(steps["fan"].output) == {"a", "c"}
+
+        return Case([Parallel(id="fan", aggregate=Aggregate(method="merge"), **t.fan_out(2, 3),
+                              sections=[
+            Tool(id="a", tool="word_count", args={"text": "{{ input.text }}"}),
+            b,
+            Tool(id="c", tool="keywords", args={"text": "{{ input.text }}"}),
+        ])], "fan", "fan/b/leaf", check=check)
+
+    return build
+
+
 def _vote(quorum: int | None) -> Callable[[Target], Case]:
     def build(t: Target) -> Case:
         voter = Llm(id="voter", model="m", output_schema=ANSWER, max_repairs=1,
@@ -412,6 +463,7 @@ def _agent(t: Target) -> Case:
 
 ON_MODEL_CALLS = ("http400", "http503", "timeout", "malformed", "budget", "template")
 TOOL = ("tool_raises", "tool_timeout")
+NESTED = ("http400", "http503", "budget", "template", "tool_raises")  # the nesting is the point
 
 
 @dataclass(frozen=True)
@@ -428,6 +480,8 @@ KINDS = {
     "route_model": Kind(_route_model, ON_MODEL_CALLS + TOOL),
     "route_rule": Kind(_route_rule, ON_MODEL_CALLS + TOOL),
     "sections": Kind(_sections, ON_MODEL_CALLS + TOOL, policies=True),
+    "sections_chain": Kind(_nested("chain"), NESTED, policies=True),
+    "sections_route": Kind(_nested("route"), NESTED, policies=True),
     "vote": Kind(_vote(None), ON_MODEL_CALLS, policies=True),
     "vote_quorum": Kind(_vote(2), ON_MODEL_CALLS, policies=True),
     "orchestrate_1": Kind(_orchestrate(1), ON_MODEL_CALLS, policies=True),
@@ -450,30 +504,24 @@ def _cells() -> list[Any]:
         for fault in kind.faults:
             for policy in POLICIES if kind.policies else [None]:
                 if (policy is not None and policy.succeeds and fault == "budget"
-                        and name != "sections"):
+                        and name.startswith(("vote", "orchestrate"))):
                     continue  # the run's budget refuses every voter / worker: see the docstring
                 cell_id = "-".join([name, fault] + ([policy.id] if policy else []))
                 cells.append(pytest.param(name, fault, policy, id=cell_id))
     return cells
 
 
-@pytest.mark.parametrize(("kind", "fault_id", "policy"), _cells())
-def test_a_failure_is_a_value_and_the_run_ends(legato: Legato, fake: Any, kind: str,
-                                               fault_id: str, policy: Policy | None) -> None:
-    fault = FAULTS[fault_id]
-    case = KINDS[kind].build(Target(fault, policy))
-    cause = case.cause or fault.cause
-    name = f"mx-{uuid.uuid4().hex[:8]}"  # the cell's own model: its own breaker state
-    config = ModelConfig(base_url=os.environ["LEGATO_MODEL_BASE_URL"], model=name,
-                         structured_output="json_object", **fault.model)
-    budget = None
-    if fault.klass == "budget":
-        budget = (Budget(max_calls=case.calls_before) if case.calls_before
-                  else Budget(deadline_seconds=0.001))
-    pipeline = Pipeline(name=f"matrix_{kind}", models={"m": config}, steps=case.steps,
-                        budget=budget, output=case.output)
-    fake.script({"rules": case.rules, "faults": fault.faults})
-
+def _run(legato: Legato, fake: Any, steps: list[Step], *, fault: Fault, rules: list[Any],
+         budget: Budget | None = None, output: str | None = None
+         ) -> tuple[RunRecord, dict[str, Any]]:
+    """Submit one ad-hoc pipeline on its own model name (its own breaker state); wait for it,
+    time-boxed; its run record and step records by path."""
+    config = ModelConfig(base_url=os.environ["LEGATO_MODEL_BASE_URL"],
+                         model=f"mx-{uuid.uuid4().hex[:8]}", structured_output="json_object",
+                         **fault.model)
+    pipeline = Pipeline(name="failure_matrix", models={"m": config}, steps=steps, budget=budget,
+                        output=output)
+    fake.script({"rules": rules, "faults": fault.faults})
     started = time.monotonic()
     run_id = legato.submit(pipeline, {"text": "three words here"})
     try:
@@ -482,12 +530,26 @@ def test_a_failure_is_a_value_and_the_run_ends(legato: Legato, fake: Any, kind: 
         left = {s.path: (s.status, s.error) for s in legato.steps(run_id)}
         pytest.fail(f"run still {legato.status(run_id).status} after {WAIT_SECONDS}s "
                     f"(a failure that is not a value); steps: {left}")
-    elapsed = time.monotonic() - started
-    steps = {s.path: s for s in legato.steps(run_id)}
+    assert time.monotonic() - started < WAIT_SECONDS
+    assert "stalled" not in (run.error or "")  # the sweeper did not end it
+    steps_by_path = {s.path: s for s in legato.steps(run_id)}
+    assert [p for p, s in steps_by_path.items() if s.status == "running"] == []
+    return run, steps_by_path
 
-    assert elapsed < WAIT_SECONDS
-    assert "stalled" not in (run.error or "")
-    assert [p for p, s in steps.items() if s.status == "running"] == []
+
+@pytest.mark.parametrize(("kind", "fault_id", "policy"), _cells())
+def test_a_failure_is_a_value_and_the_run_ends(legato: Legato, fake: Any, kind: str,
+                                               fault_id: str, policy: Policy | None) -> None:
+    fault = FAULTS[fault_id]
+    case = KINDS[kind].build(Target(fault, policy))
+    cause = case.cause or fault.cause
+    budget = None
+    if fault.klass == "budget":
+        budget = (Budget(max_calls=case.calls_before) if case.calls_before
+                  else Budget(deadline_seconds=0.001))
+    run, steps = _run(legato, fake, case.steps, fault=fault, rules=case.rules, budget=budget,
+                      output=case.output)
+
     succeeds = case.succeeds or (policy is not None and policy.succeeds)
     if succeeds:
         assert run.status == "succeeded", run.error
@@ -505,3 +567,25 @@ def test_a_failure_is_a_value_and_the_run_ends(legato: Legato, fake: Any, kind: 
         assert all(c in (record.error or "") for c in cause), record.error
     if case.check is not None:
         case.check(legato, run, steps)
+
+
+NO_FAULT = Fault("none", "none", (), "")
+UPSTREAM = ["llm", "tool", "chain", "route_model", "route_rule", "sections", "sections_route",
+            "vote", "vote_quorum", "orchestrate_1", "orchestrate_2", "evaluate", "agent"]
+
+
+@pytest.mark.parametrize("kind", UPSTREAM)
+def test_a_failure_before_a_step_is_passed_on_through_it(legato: Legato, fake: Any,
+                                                         kind: str) -> None:
+    """Every kind's task passes a failed result from earlier in the chain on, untouched (fan-outs
+    through every member and the fan-in): the run fails with the first failure, nothing after
+    it runs or calls a model."""
+    case = KINDS[kind].build(Target(NO_FAULT, None))
+    boom = Tool(id="boom", tool="explode", args={"text": "{{ input.text }}"})
+    run, steps = _run(legato, fake, [boom, *case.steps], fault=NO_FAULT, rules=case.rules)
+
+    assert run.status == "failed"
+    assert run.error is not None
+    assert run.error.startswith("boom: tool 'explode' raised RuntimeError: exploded"), run.error
+    assert list(steps) == ["boom"]
+    assert fake.stats()["requests"] == 0
