@@ -22,10 +22,13 @@ Kinds (the target in brackets; the cell id starts with the name before the colon
 - sections: parallel sections [section `b` of three; `a` and `c` are tools, so a run budget
   spends itself on `b` alone]; sections_chain / sections_route: `b` is itself a chain (a tool,
   then the target) or a route whose rule picks the target, so the failure comes out of a nested
-  task inside the chord; llm_aggregate: [the fan-in's own model call; no branch fails];
+  task inside the chord; route_to_sections: a route (by rule) whose branch is the sections
+  step, so the route's task becomes a chord, then a step after the route;
+  llm_aggregate: [the fan-in's own model call; no branch fails];
 - vote / vote_quorum: a parallel vote without and with a quorum [voter 0 of 3; voters 1 and 2
   answer yes and no, so a quorum of 2 is never reached and cannot skip voter 0 by a race];
 - orchestrate_1 / orchestrate_2: max_rounds 1 and 2 [worker 1 of 2, in the first round];
+  orchestrate_2_last_round [worker 3, the second of round 1's (the last round's) two];
   orchestrate_planner [the first plan]; orchestrate_replan [round 1's plan, asked inside
   legato.synthesize]; orchestrate_1_synthesizer / orchestrate_2_synthesizer [the synthesizer];
 - evaluate [the evaluator in round 1, after a round that did not pass]; evaluate_generator [the
@@ -69,8 +72,9 @@ Cells left out, and why:
 - the kinds' own calls as targets (planner, re-plan, synthesizer, model aggregate, generator)
   only under the default policy, and with model-call faults only: no branch fails there, so
   `on_failure`/`min_success` do not apply, and they are model calls.
-- sections_chain / sections_route with http400, http503, budget, template and tool_raises only:
-  what they add is the nesting; the other classes fail the same leaf code as in `sections`.
+- route_to_sections, sections_chain and sections_route with http400, http503, budget, template
+  and tool_raises only: what they add is the nesting; the other classes fail the same leaf code
+  as in `sections`.
 """
 
 from __future__ import annotations
@@ -99,7 +103,7 @@ from legato.spec import (
     Vote,
 )
 
-WAIT_SECONDS = 20  # every cell ends far sooner; the sweeper (300 s) never gets a say
+WAIT_SECONDS = 15  # every cell ends far sooner; the sweeper (300 s) never gets a say
 MARK = "FAULTHERE"  # the fake model's faults fire on calls whose messages contain this
 LABEL = {"type": "object", "properties": {"label": {"type": "string"}}, "required": ["label"]}
 ANSWER = {"type": "object", "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},
@@ -130,7 +134,7 @@ FAULTS = {f.id: f for f in [
           _on_target({"kind": "status", "code": 503}),
           {"max_attempts": 2, "max_retry_wait": 0.2}),
     Fault("timeout", "model", ("timed out",), "TransientError",
-          _on_target({"kind": "hang", "seconds": 5}), {"timeout": 0.4, "max_attempts": 1}),
+          _on_target({"kind": "hang", "seconds": 5}), {"timeout": 0.3, "max_attempts": 1}),
     Fault("malformed", "model", ("not valid JSON", "repair attempts"), "OutputInvalid",
           _on_target({"kind": "malformed"})),
     Fault("tool_raises", "tool", ("tool 'explode' raised RuntimeError", "exploded"),
@@ -305,6 +309,26 @@ def _nested(shape: str) -> Callable[[Target], Case]:
     return build
 
 
+def _route_to_sections(t: Target) -> Case:
+    """A route whose chosen branch is a parallel step: the route's task becomes a chord."""
+    case = _sections(t)
+    fan, after = case.steps
+
+    def check(legato: Legato, run: RunRecord, steps: dict[str, Any]) -> None:
+        assert steps["pick/fan/a"].status == steps["pick/fan/c"].status == "succeeded"
+        assert steps["pick"].output == {"branch": "fan"}
+        if run.status == "succeeded":
+            assert steps["pick/fan"].detail["failed"] == ["pick/fan/b"]
+            assert steps["after"].status == "succeeded"
+        else:
+            assert "after" not in steps
+
+    route = Route(id="pick", classifier=Classifier(rule="'fan'"),
+                  branches={"fan": fan, "other": Tool(id="other", tool="word_count",
+                                                      args={"text": "{{ input.text }}"})})
+    return Case([route, after], "pick/fan", "pick/fan/b", check=check)
+
+
 def _vote(quorum: int | None) -> Callable[[Target], Case]:
     def build(t: Target) -> Case:
         voter = Llm(id="voter", model="m", output_schema=ANSWER, max_repairs=1,
@@ -331,8 +355,9 @@ def _vote(quorum: int | None) -> Callable[[Target], Case]:
 
 
 def _orchestrate(rounds: int, target: str = "worker") -> Callable[[Target], Case]:
-    """target: `worker` (worker 1 of 2 in round 0, under the cell's policy), `planner` (round
-    0's), `replan` (round 1's, asked inside legato.synthesize) or `synthesizer`."""
+    """target: `worker` (worker 1 of 2 in round 0, under the cell's policy), `worker_round1`
+    (worker 3: the second of round 1's two, the last round), `planner` (round 0's), `replan`
+    (round 1's, asked inside legato.synthesize) or `synthesizer`."""
 
     def build(t: Target) -> Case:
         def at(where: str, condition: str = "true") -> str:
@@ -340,22 +365,34 @@ def _orchestrate(rounds: int, target: str = "worker") -> Callable[[Target], Case
 
         replan_round = "round == 0" if target == "planner" else "round == 1"
         study = Orchestrate(
+            # on_failure and min_success hold per round (a round's fan-in sees its own workers)
             id="study", max_rounds=rounds, max_subtasks=2, **t.fan_out(1, 2),
             planner=ModelCall(model="m", system="You plan.", prompt=at(
                 "replan" if target == "replan" else "planner", replan_round)
                 + "Plan round {{ round }} for {{ input.text }}"),
             worker=ModelCall(model="m", prompt=at("worker", "subtask.title == 'second'")
-                             + "Do {{ subtask.title }}", **(t.call() if target == "worker"
-                                                               else {})),
+                             + at("worker_round1", "subtask.title == 'fourth'")
+                             + "Do {{ subtask.title }}",
+                             **(t.call() if target.startswith("worker") else {})),
             synthesizer=ModelCall(model="m", prompt=at("synthesizer") + "Sum up:"
                                   "{% for r in results %} {{ r.subtask.title }}{% endfor %}",
                                   **(t.call() if target == "synthesizer" else {})))
-        plan = {"subtasks": [{"title": title, "instructions": "go"}
-                             for title in ("first", "second")]}
+        def plan(*titles: str) -> dict[str, Any]:
+            return {"subtasks": [{"title": title, "instructions": "go"} for title in titles]}
+
+        more = plan("third", "fourth") if target == "worker_round1" else plan()
 
         def check(legato: Legato, run: RunRecord, steps: dict[str, Any]) -> None:
             if target == "planner":
                 assert not [p for p in steps if "/worker[" in p]
+                return
+            if target == "worker_round1":
+                workers = [steps[f"study/worker[{i}]"].status for i in range(4)]
+                refused = 2 if t.fault.klass == "budget" else 1
+                assert workers == ["succeeded"] * (4 - refused) + ["failed"] * refused
+                if run.status == "succeeded":
+                    assert steps["study"].detail["failed"] == ["study/worker[3]"]
+                    assert run.output.endswith("] Sum up: first second third"), run.output
                 return
             workers = [steps[f"study/worker[{i}]"].status for i in range(2)]
             if target != "worker":
@@ -370,13 +407,14 @@ def _orchestrate(rounds: int, target: str = "worker") -> Callable[[Target], Case
 
         path, failed, before = {
             "worker": ("study", "study/worker[1]", 1),
+            "worker_round1": ("study", "study/worker[3]", 4),
             "planner": ("study/plan", "study/plan", 0),
             "replan": ("study/plan[1]", "study/plan[1]", 3),
             "synthesizer": ("study", "study", 3 if rounds == 1 else 4),
         }[target]
         return Case([study], path, failed, calls_before=before, check=check, rules=[
-            {"match": {"contains": "Plan round 0"}, "reply": plan},
-            {"match": {"contains": "Plan round 1"}, "reply": {"subtasks": []}}])
+            {"match": {"contains": "Plan round 0"}, "reply": plan("first", "second")},
+            {"match": {"contains": "Plan round 1"}, "reply": more}])
 
     return build
 
@@ -480,12 +518,15 @@ KINDS = {
     "route_model": Kind(_route_model, ON_MODEL_CALLS + TOOL),
     "route_rule": Kind(_route_rule, ON_MODEL_CALLS + TOOL),
     "sections": Kind(_sections, ON_MODEL_CALLS + TOOL, policies=True),
+    "route_to_sections": Kind(_route_to_sections, NESTED, policies=True),
     "sections_chain": Kind(_nested("chain"), NESTED, policies=True),
     "sections_route": Kind(_nested("route"), NESTED, policies=True),
     "vote": Kind(_vote(None), ON_MODEL_CALLS, policies=True),
     "vote_quorum": Kind(_vote(2), ON_MODEL_CALLS, policies=True),
     "orchestrate_1": Kind(_orchestrate(1), ON_MODEL_CALLS, policies=True),
     "orchestrate_2": Kind(_orchestrate(2), ON_MODEL_CALLS, policies=True),
+    "orchestrate_2_last_round": Kind(_orchestrate(2, "worker_round1"), ON_MODEL_CALLS,
+                                     policies=True),
     "orchestrate_planner": Kind(_orchestrate(1, "planner"), ON_MODEL_CALLS),
     "orchestrate_replan": Kind(_orchestrate(2, "replan"), ON_MODEL_CALLS),
     "orchestrate_1_synthesizer": Kind(_orchestrate(1, "synthesizer"), ON_MODEL_CALLS),
