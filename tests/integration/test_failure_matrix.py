@@ -105,9 +105,10 @@ from legato.spec import (
 
 WAIT_SECONDS = 15  # every cell ends far sooner; the sweeper (300 s) never gets a say
 MARK = "FAULTHERE"  # the fake model's faults fire on calls whose messages contain this
-LABEL = {"type": "object", "properties": {"label": {"type": "string"}}, "required": ["label"]}
-ANSWER = {"type": "object", "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},
-          "required": ["answer"]}
+LABEL: dict[str, Any] = {"type": "object", "properties": {"label": {"type": "string"}},
+                         "required": ["label"]}
+ANSWER: dict[str, Any] = {"type": "object", "required": ["answer"], "properties": {
+    "answer": {"type": "string", "enum": ["yes", "no"]}}}
 UNDEFINED = "{{ input.absent.deeper }}"
 BAD_FILTER = "{{ '%d' | format(input.text) }}"
 
@@ -421,7 +422,7 @@ def _orchestrate(rounds: int, target: str = "worker") -> Callable[[Target], Case
 
 def _llm_aggregate(t: Target) -> Case:
     """The fan-in's own model call fails (no branch does): the parallel step fails."""
-    schema = {"output_schema": LABEL} if t.fault.id == "malformed" else {}
+    schema: dict[str, Any] = {"output_schema": LABEL} if t.fault.id == "malformed" else {}
     fan = Parallel(id="fan", aggregate=Aggregate(
         method="llm", model="m", prompt=t.mark + "Combine {{ results }}", **schema), sections=[
         Tool(id="a", tool="word_count", args={"text": "{{ input.text }}"}),
