@@ -30,6 +30,14 @@ def sleepy(seconds: float) -> str:
     return "awake"
 
 
+@tool(timeout=0.2, retries=0)
+def stall(seconds: float) -> str:
+    """Outlasts its 0.2 s timeout when asked to, and is not retried by the runner: a tool that
+    times out quickly, for the failure matrix."""
+    time.sleep(seconds)
+    return "done"
+
+
 @tool
 def flaky_ledger(path: str, idempotency_key: str = "") -> int:
     """Appends its idempotency key to a file; fails the first time it is called."""
