@@ -43,10 +43,10 @@ err = Console(stderr=True)
 JsonFlag = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 
 # The command line's Redis connection: fail fast instead of riding out an outage (a worker's
-# store retries for about half a minute). A URL's own parameters win
-# (`?socket_connect_timeout=10`).
+# store retries for about half a minute). The read timeout also bounds a TLS handshake, which a
+# plain port never answers. A URL's own parameters win (`?socket_timeout=10`).
 CONNECT_TIMEOUT = 5.0
-READ_TIMEOUT = 15.0
+READ_TIMEOUT = 5.0
 MAX_INPUT_DEPTH = 100  # nesting levels of a job input given on the command line
 
 
@@ -154,7 +154,7 @@ def print_run(record: Any, as_json: bool) -> None:
 
 def print_json(data: Any) -> None:
     # ASCII JSON: every control character and escape sequence arrives as a \u escape.
-    out.print_json(json.dumps(data, ensure_ascii=True))
+    out.print_json(data=data, ensure_ascii=True, default=str)
 
 
 def redacted(url: str) -> str:
@@ -200,10 +200,30 @@ def explain(exc: BaseException) -> str | None:
         return f"{where}: {type(exc).__name__}: {exc}"
     if isinstance(exc, ValueError) and str(exc).startswith("LEGATO_"):
         return str(exc)  # a setting's bad value, named by Settings
+    if isinstance(exc, ValueError) and (bad := bad_setting()):
+        return f"{bad} is not a number"
     if isinstance(exc, RecursionError):
         return "input nested too deeply"
     if isinstance(exc, OSError) and exc.filename:
         return f"{exc.filename}: {exc.strerror or exc}"
+    return None
+
+
+def bad_setting() -> str | None:
+    """The first LEGATO_* variable whose value its numeric setting cannot take, as NAME=value."""
+    import dataclasses
+
+    from legato.settings import Settings
+
+    for field in dataclasses.fields(Settings):
+        kind = type(field.default)
+        value = os.environ.get(f"LEGATO_{field.name.upper()}")
+        if value is None or kind not in (int, float):
+            continue
+        try:
+            kind(value)
+        except ValueError:
+            return f"LEGATO_{field.name.upper()}={value!r}"
     return None
 
 

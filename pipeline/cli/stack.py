@@ -58,9 +58,11 @@ def flower(
             if not (user and colon and password):
                 fail("FLOWER_BASIC_AUTH (or --basic-auth) is user:password[,user:password...]")
         env["FLOWER_BASIC_AUTH"] = auth
-    elif not env.get("FLOWER_AUTH_PROVIDER") and not insecure_no_auth:
-        fail("Flower would start with no authentication: set FLOWER_BASIC_AUTH=user:password "
-             "(or pass --insecure-no-auth to run it open)")
+    else:
+        env.pop("FLOWER_BASIC_AUTH", None)  # empty: Flower would take it as a user named ""
+        if not env.get("FLOWER_AUTH_PROVIDER") and not insecure_no_auth:
+            fail("Flower would start with no authentication: set FLOWER_BASIC_AUTH=user:password "
+                 "(or pass --insecure-no-auth to run it open)")
     os.execve(sys.executable, argv, env)
 
 
