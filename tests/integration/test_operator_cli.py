@@ -198,7 +198,9 @@ def test_hostile_text_in_inputs_outputs_and_errors_is_shown_as_data(stack_env, l
         report = cli("report", run_id, "--html", str(page), env=stack_env)
         assert report.returncode == 0, report.stderr
         outputs.append(report)
-        assert "<script" not in page.read_text() and "[/bold]" in page.read_text()
+        html = page.read_text()
+        assert "<script" not in html and "[/bold]" in html
+        assert not [raw for raw in RAW if raw in html] and "\\x1b[31mRED" in html
     again = cli("submit", "summarize", "--input", json.dumps({"text": HOSTILE}), "--wait",
                 env=stack_env, columns=80)
     assert again.returncode == 0, again.stderr
