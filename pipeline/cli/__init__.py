@@ -177,10 +177,14 @@ def explain(exc: BaseException) -> str | None:
     from legato.errors import LegatoError
     from legato.settings import get_settings
 
+    try:
+        settings: Settings | None = get_settings()
+    except ValueError:
+        settings = None
     if isinstance(exc, LegatoError):
         return str(exc)
     if isinstance(exc, redis.RedisError):
-        url = redacted(get_settings().redis_url)
+        url = redacted(settings.redis_url) if settings else "LEGATO_REDIS_URL"
         where = f"Redis at {url} (LEGATO_REDIS_URL)"
         cause = exc.__cause__ or exc.__context__
         if isinstance(exc, redis.AuthenticationError) or "NOAUTH" in str(exc) or (
@@ -198,12 +202,16 @@ def explain(exc: BaseException) -> str | None:
         if isinstance(exc, redis.ResponseError):
             return f"{where} answered with an error: {exc}"
         return f"{where}: {type(exc).__name__}: {exc}"
+    if type(exc).__module__.startswith("kombu") and type(exc).__name__ == "OperationalError":
+        broker = redacted(settings.broker) if settings else "the broker"
+        return (f"cannot reach the broker at {broker} (LEGATO_BROKER_URL, else "
+                f"LEGATO_REDIS_URL): {exc}")
     if isinstance(exc, ValueError) and str(exc).startswith("LEGATO_"):
         return str(exc)  # a setting's bad value, named by Settings
     if isinstance(exc, ValueError) and (bad := bad_setting()):
         return f"{bad} is not a number"
     if isinstance(exc, RecursionError):
-        return "input nested too deeply"
+        return "a pipeline or input nests too deeply (RecursionError)"
     if isinstance(exc, OSError) and exc.filename:
         return f"{exc.filename}: {exc.strerror or exc}"
     return None

@@ -85,6 +85,8 @@ def submit(
     payload = read_input(input)
     try:
         run_id = legato.submit(pipeline, payload, idempotency_key=idempotency_key)
+    except RecursionError:  # the input's depth is already bounded: the pipeline file is not
+        fail(f"{pipeline}: the pipeline nests too deeply to load")
     except SpecError as exc:
         refuse_spec(legato, pipeline, exc)
     except InputError as exc:
@@ -106,6 +108,8 @@ def submit_batch(legato: Legato, pipeline: str, path: Path, wait: bool, timeout:
     try:
         run_ids = submit_batch(legato, pipeline, read_jsonl(path), console=err,
                                idempotency_prefix=key_prefix)
+    except RecursionError:
+        fail(f"{pipeline} or --input @{path}: nested too deeply to load")
     except SpecError as exc:
         refuse_spec(legato, pipeline, exc)
     except InputError as exc:
@@ -263,6 +267,8 @@ def validate(pipeline: Annotated[str, typer.Argument(help="pipeline name or file
     legato = legato_client()
     try:
         spec = legato.load(pipeline)
+    except RecursionError:
+        fail(f"{pipeline}: the pipeline nests too deeply to load")
     except SpecError as exc:
         refuse_spec(legato, pipeline, exc)
     out.print(Text.assemble(("ok", "green"), " ", clean(f"{spec.name} ({spec.content_hash()})")),
