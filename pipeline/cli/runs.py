@@ -3,6 +3,7 @@ validate."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -56,10 +57,25 @@ def timed_out(run_id: str, timeout: float, status: str) -> NoReturn:
 
 
 def wait_for(legato: Legato, run_id: str, timeout: float) -> Any:
-    try:
-        return legato.wait(run_id, timeout=timeout)
-    except TimeoutError:
-        timed_out(run_id, timeout, legato.status(run_id).status)
+    """The finished run; exit 3 after `timeout`. Redis going away while waiting (it was there a
+    moment ago) is ridden out until the timeout, with one note."""
+    import redis
+
+    deadline = time.monotonic() + timeout
+    noted = False
+    while True:
+        try:
+            return legato.wait(run_id, timeout=max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            timed_out(run_id, timeout, legato.status(run_id).status)
+        except redis.ConnectionError:
+            if time.monotonic() >= deadline:
+                raise
+            if not noted:
+                err.print(Text("lost Redis while waiting; trying again until the timeout",
+                               style="yellow"), highlight=False)
+                noted = True
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
 
 @app.command()

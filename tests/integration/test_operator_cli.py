@@ -96,7 +96,7 @@ def test_every_run_id_argument_takes_a_unique_prefix(stack_env, legato, fake, tm
 # -- --wait --timeout ------------------------------------------------------------------------
 
 
-def test_a_wait_that_times_out_exits_3_with_one_line(stack_env, workers, fake):
+def test_a_wait_that_times_out_exits_3_with_one_line(stack_env, workers, fake, tmp_path):
     fake.script({"faults": [{"kind": "latency", "ms": 4000, "match": {"contains": "slowpoke"}}]})
     result = cli("submit", "summarize", "--input", '{"text": "slowpoke a b c"}', "--wait",
                  "--timeout", "0.5", env=stack_env)
@@ -104,6 +104,14 @@ def test_a_wait_that_times_out_exits_3_with_one_line(stack_env, workers, fake):
     run_id = RUN_ID.search(line).group()
     assert line.startswith("timed out after 0.5s: run ") and "still" in line
     assert result.stdout == ""
+    batch = tmp_path / "slow.jsonl"
+    batch.write_text('{"text": "slowpoke one"}\n{"text": "slowpoke two"}\n')
+    result = cli("submit", "summarize", "--input", f"@{batch}", "--wait", "--timeout", "0.5",
+                 env=stack_env)
+    assert result.returncode == 3 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "timed out after 0.5s: 2 of 2 runs are still going (they go on; `legato runs` lists "
+        "them)")
     later = cli("submit", "summarize", "--input", '{"text": "x y z"}', "--wait", "--timeout",
                 "30", env=stack_env)
     assert later.returncode == 0, later.stderr
@@ -353,3 +361,37 @@ def test_a_refused_job_is_one_warning_line_in_the_worker_log(legato, workers):
         assert "refused a job: run=- pipeline=" + named in warnings[0] and error in warnings[0]
         assert not [line for line in mine if "ERROR" in line or "CRITICAL" in line], mine
         assert log_path.read_text().count("Traceback") == tracebacks
+
+
+# -- a wait outlives a Redis restart -------------------------------------------------------
+
+
+def test_a_wait_rides_out_a_redis_restart(stack_env, fake, tmp_path):
+    """The command line fails fast on a Redis it cannot reach, but once a run is submitted its
+    --wait rides out Redis going away and coming back (a restart, data kept by AOF)."""
+    from legato.compile import DEFAULT_QUEUES
+    from legato.local import processes
+
+    fake.script({"faults": [{"kind": "latency", "ms": 2500, "match": {"contains": "restart"}}]})
+    with RedisServer() as server:
+        env = {**stack_env, "LEGATO_REDIS_URL": server.url}
+        with processes.worker("restart", list(DEFAULT_QUEUES), env=env, log_dir=tmp_path):
+            waiting = subprocess.Popen(
+                [sys.executable, "-m", "legato.cli", "submit", "summarize", "--input",
+                 '{"text": "restart me"}', "--wait", "--timeout", "60", "--json"],
+                cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True)
+            probe = cli("runs", "--json", env=env)
+            deadline = time.monotonic() + 20
+            while not json.loads(probe.stdout or "[]") and time.monotonic() < deadline:
+                time.sleep(0.2)
+                probe = cli("runs", "--json", env=env)
+            assert json.loads(probe.stdout), probe.stderr
+            server.stop()  # down for longer than the command line's own quick retries
+            time.sleep(3)
+            server.start()
+            out, errors = waiting.communicate(timeout=90)
+    assert waiting.returncode == 0, out + errors
+    assert json.loads(out)["status"] == "succeeded"
+    assert "Traceback" not in errors
+    assert errors.strip() == "lost Redis while waiting; trying again until the timeout"
