@@ -214,6 +214,16 @@ def test_hostile_text_in_inputs_outputs_and_errors_is_shown_as_data(stack_env, l
                 env=stack_env, columns=80)
     assert again.returncode == 0, again.stderr
     outputs.append(again)
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"text": "batch " + HOSTILE}) + "\n")
+    batch = cli("submit", str(pipeline), "--input", f"@{jobs}", env=stack_env)
+    assert batch.returncode == 0, batch.stderr
+    assert "submitting to [bold]hostile[/bold]" in batch.stderr  # the bar's label is data too
+    outputs.append(batch)
+    refused = cli("submit", "[/bold]\x1b[2J", env=stack_env)
+    line = one_line_error(refused)
+    assert line.startswith("error: [/bold]\\x1b[2J: unknown pipeline"), line
+    outputs.append(refused)
     as_json = cli("status", echoed, "--json", env=stack_env)
     assert json.loads(as_json.stdout)["input"]["text"] == HOSTILE
     outputs.append(as_json)
