@@ -13,8 +13,10 @@ from rich.text import Text
 from legato.cli import (
     EXIT_RUN_FAILED,
     EXIT_TIMEOUT,
+    MAX_INPUT_DEPTH,
     JsonFlag,
     app,
+    depth,
     err,
     fail,
     legato_client,
@@ -122,18 +124,28 @@ def submit_batch(legato: Legato, pipeline: str, path: Path, wait: bool, timeout:
     from legato.report import runs_table
 
     try:
-        run_ids = submit_batch(legato, pipeline, read_jsonl(path), console=err,
-                               idempotency_prefix=key_prefix)
+        inputs = read_jsonl(path)
+        for number, item in enumerate(inputs, start=1):
+            if depth(item) > MAX_INPUT_DEPTH:
+                fail(f"--input @{path}: input {number}: JSON nested too deeply (the limit is "
+                     f"{MAX_INPUT_DEPTH} levels)")
     except RecursionError:
-        fail(f"{pipeline} or --input @{path}: nested too deeply to load")
-    except SpecError as exc:
-        refuse_spec(legato, pipeline, exc)
+        fail(f"--input @{path}: JSON nested too deeply (the limit is {MAX_INPUT_DEPTH} levels)")
     except InputError as exc:
         fail(str(exc))
     except FileNotFoundError:
         fail(f"--input @{path}: no such file")
     except (OSError, UnicodeDecodeError) as exc:
         fail(f"--input @{path}: cannot read it: {getattr(exc, 'strerror', None) or exc}")
+    try:
+        run_ids = submit_batch(legato, pipeline, inputs, console=err,
+                               idempotency_prefix=key_prefix)
+    except RecursionError:
+        fail(f"{pipeline}: the pipeline nests too deeply to load")
+    except SpecError as exc:
+        refuse_spec(legato, pipeline, exc)
+    except InputError as exc:
+        fail(str(exc))
     if not wait:
         print_json({"run_ids": run_ids}) if as_json else say("\n".join(run_ids))
         return

@@ -251,6 +251,12 @@ def test_operator_errors_are_one_line_exit_2_naming_what_is_wrong(stack_env, red
         line = one_line_error(cli("submit", "summarize", "--input", f"@{deep}", env=stack_env))
         assert f"--input @{deep}: JSON nested too deeply" in line
 
+    lines = tmp_path / "deep.jsonl"
+    lines.write_text('{"text": "fine"}\n' + json.dumps({"text": "x", "more": json.loads(
+        "[" * 150 + "]" * 150)}) + "\n")
+    line = one_line_error(cli("submit", "summarize", "--input", f"@{lines}", env=stack_env))
+    assert line.startswith(f"error: --input @{lines}: input 2: JSON nested too deeply")
+
     deep_yaml = tmp_path / "deep.yaml"
     deep_yaml.write_text("steps: " + "[" * 5000 + "]" * 5000 + "\n")
     for command in ("validate", "submit"):
