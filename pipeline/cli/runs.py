@@ -93,7 +93,7 @@ def submit(
 ) -> None:
     """Submit one job; print its run id (or, with --wait, its outcome).
 
-    Exit codes: 0 submitted (or, with --wait, succeeded); 1 the run failed or was cancelled;
+    Exit codes: 0 ok (with --wait: succeeded); 1 the run failed or was cancelled;
     2 refused (bad pipeline or input); 3 --wait timed out (the run goes on).
     """
     legato = legato_client()
