@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from legato.client import Legato, check_input
 from legato.envelope import RunRecord
 from legato.errors import InputError
+from legato.report import clean
 
 
 def read_jsonl(path: Path) -> list[Any]:
@@ -53,7 +55,9 @@ def submit_batch(legato: Legato, pipeline: str, inputs: list[Any], *,
             raise InputError(f"input {number}: {exc}") from None
     run_ids = []
     with _progress(console) as progress:
-        bar = progress.add_task(f"submitting to {spec.name}", total=len(inputs))
+        # A progress description is markup: the pipeline's name is escaped as data.
+        bar = progress.add_task(f"submitting to {escape(clean(spec.name, newlines=False))}",
+                                total=len(inputs))
         for number, item in enumerate(inputs, start=1):
             key = f"{idempotency_prefix}-{number}" if idempotency_prefix else None
             run_ids.append(legato.submit(spec, item, idempotency_key=key))

@@ -14,13 +14,20 @@ from __future__ import annotations
 import json
 import re
 import time
-from html import escape
+from html import escape as _html_escape
 from typing import Any
 
 from legato import graph, tree
 from legato.envelope import RunRecord, StepRecord
+from legato.report import clean
 from legato.spec import Pipeline
 from legato.waterfall import Span, decision, timeline
+
+
+def escape(text: str) -> str:
+    """Text as HTML data: markup-significant characters escaped, and control characters and
+    escape sequences shown (`\\x1b[31m`), never passed on raw."""
+    return _html_escape(clean(str(text)))
 
 _COLOURS = {"succeeded": "#2e9d4f", "failed": "#d0343b", "running": "#e0a800", "queued": "#3b82c4",
             "cancelled": "#a040a0", "skipped": "#9aa0a6"}
@@ -87,8 +94,9 @@ def _svg(spans: list[Span], total: float) -> str:
         w = max(2.0, sp.took / total * _CHART)
         colour = _COLOURS.get(s.status, "#888")
         label = escape("\u2002" * sp.depth + s.path.rsplit("/", 1)[-1])
-        parts.append(f'<g class="span" data-path="{escape(s.path)}" data-status="{s.status}">'
-                     f'<title>{escape(s.path)}: {s.status}, {sp.took:.3f}s on '
+        parts.append(f'<g class="span" data-path="{escape(s.path)}" '
+                     f'data-status="{escape(s.status)}">'
+                     f'<title>{escape(s.path)}: {escape(s.status)}, {sp.took:.3f}s on '
                      f'{escape(s.queue or "?")} / {escape(s.worker or "?")}</title>'
                      f'<text x="4" y="{y + 15}" fill="#1d2329">{label}</text>'
                      f'<rect x="{x:.1f}" y="{y + 3}" width="{w:.1f}" height="{_ROW - 8}" rx="3" '

@@ -1,13 +1,21 @@
 """Rendering runs for people: a run summary and a list of runs (rich); the step waterfall is
-in waterfall.py, the HTML page in html_report.py."""
+in waterfall.py, the HTML page in html_report.py.
+
+Everything shown is data: user- and model-supplied text (inputs, outputs, errors, pipeline and
+step names) goes into `Text` objects, never through rich markup, and `clean` escapes control
+characters and terminal escape sequences (ESC becomes the four characters `\x1b`).
+"""
 
 from __future__ import annotations
 
 import json
+import re
 import time
+from collections.abc import Iterator
 from typing import Any
 
-from rich.console import Group
+from rich.console import Console, ConsoleOptions, Group, RenderResult
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
@@ -19,14 +27,42 @@ STATUS_STYLE: dict[str, str] = {
     "cancelled": "magenta", "skipped": "dim"}
 
 
+# C0 controls but tab and newline, DEL, C1 controls (0x9b is a one-byte CSI), and the Unicode
+# format characters that reorder or hide text (bidi overrides and isolates, zero-width marks).
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e"
+                       "\u2066-\u2069\ufeff]")
+
+
+def _escape_control(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def clean(text: str, *, newlines: bool = True) -> str:
+    """`text` safe for a terminal: control characters and escape sequences as visible escapes
+    (`\x1b[31m` stays readable and does nothing). Newlines and tabs are kept unless
+    `newlines` is False."""
+    text = _CONTROLS.sub(_escape_control, text)
+    if not newlines:
+        text = text.replace("\n", "\\n").replace("\t", "\\t")
+    return text
+
+
+def data(value: Any, style: str = "") -> Text:
+    """A value shown as data: JSON unless a string, never markup, controls escaped."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, indent=2,
+                                                           default=str)
+    return Text(clean(text), style=style)
+
+
 def _preview(value: Any, width: int = 70) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    text = " ".join(text.split())
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    text = clean(" ".join(text.split()))
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def status_text(status: str) -> Text:
-    return Text(status, style=STATUS_STYLE.get(status, ""))
+    return Text(clean(status), style=STATUS_STYLE.get(status, ""))
 
 
 def _seconds(start: float | None, end: float | None) -> str:
@@ -36,8 +72,8 @@ def _seconds(start: float | None, end: float | None) -> str:
 
 
 def run_summary(run: RunRecord) -> Group:
-    head = Text.assemble(("run ", "bold"), run.id, "  ", (run.pipeline, "bold"), "  ",
-                         status_text(run.status))
+    head = Text.assemble(("run ", "bold"), clean(run.id), "  ", (clean(run.pipeline), "bold"),
+                         "  ", status_text(run.status))
     lines: list[Any] = [head]
     took = _seconds(run.started_at or run.created_at, run.finished_at)
     u = run.usage
@@ -47,10 +83,9 @@ def run_summary(run: RunRecord) -> Group:
     if run.waiting:
         lines.append(Text(run.waiting, style="yellow"))
     if run.error:
-        lines.append(Text(f"error: {run.error}", style="red"))
+        lines.append(Text.assemble("error: ", data(run.error), style="red"))
     if run.status == "succeeded":
-        output = run.output if isinstance(run.output, str) else json.dumps(run.output, indent=2)
-        lines.append(Text(f"output: {output}"))
+        lines.append(Text.assemble("output: ", data(run.output)))
     return Group(*lines)
 
 
@@ -71,13 +106,46 @@ def tree_order(steps: list[StepRecord]) -> list[StepRecord]:
     return sorted(steps, key=key)
 
 
-def runs_table(runs: list[RunRecord]) -> Table:
-    table = Table(show_edge=False, header_style="bold")
-    for column in ("run", "pipeline", "status", "created", "took", "error"):
-        table.add_column(column)
-    for r in runs:
-        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at))
-        table.add_row(r.id, r.pipeline, status_text(r.status), created,
-                      _seconds(r.started_at, r.finished_at) if r.finished_at else "",
-                      _preview(r.error or r.waiting or "", 60))
-    return table
+class RunsView:
+    """Runs, newest first, fitted to the width at render time: a table when every run's full id
+    and the fixed columns fit beside at least a short error column, else two lines a run (id and
+    status, then the rest). Ids are never cut, so any of them can be copied."""
+
+    ERROR_MIN = 16
+
+    def __init__(self, runs: list[RunRecord]) -> None:
+        self.runs = runs
+
+    def _rows(self) -> Iterator[tuple[str, str, str, str, str, str]]:
+        for r in self.runs:
+            created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at))
+            took = _seconds(r.started_at, r.finished_at) if r.finished_at else ""
+            yield (clean(r.id, newlines=False), clean(r.pipeline, newlines=False), r.status,
+                   created, took, _preview(r.error or r.waiting or "", 200))
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        rows = list(self._rows())
+        heads = ("run", "pipeline", "status", "created", "took")
+        fixed = [max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(heads)]
+        # A column's cells and 3 characters between columns (rich's padding and rule).
+        if sum(fixed) + 3 * len(heads) + self.ERROR_MIN <= options.max_width:
+            table = Table(show_edge=False, header_style="bold", pad_edge=False)
+            for head, width in zip(heads, fixed, strict=True):
+                table.add_column(head, no_wrap=True, min_width=width)
+            table.add_column("error", overflow="fold", ratio=1)
+            for row in rows:
+                table.add_row(Text(row[0]), Text(row[1]), status_text(row[2]), row[3], row[4],
+                              Text(row[5], style="red"))
+            yield table
+            return
+        for run_id, pipeline, status, created, took, error in rows:
+            yield Text.assemble((run_id, "bold"), "  ", status_text(status), overflow="fold")
+            rest = Text.assemble(pipeline, "  ", (created, "dim"), (f"  took {took}" if took
+                                                                     else "", "dim"))
+            if error:
+                rest.append_text(Text(f"  error: {error}", style="red"))
+            yield Padding(rest, (0, 0, 0, 2), expand=False)
+
+
+def runs_table(runs: list[RunRecord]) -> RunsView:
+    return RunsView(runs)

@@ -27,6 +27,7 @@ _ON = ("1", "true", "yes", "on")
 
 # `LEGATO_*` names that are not Settings fields, and who reads them.
 ELSEWHERE: dict[str, str] = {
+    "LEGATO_DEBUG": "the CLI: show tracebacks (read even when the settings themselves fail)",
     "LEGATO_MODEL_API_KEY": "models.yaml: the example aliases' `api_key_env` (the worker reads it)",
     "LEGATO_STRUCTURED_OUTPUT": "models.yaml: `${LEGATO_STRUCTURED_OUTPUT:-...}`",
     "LEGATO_MODEL_NAME": "models.yaml: `${LEGATO_MODEL_NAME:-...}`",

@@ -245,6 +245,17 @@ class RunStore:
                     runs.append(_run_from_hash(raw))
         return runs[:limit]
 
+    def run_ids_with_prefix(self, prefix: str, *, limit: int = 10) -> list[str]:
+        """Ids in the runs index that start with `prefix` (at most `limit`; a scan of the
+        index, for the command line's run ids by unique prefix)."""
+        pattern = "".join(f"\\{c}" if c in "*?[]\\" else c for c in prefix) + "*"
+        found: list[str] = []
+        for run_id, _ in self.redis.zscan_iter(self.keys.runs, match=pattern, count=1000):
+            found.append(run_id)
+            if len(found) >= limit:
+                break
+        return found
+
     def finish_run(
         self, run_id: str, status: TerminalStatus, *, output: Any = None,
         error: str | None = None

@@ -2,6 +2,11 @@
 start offset, duration, tokens, route decision or error, and a bar placed on the run's timeline.
 
     legato show RUN_ID
+
+Fitted to the width it is rendered at: one table row a step when wide (WIDE columns or more),
+else two lines a step (name, status, timings and bar; then kind, queue, worker, tokens and what
+it decided), which reads at 80 columns and in a pipe. Names, queues and workers are never cut;
+all text is data (never markup, control characters escaped).
 """
 
 from __future__ import annotations
@@ -10,13 +15,16 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
 from legato.envelope import RunRecord, StepRecord
-from legato.report import STATUS_STYLE, status_text, tree_order
+from legato.report import STATUS_STYLE, clean, status_text, tree_order
 
 BAR_WIDTH = 32
+WIDE = 160
 
 
 @dataclass(frozen=True)
@@ -70,7 +78,7 @@ def decision(record: StepRecord) -> str:
 def preview(value: Any, width: int = 60) -> str:
     if value is None:
         return ""
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
 
@@ -84,22 +92,81 @@ def _bar(span: Span, total: float, width: int = BAR_WIDTH) -> Text:
     return Text.assemble(" " * left, ("█" * length, style), " " * (width - left - length))
 
 
-def waterfall(run: RunRecord, steps: list[StepRecord], now: float | None = None) -> Table:
-    spans, total = timeline(run, steps, now)
-    table = Table(show_edge=False, header_style="bold", pad_edge=False)
-    for column in ("step", "kind", "status", "queue", "worker", "start", "took", "tokens"):
-        table.add_column(column, no_wrap=True, overflow="ellipsis")
-    table.add_column(f"timeline (0 – {total:.2f}s)", no_wrap=True)
-    table.add_column("decision / output / error", overflow="fold")
-    for sp in spans:
-        s = sp.record
-        name = "  " * sp.depth + s.path.rsplit("/", 1)[-1]
-        tokens = f"{s.usage.prompt_tokens}+{s.usage.completion_tokens}" if s.usage.calls else ""
-        if s.usage.cost:
-            tokens += f" ({s.usage.cost:.4g})"
-        table.add_row(
-            name, s.kind, status_text(s.status), s.queue or "",
-            (s.worker or "")[:28], f"+{sp.start:.2f}s", f"{sp.took:.2f}s", tokens,
-            _bar(sp, total), Text(decision(s), style="red" if s.error else ""),
-        )
-    return table
+def _tokens(s: StepRecord) -> str:
+    tokens = f"{s.usage.prompt_tokens}+{s.usage.completion_tokens}" if s.usage.calls else ""
+    if s.usage.cost:
+        tokens += f" ({s.usage.cost:.4g})"
+    return tokens
+
+
+def _decision(s: StepRecord, width: int) -> str:
+    return clean(" ".join(decision(s).split())[: width * 4], newlines=False)[:width]
+
+
+class Waterfall:
+    def __init__(self, run: RunRecord, steps: list[StepRecord], now: float | None = None
+                 ) -> None:
+        self.spans, self.total = timeline(run, steps, now)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        if options.max_width >= WIDE:
+            yield self._table()
+        else:
+            yield from self._lines(options.max_width)
+
+    def _name(self, sp: Span) -> str:
+        return clean("  " * sp.depth + sp.record.path.rsplit("/", 1)[-1], newlines=False)
+
+    def _table(self) -> Table:
+        table = Table(show_edge=False, header_style="bold", pad_edge=False)
+        for column in ("step", "kind", "status", "queue", "worker", "start", "took", "tokens"):
+            table.add_column(column, no_wrap=True)
+        table.add_column(f"timeline (0 – {self.total:.2f}s)", no_wrap=True)
+        table.add_column("decision / output / error", overflow="fold", ratio=1)
+        for sp in self.spans:
+            s = sp.record
+            table.add_row(
+                Text(self._name(sp)), Text(clean(s.kind)), status_text(s.status),
+                Text(clean(s.queue or "")), Text(clean(s.worker or "")), f"+{sp.start:.2f}s",
+                f"{sp.took:.2f}s", _tokens(s), _bar(sp, self.total),
+                Text(_decision(s, 200), style="red" if s.error else ""),
+            )
+        return table
+
+    def _lines(self, width: int) -> RenderResult:
+        """Two lines a step: `name  status  +start  took  bar`, then the details, indented."""
+        names = [self._name(sp) for sp in self.spans]
+        name_w = min(max([4] + [len(n) for n in names]), max(12, width // 3))
+        fixed = name_w + 2 + 9 + 2 + 8 + 1 + 7 + 2  # name, status, start, took and the gaps
+        bar_w = min(BAR_WIDTH, width - fixed)
+        head = Text(f"{'step':<{name_w}}  {'status':<9}  {'start':>8} {'took':>7}  ",
+                    style="bold")
+        if bar_w >= 8:
+            head.append(f"0 – {self.total:.2f}s"[:bar_w], style="bold")
+        yield head
+        for sp, name in zip(self.spans, names, strict=True):
+            s = sp.record
+            if len(name) > name_w:  # a long name gets its own line: never cut
+                yield Text(name, overflow="fold")
+                name = ""
+            line = Text.assemble(f"{name:<{name_w}}  ", status_text(s.status),
+                                 " " * max(0, 9 - len(s.status)),
+                                 f"  {'+' + format(sp.start, '.2f') + 's':>8} "
+                                 f"{format(sp.took, '.2f') + 's':>7}  ")
+            if bar_w >= 8:
+                line.append_text(_bar(sp, self.total, bar_w))
+            yield line
+            details = [clean(x, newlines=False) for x in (s.kind, s.queue or "", s.worker or "")
+                       if x]
+            if tokens := _tokens(s):
+                details.append(f"tokens {tokens}")
+            said = _decision(s, max(40, width * 2))
+            body = Text(" · ".join(details), style="dim")
+            if said:
+                body.append_text(Text(("  " if details else "") + said,
+                                      style="red" if s.error else ""))
+            yield Padding(body, (0, 0, 0, 2 + 2 * sp.depth), expand=False)
+
+
+def waterfall(run: RunRecord, steps: list[StepRecord], now: float | None = None) -> Waterfall:
+    return Waterfall(run, steps, now)

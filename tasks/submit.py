@@ -12,6 +12,9 @@ one line and no traceback: no server path, file content or listing.
 
 `legato.status` returns the run's record as JSON (status, output, error, usage, timings), so a
 client needs nothing but Celery to learn how a run ended.
+
+A refusal is the producer's mistake, not the worker's: it is logged as one WARNING line naming
+the pipeline (no traceback).
 """
 
 from __future__ import annotations
@@ -29,6 +32,12 @@ from legato.workers.app import app
 
 logger = logging.getLogger(__name__)
 _NO_INPUT: Any = object()
+
+
+def _one_line(value: Any, limit: int = 500) -> str:
+    """A producer's text fit for one log line: control characters (newlines too) escaped."""
+    text = str(value)[:limit]
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class SubmitFailed(LegatoError):
@@ -51,6 +60,8 @@ def submit(self: Task, previous: Any = _NO_INPUT, *, pipeline: str, input: Any =
         run_id = _legato().submit(pipeline, input, idempotency_key=idempotency_key,
                                   names_only=True)
     except LegatoError as exc:
+        logger.warning("refused a job: run=- pipeline=%s: %s: %s", _one_line(repr(pipeline), 200),
+                       type(exc).__name__, _one_line(exc))
         _fail(self, exc)
     except Exception as exc:  # the details stay in the worker's log
         logger.exception("legato.submit failed")

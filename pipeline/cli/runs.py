@@ -3,25 +3,82 @@ validate."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.text import Text
 
 from legato.cli import (
+    EXIT_RUN_FAILED,
+    EXIT_TIMEOUT,
+    MAX_INPUT_DEPTH,
     JsonFlag,
     app,
+    depth,
     err,
     fail,
     legato_client,
     out,
+    print_json,
     print_run,
     read_input,
+    resolve_run,
+    say,
 )
 from legato.client import Legato
 from legato.envelope import RUN_STATUSES
 from legato.errors import InputError, RunNotFound, SpecError
+from legato.report import clean
+
+RunId = Annotated[str, typer.Argument(help="a run id, or a unique prefix of one")]
+MODELS_FILES = ("models.yaml", "models.yml")
+
+
+def refuse_spec(legato: Legato, pipeline: str, exc: SpecError) -> NoReturn:
+    """Exit 2 with the spec error, saying so when the "pipeline" is the models file."""
+    settings = legato.settings
+    candidates = [Path(pipeline)] + [settings.pipelines_dir / f"{pipeline}{suffix}"
+                                     for suffix in ("", ".yaml", ".yml")]
+    for path in candidates:
+        is_models = path.name in MODELS_FILES or (
+            path.is_file() and settings.models_path.is_file()
+            and path.resolve() == settings.models_path.resolve())
+        if is_models and (path.is_file() or path.name in MODELS_FILES):
+            fail(f"{pipeline}: {path.name} is the models file, not a pipeline (it defines the "
+                 f"model aliases pipelines use; submit a pipeline by name or file, e.g. "
+                 f"`legato submit summarize`)")
+    fail(str(exc))
+
+
+def timed_out(run_id: str, timeout: float, status: str) -> NoReturn:
+    err.print(Text(clean(f"timed out after {timeout:g}s: run {run_id} is still {status} (it goes "
+                         f"on; see `legato status {run_id}`)"), style="yellow"),
+              highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_TIMEOUT)
+
+
+def wait_for(legato: Legato, run_id: str, timeout: float) -> Any:
+    """The finished run; exit 3 after `timeout`. Redis going away while waiting (it was there a
+    moment ago) is ridden out until the timeout, with one note."""
+    import redis
+
+    deadline = time.monotonic() + timeout
+    noted = False
+    while True:
+        try:
+            return legato.wait(run_id, timeout=max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            timed_out(run_id, timeout, legato.status(run_id).status)
+        except redis.ConnectionError:
+            if time.monotonic() >= deadline:
+                raise
+            if not noted:
+                err.print(Text("lost Redis while waiting; trying again until the timeout",
+                               style="yellow"), highlight=False)
+                noted = True
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
 
 @app.command()
@@ -30,26 +87,36 @@ def submit(
     input: Annotated[str, typer.Option(
         "--input", "-i", help="JSON, or @file; @file.jsonl submits one job per line")] = "{}",
     wait: Annotated[bool, typer.Option(help="wait for the run to finish")] = False,
-    timeout: Annotated[float, typer.Option(help="seconds to wait")] = 600.0,
+    timeout: Annotated[float, typer.Option(
+        help="seconds to wait; then exit 3 (the run goes on)")] = 600.0,
     idempotency_key: Annotated[str | None, typer.Option(help="same key, same run")] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Submit one job; print its run id (or, with --wait, its outcome)."""
+    """Submit one job; print its run id (or, with --wait, its outcome).
+
+    Exit codes: 0 ok (with --wait: succeeded); 1 the run failed or was cancelled;
+    2 refused (bad pipeline or input); 3 --wait timed out (the run goes on).
+    """
     legato = legato_client()
     if input.startswith("@") and input.endswith(".jsonl"):
         submit_batch(legato, pipeline, Path(input[1:]), wait, timeout, idempotency_key, as_json)
         return
+    payload = read_input(input)
     try:
-        run_id = legato.submit(pipeline, read_input(input), idempotency_key=idempotency_key)
-    except (SpecError, InputError) as exc:
+        run_id = legato.submit(pipeline, payload, idempotency_key=idempotency_key)
+    except RecursionError:  # the input's depth is already bounded: the pipeline file is not
+        fail(f"{pipeline}: the pipeline nests too deeply to load")
+    except SpecError as exc:
+        refuse_spec(legato, pipeline, exc)
+    except InputError as exc:
         fail(str(exc))
     if not wait:
-        out.print_json(data={"run_id": run_id}) if as_json else out.print(run_id)
+        print_json({"run_id": run_id}) if as_json else say(run_id)
         return
-    record = legato.wait(run_id, timeout=timeout)
+    record = wait_for(legato, run_id, timeout)
     print_run(record, as_json)
     if record.status != "succeeded":
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_RUN_FAILED)
 
 
 def submit_batch(legato: Legato, pipeline: str, path: Path, wait: bool, timeout: float,
@@ -58,46 +125,69 @@ def submit_batch(legato: Legato, pipeline: str, path: Path, wait: bool, timeout:
     from legato.report import runs_table
 
     try:
-        run_ids = submit_batch(legato, pipeline, read_jsonl(path), console=err,
+        inputs = read_jsonl(path)
+        for number, item in enumerate(inputs, start=1):
+            if depth(item) > MAX_INPUT_DEPTH:
+                fail(f"--input @{path}: input {number}: JSON nested too deeply (the limit is "
+                     f"{MAX_INPUT_DEPTH} levels)")
+    except RecursionError:
+        fail(f"--input @{path}: JSON nested too deeply (the limit is {MAX_INPUT_DEPTH} levels)")
+    except InputError as exc:
+        fail(str(exc))
+    except FileNotFoundError:
+        fail(f"--input @{path}: no such file")
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"--input @{path}: cannot read it: {getattr(exc, 'strerror', None) or exc}")
+    try:
+        run_ids = submit_batch(legato, pipeline, inputs, console=err,
                                idempotency_prefix=key_prefix)
-    except (SpecError, InputError, OSError) as exc:
+    except RecursionError:
+        fail(f"{pipeline}: the pipeline nests too deeply to load")
+    except SpecError as exc:
+        refuse_spec(legato, pipeline, exc)
+    except InputError as exc:
         fail(str(exc))
     if not wait:
-        out.print_json(data={"run_ids": run_ids}) if as_json else out.print("\n".join(run_ids))
+        print_json({"run_ids": run_ids}) if as_json else say("\n".join(run_ids))
         return
-    records = wait_all(legato, run_ids, timeout=timeout, console=err)
+    try:
+        records = wait_all(legato, run_ids, timeout=timeout, console=err)
+    except TimeoutError:
+        going = [r for r in run_ids if not legato.status(r).done]
+        err.print(Text(f"timed out after {timeout:g}s: {len(going)} of {len(run_ids)} runs are "
+                       f"still going (they go on; `legato runs` lists them)", style="yellow"),
+                  highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_TIMEOUT) from None
     if as_json:
-        out.print_json(data=[r.model_dump(mode="json") for r in records])
+        print_json([r.model_dump(mode="json") for r in records])
     else:
         out.print(runs_table(records))
     if any(r.status != "succeeded" for r in records):
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_RUN_FAILED)
 
 
 @app.command()
-def status(run_id: str, as_json: JsonFlag = False) -> None:
+def status(run_id: RunId, as_json: JsonFlag = False) -> None:
     """A run's status, output or error, and usage."""
-    try:
-        record = legato_client().status(run_id)
-    except RunNotFound as exc:
-        fail(str(exc))
-    print_run(record, as_json)
+    legato = legato_client()
+    print_run(legato.status(resolve_run(legato, run_id)), as_json)
 
 
 @app.command()
-def show(run_id: str, as_json: JsonFlag = False) -> None:
-    """A run's waterfall: step tree, queue, worker, timings, tokens, route decisions."""
+def show(run_id: RunId, as_json: JsonFlag = False) -> None:
+    """A run's waterfall: step tree, queue, worker, timings, tokens, route decisions.
+
+    Fits the terminal's width (or COLUMNS; 80 in a pipe): one table when wide, two lines a step
+    when narrow; ids are never cut."""
     from legato.waterfall import waterfall
 
     legato = legato_client()
-    try:
-        record = legato.status(run_id)
-    except RunNotFound as exc:
-        fail(str(exc))
+    run_id = resolve_run(legato, run_id)
+    record = legato.status(run_id)
     steps = legato.steps(run_id)
     if as_json:
-        out.print_json(data={"run": record.model_dump(mode="json"),
-                             "steps": [s.model_dump(mode="json") for s in steps]})
+        print_json({"run": record.model_dump(mode="json"),
+                    "steps": [s.model_dump(mode="json") for s in steps]})
         return
     print_run(record, False)
     out.print(waterfall(record, steps))
@@ -105,73 +195,82 @@ def show(run_id: str, as_json: JsonFlag = False) -> None:
 
 @app.command()
 def report(
-    run_id: str,
+    run_id: RunId,
     html: Annotated[Path, typer.Option("--html", help="write a self-contained HTML page here")],
 ) -> None:
     """Write a run's report: one HTML file with a timeline chart and every step's input/output."""
     from legato.html_report import render_html
 
     legato = legato_client()
-    try:
-        record = legato.status(run_id)
-    except RunNotFound as exc:
-        fail(str(exc))
+    run_id = resolve_run(legato, run_id)
+    record = legato.status(run_id)
     spec = legato.store.get_spec(record.spec_hash)
     page = render_html(record, legato.steps(run_id), spec, legato.store.get_outputs(run_id))
-    html.write_text(page, encoding="utf-8")
-    out.print(f"wrote {html} ({len(page.encode()) // 1024 + 1} KiB)")
+    try:
+        html.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        fail(f"--html {html}: cannot write it: {exc.strerror or exc}")
+    say(f"wrote {html} ({len(page.encode()) // 1024 + 1} KiB)")
 
 
 @app.command()
-def cancel(run_id: str) -> None:
+def cancel(run_id: RunId) -> None:
     """Cancel a run: steps not yet begun will not run; steps in flight finish their call."""
+    legato = legato_client()
+    run_id = resolve_run(legato, run_id)
     try:
-        changed = legato_client().cancel(run_id)
+        changed = legato.cancel(run_id)
     except RunNotFound as exc:
         fail(str(exc))
-    out.print(f"cancelled {run_id}" if changed else f"{run_id} had already finished")
+    say(f"cancelled {run_id}" if changed else f"{run_id} had already finished")
 
 
 @app.command()
 def resume(
-    run_id: str,
+    run_id: RunId,
     wait: Annotated[bool, typer.Option(help="wait for the run to finish")] = False,
-    timeout: Annotated[float, typer.Option(help="seconds to wait")] = 600.0,
+    timeout: Annotated[float, typer.Option(
+        help="seconds to wait; then exit 3 (the run goes on)")] = 600.0,
 ) -> None:
     """Continue a failed or cancelled run from where it stopped, reusing completed steps."""
     legato = legato_client()
+    run_id = resolve_run(legato, run_id)
     try:
         legato.resume(run_id)
     except (RunNotFound, InputError) as exc:
         fail(str(exc))
     if not wait:
-        out.print(f"resumed {run_id}")
+        say(f"resumed {run_id}")
         return
-    record = legato.wait(run_id, timeout=timeout)
+    record = wait_for(legato, run_id, timeout)
     print_run(record, False)
     if record.status != "succeeded":
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_RUN_FAILED)
 
 
 @app.command()
 def replay(
-    run_id: str,
+    run_id: RunId,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the replay")] = 300.0,
 ) -> None:
     """Run a finished run again from its recorded model calls; report any difference (exit 1)."""
     from legato.models.replay import replay as replay_run
 
+    legato = legato_client()
+    run_id = resolve_run(legato, run_id)
     try:
-        result = replay_run(legato_client(), run_id, timeout=timeout)
+        result = replay_run(legato, run_id, timeout=timeout)
     except (RunNotFound, ValueError) as exc:
         fail(str(exc))
-    out.print(f"replayed {run_id} as {result.replay.id}: {result.replay.status}")
+    except TimeoutError:
+        fail(f"the replay of {run_id} did not finish within {timeout:g}s", EXIT_TIMEOUT)
+    say(f"replayed {run_id} as {result.replay.id}: {result.replay.status}")
     for diff in result.differences:
-        out.print(f"differs {diff.where}: recorded {diff.recorded!r}, replayed "
-                  f"{diff.replayed!r}", markup=False, highlight=False, style="red")
+        say(f"differs {diff.where}: recorded {diff.recorded!r}, replayed {diff.replayed!r}",
+            style="red")
     if result.differences:
-        raise typer.Exit(1)
-    out.print("identical: every step's output and the run's output are the same")
+        raise typer.Exit(EXIT_RUN_FAILED)
+    say("identical: every step's output and the run's output are the same")
 
 
 @app.command()
@@ -180,14 +279,15 @@ def runs(
     limit: int = 20,
     as_json: JsonFlag = False,
 ) -> None:
-    """Recent runs, newest first."""
+    """Recent runs, newest first, with their full ids (any unique prefix of one works as a run
+    id): one table row a run when wide, two lines a run when narrow."""
     from legato.report import runs_table
 
     if status is not None and status not in RUN_STATUSES:
         fail(f"no run state {status!r}: one of {', '.join(sorted(RUN_STATUSES))}")
     records = legato_client().runs(status=status, limit=limit)
     if as_json:
-        out.print_json(data=[r.model_dump(mode="json") for r in records])
+        print_json([r.model_dump(mode="json") for r in records])
     else:
         out.print(runs_table(records))
 
@@ -195,11 +295,15 @@ def runs(
 @app.command()
 def validate(pipeline: Annotated[str, typer.Argument(help="pipeline name or file")]) -> None:
     """Check a pipeline file without running it."""
+    legato = legato_client()
     try:
-        spec = legato_client().load(pipeline)
+        spec = legato.load(pipeline)
+    except RecursionError:
+        fail(f"{pipeline}: the pipeline nests too deeply to load")
     except SpecError as exc:
-        fail(str(exc))
-    out.print(f"[green]ok[/] {spec.name} ({spec.content_hash()})")
+        refuse_spec(legato, pipeline, exc)
+    out.print(Text.assemble(("ok", "green"), " ", clean(f"{spec.name} ({spec.content_hash()})")),
+              highlight=False)
     try:
         unserved = legato_client().unserved_queues(spec)
     except Exception as exc:  # the file is fine; whether workers serve it is a bonus

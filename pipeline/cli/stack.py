@@ -35,15 +35,34 @@ def worker(
 def flower(
     port: int = 5555,
     address: str = "127.0.0.1",
-    basic_auth: Annotated[str | None, typer.Option(help="user:password",
-                                                   envvar="FLOWER_BASIC_AUTH")] = None,
+    basic_auth: Annotated[str | None, typer.Option(
+        help="user:password; better set FLOWER_BASIC_AUTH, which no `ps` shows")] = None,
+    insecure_no_auth: Annotated[bool, typer.Option(
+        "--insecure-no-auth", help="start with no authentication: anyone who reaches the port "
+        "sees every task and can send any")] = False,
 ) -> None:
-    """Run Flower against Legato's broker (tasks show under their public names)."""
+    """Run Flower against Legato's broker (tasks show under their public names).
+
+    Needs authentication: FLOWER_BASIC_AUTH=user:password (or --basic-auth, or Flower's own
+    FLOWER_AUTH_PROVIDER); refuses to start without it unless given --insecure-no-auth. The
+    password goes to Flower in its environment, never on its command line.
+    """
     argv = [sys.executable, "-m", "celery", "-A", "legato.workers.app", "flower", f"--port={port}",
             f"--address={address}"]
-    if basic_auth:
-        argv.append(f"--basic-auth={basic_auth}")
-    os.execv(sys.executable, argv)
+    env = dict(os.environ)
+    auth = basic_auth or env.get("FLOWER_BASIC_AUTH", "")
+    if auth:
+        for pair in auth.split(","):
+            user, colon, password = pair.partition(":")
+            if not (user and colon and password):
+                fail("FLOWER_BASIC_AUTH (or --basic-auth) is user:password[,user:password...]")
+        env["FLOWER_BASIC_AUTH"] = auth
+    else:
+        env.pop("FLOWER_BASIC_AUTH", None)  # empty: Flower would take it as a user named ""
+        if not env.get("FLOWER_AUTH_PROVIDER") and not insecure_no_auth:
+            fail("Flower would start with no authentication: set FLOWER_BASIC_AUTH=user:password "
+                 "(or pass --insecure-no-auth to run it open)")
+    os.execve(sys.executable, argv, env)
 
 
 @app.command("model-server")

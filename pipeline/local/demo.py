@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import sys
 import tempfile
@@ -29,6 +30,7 @@ from legato.local import processes
 from legato.local.net import free_port, port_open
 from legato.local.redis_server import RedisServer
 from legato.queues import DEFAULT_QUEUES
+from legato.report import clean, data
 from legato.settings import Settings, replace
 
 BRANCH_QUEUES = ["legato.branch.billing", "legato.branch.technical"]
@@ -74,12 +76,18 @@ def _submit_all(legato: Legato, names: list[str], pipelines_dir: Path, console: 
 
 
 def _show(console: Console, records: list[RunRecord]) -> None:
+    """Each run in a panel: its pipeline and outcome as the title, its id on the first line
+    (inside, where no width cuts it), then its output or error, as data (never markup)."""
     for r in records:
         took = f"{(r.finished_at or time.time()) - r.created_at:.1f}s"
         ok = r.status == "succeeded"
-        output = r.output if isinstance(r.output, str) else json.dumps(r.output, indent=2)
-        body = Text(output.strip()) if ok else Text(str(r.error), style="red")
-        title = f"{r.pipeline} · {r.status} · {took} · {r.usage.calls} model calls"
+        body = Text.assemble(("run ", "dim"), (r.id, "bold"), "\n")
+        if ok:
+            body.append_text(data(r.output.strip() if isinstance(r.output, str) else r.output))
+        else:
+            body.append_text(data(str(r.error), style="red"))
+        title = Text(clean(f"{r.pipeline} · {r.status} · {took} · {r.usage.calls} model calls",
+                           newlines=False))
         console.print(Panel(body, title=title, title_align="left",
                             border_style="green" if ok else "red"))
 
@@ -117,12 +125,16 @@ def _run(console: Console, settings: Settings, model: str, keep: bool | None,
             stack.enter_context(processes.worker("branches", BRANCH_QUEUES, env=env,
                                                  log_dir=logs))
             flower_port = 5555 if not port_open("127.0.0.1", 5555) else free_port()
-            stack.enter_context(processes.flower(flower_port, env=env, log_dir=logs))
+            flower_auth = f"demo:{secrets.token_urlsafe(9)}"  # a fresh password each demo
+            stack.enter_context(processes.flower(flower_port, env=env, basic_auth=flower_auth,
+                                                 log_dir=logs))
         legato = Legato(replace(settings, redis_url=redis.url, pipelines_dir=pipelines_dir,
                                 model_base_url=env["LEGATO_MODEL_BASE_URL"]))
         records = _submit_all(legato, names, pipelines_dir, console, timeout)
         _show(console, records)
-        console.print(f"Flower: http://127.0.0.1:{flower_port}   logs: {logs}")
+        user, _, password = flower_auth.partition(":")
+        console.print(f"Flower: http://127.0.0.1:{flower_port} (user {user}, password "
+                      f"{password})   logs: {logs}", markup=False, highlight=False)
         if keep:
             console.print(f"inspect a run: LEGATO_REDIS_URL={redis.url} legato show RUN_ID")
             console.print("[bold]running — press Ctrl-C to stop[/]")

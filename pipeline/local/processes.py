@@ -126,8 +126,10 @@ def worker(name: str, queues: list[str], *, env: dict[str, str], concurrency: in
 
 def flower(port: int, *, env: dict[str, str], basic_auth: str | None = None,
            log_dir: Path | None = None) -> Service:
+    """`legato flower` with basic auth given in its environment (never on a command line);
+    with no `basic_auth`, FLOWER_BASIC_AUTH must be in `env` (or Flower refuses to start)."""
     argv = [sys.executable, "-m", "legato.cli", "flower", "--port", str(port)]
     if basic_auth:
-        argv += ["--basic-auth", basic_auth]
+        env = {**env, "FLOWER_BASIC_AUTH": basic_auth}
     return Service("flower", argv, env=env, ready=r"Visit me at|Registered tasks",
                    log_dir=log_dir)

@@ -1,4 +1,5 @@
-"""`legato demo` stops cleanly on Ctrl-C: every process it started is gone."""
+"""`legato demo` prints every run's id beside its result, starts Flower with a fresh password,
+and stops cleanly on Ctrl-C: every process it started is gone."""
 
 from __future__ import annotations
 
@@ -30,6 +31,10 @@ def test_demo_with_the_fake_model_runs_everything_and_stops_on_ctrl_c(tmp_path):
         text = out_path.read_text()
         examples = [p for p in (ROOT / "pipelines").glob("*.yaml") if p.stem != "models"]
         assert text.count("· succeeded ·") == len(examples), text
+        # each result shows its run's full id, inside its panel (where no width cuts it)
+        shown = re.findall(r"│ run ([0-9a-f]{32}) +│", text)
+        assert len(set(shown)) == len(examples), text
+        assert re.search(r"Flower: http://127\.0\.0\.1:\d+ \(user demo, password \S+\)", text)
         redis_port = int(re.search(r"redis: redis://127\.0\.0\.1:(\d+)/0", text).group(1))
         flower_port = int(re.search(r"Flower: http://127\.0\.0\.1:(\d+)", text).group(1))
         assert port_open("127.0.0.1", redis_port) and port_open("127.0.0.1", flower_port)

@@ -133,7 +133,10 @@ def _run(code_or_argv: str | list[str], *, env: dict[str, str], cwd: Path
 
 
 def _here(service: processes.Service, env: dict[str, str], cwd: Path) -> processes.Service:
-    service.env, service.cwd = env, cwd  # exactly this environment, from the user's folder
+    # Exactly this environment (plus Flower's credentials, which it is given in its environment,
+    # never on its command line), from the user's folder.
+    auth = {k: service.env[k] for k in ("FLOWER_BASIC_AUTH",) if k in service.env}
+    service.env, service.cwd = {**env, **auth}, cwd
     return service
 
 

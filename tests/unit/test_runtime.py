@@ -148,6 +148,8 @@ ENVIRON_ALLOWED = {
     "pipeline/models/anthropic.py": "a model's api_key_env (being reworked separately)",
     "pipeline/models/credentials.py": "the worker's own api_key_env and ${VAR} in its headers",
     "pipeline/local/processes.py": "a child process's environment: this one's plus its own",
+    "pipeline/cli/__init__.py": "LEGATO_DEBUG, read even when the settings fail to load",
+    "pipeline/cli/stack.py": "Flower's environment: FLOWER_BASIC_AUTH goes there, not on argv",
     "pipeline/local/model_server.py": "the llama.cpp server's environment (minus CONFIG_FILE)",
     "pipeline/local/rabbitmq.py": "the RabbitMQ node's environment",
     "pipeline/local/demo.py": "writes: the demo's stack, for models.yaml in this process",
