@@ -101,8 +101,9 @@ class Legato:
                            status="queued", input=input, created_at=time.time(),
                            idempotency_key=idempotency_key)
         run_id = self.store.create_run(record)
-        if run_id != record.id:
-            return run_id  # the same idempotency key was used before: that run is this job
+        if run_id != record.id:  # the key was used before: that run is this job, if it is
+            _same_job(self.store.get_run(run_id), spec.name, input, idempotency_key)
+            return run_id
         try:
             canvas = self._compiler(run_id, digest).run(spec)
             canvas.apply_async()
@@ -196,3 +197,15 @@ def _without_server_paths(exc: SpecError, path: Path, models_file: Path) -> Spec
 def _refuse_object(pipeline: Any) -> Pipeline:
     raise SpecError("a pipeline is named, not sent", source=type(pipeline).__name__)
 
+
+def _same_job(first: RunRecord, pipeline: str, input: Any, key: str | None) -> None:
+    """An idempotency key is bound to the job it was first used for: the pipeline and the input.
+    Another job under it is refused (InputError) rather than answered with the first run."""
+    def canonical(value: Any) -> str:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+    if first.pipeline != pipeline:
+        raise InputError(f"idempotency key {key!r} was used for another pipeline: run "
+                         f"{first.id} of {first.pipeline!r}")
+    if canonical(first.input) != canonical(input):
+        raise InputError(f"idempotency key {key!r} was used for another input: run {first.id}")

@@ -37,6 +37,7 @@ from legato.envelope import StepInput, StepRecord, StepRef, StepResult
 from legato.errors import PermanentError, StepError, TransientError
 from legato.graph import Node
 from legato.journal import Begin
+from legato.models.credentials import redact
 from legato.settings import Settings, get_settings
 from legato.spec import Pipeline
 from legato.tasks.finish import close_run
@@ -70,7 +71,7 @@ class StepTask(Task):
         first = first if isinstance(first, dict) else {}  # a forged envelope names no step
         run_id, path = first.get("run_id"), first.get("path") or first.get("node") or "?"
         log.exception("step %s of run %s: the task raised", path, run_id)
-        error = f"{type(exc).__name__}: {exc}"
+        error = _redacted(f"{type(exc).__name__}: {exc}")
         record = StepRecord(path=path, status="failed", kind=self.name.removeprefix("legato."),
                             error=error, error_type="InternalError", task_id=self.request.id,
                             started_at=time.time(), ended_at=time.time())
@@ -230,6 +231,16 @@ def _hold_for_retry(task: Task, record: StepRecord, error: StepError | None,
     return retry_in
 
 
+def _redacted(error: str) -> str:
+    """A step's error as it may be stored: without the worker's credentials or key-shaped
+    strings (a tool's or a library's error may echo them, not only a provider's)."""
+    try:
+        secrets = resources.gateway().credentials.secrets()
+    except Exception:  # a bad models file: still strip what looks like a key
+        secrets = []
+    return redact(error, secrets)
+
+
 def _check_output(output: Any, limit: int) -> None:
     """Outputs live in Redis as JSON and feed later prompts: refuse, readably and once, one that
     is not JSON (a set, bytes, an object: a bug in a tool, not worth retrying) or is over the
@@ -272,12 +283,13 @@ def _work(record: StepRecord, work: Work, node: Node, spec: Pipeline, step: Step
         record.status, record.output = "succeeded", outcome.output
         record.usage, record.detail = outcome.usage, outcome.detail
     except StepError as exc:
-        record.status, record.error, record.error_type = "failed", str(exc), type(exc).__name__
+        record.status, record.error, record.error_type = "failed", _redacted(str(exc)), \
+            type(exc).__name__
         record.detail = getattr(exc, "detail", None) or {}  # e.g. the model calls tried
         error = exc
     except Exception as exc:  # a bug or an unexpected library error: keep it readable on the run
         log.exception("step %s of run %s raised", step.path, step.run_id)
-        record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
+        record.status, record.error = "failed", _redacted(f"{type(exc).__name__}: {exc}")
         record.error_type = "InternalError"
     record.ended_at = time.time()
     return error

@@ -87,3 +87,9 @@ def process_id() -> int:
     import os
 
     return os.getpid()
+
+
+@tool
+def leaky() -> str:
+    """A tool whose error echoes a credential, as a careless client library's might."""
+    raise RuntimeError("upstream said 401 for Authorization: Bearer sk-live-0123456789abcdefXYZ")

@@ -40,7 +40,7 @@ from legato.envelope import (
 from legato.errors import PermanentError, StepError, TransientError
 from legato.models import anthropic, openai_compat
 from legato.models.breaker import CircuitBreaker
-from legato.models.budget import BudgetMeter, cost_of
+from legato.models.budget import BudgetMeter, Reservation, cost_of, estimated_cost
 from legato.models.cache import Mode, ResponseCache, cache_key
 from legato.models.config import Budget, ModelConfig
 from legato.models.credentials import Credentials, for_process
@@ -106,8 +106,29 @@ class Gateway:
                                                  outcome="miss"))
                 raise PermanentError(f"replay: no recorded response for this call to {alias!r} "
                                      f"(cache key {digest[:16]})")
+        reservation: Reservation | None = None
         if run is not None and run.budget is not None and self.budgets is not None:
-            self.budgets.check(run.run_id, run.budget, started_at=run.started_at)
+            estimate = estimate_tokens(checked, {**primary.params, **(params or {})})
+            reservation = self.budgets.check(run.run_id, run.budget, started_at=run.started_at,
+                                             tokens=estimate,
+                                             cost=estimated_cost(primary, estimate))
+        try:
+            completion = self._complete(models, alias, checked, schema, params, tag,
+                                        tried_models)
+        except BaseException:
+            if reservation is not None and self.budgets is not None:
+                self.budgets.release(reservation)
+            raise
+        if reservation is not None and self.budgets is not None:
+            self.budgets.charge(reservation, completion.usage)
+        if digest is not None and self.cache is not None:
+            self.cache.put(digest, completion)
+        return completion
+
+    def _complete(self, models: dict[str, ModelConfig], alias: str, checked: list[Message],
+                  schema: dict[str, Any] | None, params: dict[str, Any] | None,
+                  tag: str | None, tried_models: list[ModelAttempt]) -> Completion:
+        """The alias, else its fallbacks, each under its breaker, rate limit and retries."""
         last: TransientError | None = None
         candidates = _candidates(models, alias)
         tried = False
@@ -137,13 +158,8 @@ class Gateway:
                 raise
             entry.outcome = "ok"
             usage = completion.usage.model_copy(update={"cost": cost_of(cfg, completion.usage)})
-            completion = Completion(completion.text, usage, completion.finish_reason,
-                                    completion.tool_calls)
-            if run is not None and run.budget is not None and self.budgets is not None:
-                self.budgets.charge(run.run_id, run.budget, usage)
-            if digest is not None and self.cache is not None:
-                self.cache.put(digest, completion)
-            return completion
+            return Completion(completion.text, usage, completion.finish_reason,
+                              completion.tool_calls)
         names = ", ".join(e.model + ("" if e.attempts else f" ({e.outcome})")
                           for e in tried_models if e.attempts is not None)
         if last is None:

@@ -15,10 +15,10 @@ def test_a_wide_vote_cannot_overspend_a_small_token_budget(legato, fake):
     assert run.status == "failed"
     assert "budget exceeded" in run.error, run.error
     calls = fake.stats()["requests"]
-    assert 1 <= calls <= 2, calls  # without reservations all 40 ran (issue 12: 247 tokens)
+    assert 1 <= calls <= 8, calls  # a few ~6-token calls fit in 30; without reservations all 40
     members = [s for s in legato.steps(run.id) if s.path.startswith("crowd/voter[")]
     used = sum(s.usage.total_tokens for s in members)
     assert used <= 30 + max(s.usage.total_tokens for s in members), used
     refused = [s for s in members if s.error_type == "BudgetExceeded"]
-    assert len(refused) >= 38
+    assert len(refused) >= 40 - calls
     assert "reserved by calls in flight" in refused[0].error, refused[0].error

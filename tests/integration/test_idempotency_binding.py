@@ -18,7 +18,7 @@ def test_the_same_key_for_the_same_job_returns_the_first_run(legato, fake):
 
 @pytest.mark.parametrize("pipeline, job_input, what", [
     ("summarize", {"text": "another input"}, "another input"),
-    ("word_detective", {"text": "one job"}, "another pipeline"),
+    ("word_detective", {"text": "one job", "question": "which?"}, "another pipeline"),
 ])
 def test_the_same_key_for_another_job_is_refused(legato, fake, redis_server, pipeline,
                                                  job_input, what):
