@@ -19,6 +19,7 @@ from legato.envelope import TERMINAL, RunRecord, StepRecord, TerminalStatus, Usa
 from legato.errors import RunNotFound
 from legato.journal import Journal
 from legato.keys import Keys
+from legato.kinds.orchestrate import plan_path
 from legato.lua import lua_set
 from legato.spec import Pipeline, pipeline_from_json
 from legato.voting import Ballot
@@ -383,6 +384,12 @@ class RunStore:
         if missing:
             raise KeyError(f"no journal record for {missing}")
         return [StepRecord.model_validate_json(raw) for raw in raws]
+
+    def subtasks(self, run_id: str, node: str, rounds: int) -> list[Any]:
+        """An orchestrate step's subtasks, rounds 0..`rounds`, in order, from its plan records
+        (one round trip)."""
+        records = self.get_steps_at(run_id, [plan_path(node, r) for r in range(rounds + 1)])
+        return [t for r in records for t in (r.output or {}).get("subtasks", [])]
 
     def get_steps(self, run_id: str) -> list[StepRecord]:
         raw = self.redis.hgetall(self.keys.steps(run_id))

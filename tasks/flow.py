@@ -90,7 +90,8 @@ def _fan_in(results: list[StepResult], run_id: str) -> Work:
         if isinstance(step, Parallel):
             outcome = aggregate(step.aggregate, list(records), ctx)
         else:
-            done = _done_so_far(run_id, node.path, ctx.item)
+            subtasks = resources.store().subtasks(run_id, node.path, ctx.item["round"])
+            done = _done_so_far(run_id, node.path, subtasks)
             outcome = llm_kind.run(step.synthesizer, ctx, results=done)
         outcome.detail.update(detail)
         return outcome
@@ -105,9 +106,8 @@ def _failing(exc: StepError) -> Work:
     return work
 
 
-def _done_so_far(run_id: str, path: str, item: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every round's finished subtasks with their outputs (the plan rides in the envelope)."""
-    subtasks = item["subtasks"]
+def _done_so_far(run_id: str, path: str, subtasks: list[Any]) -> list[dict[str, Any]]:
+    """Every round's finished subtasks with their outputs."""
     records = resources.store().get_steps_at(
         run_id, [worker_path(path, i) for i in range(len(subtasks))])
     return [{"subtask": subtasks[i], "output": r.output}
@@ -134,13 +134,14 @@ def synthesize(self: StepTask, results: Any, *, step: dict[str, Any]) -> dict[st
     node, compiler = _node_and_compiler(step)
     orchestrate = node.step
     assert isinstance(orchestrate, Orchestrate)
-    round_no, subtasks = step["item"]["round"], step["item"]["subtasks"]
+    round_no = step["item"]["round"]
     if round_no + 1 < orchestrate.max_rounds:
         try:  # this round must hold up first
             fan_in(items, on_failure=orchestrate.on_failure, min_success=orchestrate.min_success)
         except StepError as exc:
             return journaled(self, step, "orchestrate", _failing(exc), final=True).wire()
-        done = _done_so_far(step["run_id"], node.path, step["item"])
+        subtasks = resources.store().subtasks(step["run_id"], node.path, round_no)
+        done = _done_so_far(step["run_id"], node.path, subtasks)
 
         def replan(ctx: StepContext, _: Node, __: Pipeline) -> Outcome:
             return plan(orchestrate, ctx, round_no=round_no + 1, results=done)

@@ -24,9 +24,18 @@ from legato.workers import resources
 def _llm(ctx: StepContext, node: Node, _: Pipeline) -> Outcome:
     step = node.step
     if isinstance(step, Orchestrate):  # an orchestrator's worker, on one subtask
-        return llm_kind.run(step.worker, ctx, subtask=ctx.item)
+        return llm_kind.run(step.worker, ctx, subtask=_subtask(ctx))
     assert isinstance(step, Llm)
     return llm_kind.run(step, ctx)
+
+
+def _subtask(ctx: StepContext) -> Any:
+    """A worker's subtask, from the plan records (its message names the round and its index;
+    one sent before messages stopped carrying subtasks holds the subtask itself)."""
+    if not (isinstance(ctx.item, dict) and set(ctx.item) == {"round"}):
+        return ctx.item
+    assert ctx.index is not None
+    return resources.store().subtasks(ctx.step.run_id, ctx.node, ctx.item["round"])[ctx.index]
 
 
 def _tool(ctx: StepContext, node: Node, _: Pipeline) -> Outcome:

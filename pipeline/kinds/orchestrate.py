@@ -75,15 +75,16 @@ def plan_path(node: str, round_no: int) -> str:
 
 def workers(step: Orchestrate, path: str, subtasks: list[Any], queue: str | None,
             compiler: Compiler, *, start: int = 0, round_no: int = 0) -> Signature:
-    """The fan-out: the new subtasks' workers (from `start`), in batches, then the synthesizer,
-    which carries every subtask so far and the round."""
+    """The fan-out: the new subtasks' workers (from `start`), in batches, then the synthesizer.
+    Messages carry the round and each worker's index, never the subtasks' text (model output):
+    workers read theirs from the plan records in the journal (`RunStore.subtasks`)."""
     from celery import chord, group
 
     queue = queue or LLM
-    members = [compiler.envelope(path, path=worker_path(path, i), index=i, item=subtasks[i])
+    members = [compiler.envelope(path, path=worker_path(path, i), index=i,
+                                 item={"round": round_no})
                for i in range(start, len(subtasks))]
-    synthesize = compiler.task("legato.synthesize", queue, path,
-                               item={"subtasks": subtasks, "round": round_no})
+    synthesize = compiler.task("legato.synthesize", queue, path, item={"round": round_no})
     return chord(group(compiler.members(members, queue)), synthesize)
 
 

@@ -247,14 +247,16 @@ def test_orchestrate_is_a_plan_task_then_workers_and_a_synthesizer(app: Celery) 
     (batch,) = fan.tasks  # the workers run concurrently in one batch task
     assert (batch.task, batch.options["queue"]) == ("legato.llm_batch", LLM)
     assert [e["path"] for e in batch.kwargs["steps"]] == ["o/worker[0]", "o/worker[1]"]
-    assert [e["item"] for e in batch.kwargs["steps"]] == subtasks
+    # The subtasks' text (model output) stays in the journal: messages carry the round only.
+    assert [e["item"] for e in batch.kwargs["steps"]] == [{"round": 0}] * len(subtasks)
     later = _compiler(app).workers(step, "o", [*subtasks, {"title": "3"}], "q.o", start=2,
                                    round_no=1)
     assert [e["path"] for e in later.tasks[0].kwargs["steps"]] == ["o/worker[2]"]
     unfused = Compiler(app, "RUN", "HASH", fuse=False).workers(step, "o", subtasks, None)
     assert [s.task for s in unfused.tasks] == ["legato.llm", "legato.llm"]
     assert fan.body.task == "legato.synthesize"
-    assert fan.body.kwargs["step"]["item"] == {"subtasks": subtasks, "round": 0}
+    assert fan.body.kwargs["step"]["item"] == {"round": 0}
+    assert "instructions" not in json.dumps(fan)
 
 
 def test_the_run_canvas_runs_every_step_then_finalize(app: Celery) -> None:
