@@ -91,7 +91,7 @@ def step_task(name: str, **options: Any) -> Callable[[Body], StepTask]:
         @functools.wraps(body)
         def guarded(self: StepTask, *args: Any, **kwargs: Any) -> Any:
             try:
-                return body(self, *args, **kwargs)
+                return body(self, *args, **_typed(kwargs))
             except _PASS_THROUGH:
                 raise
             except Exception as exc:  # failure is a value
@@ -102,14 +102,24 @@ def step_task(name: str, **options: Any) -> Callable[[Body], StepTask]:
     return register
 
 
-def journaled(task: Task, envelope: dict[str, Any], kind: str, work: Work, *,
+def _typed(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The body's kwargs with its step input typed: `step` a StepInput, `steps` a list of them
+    (a malformed one raises, and fails the step like any other error)."""
+    typed = dict(kwargs)
+    if "step" in typed:
+        typed["step"] = StepInput.model_validate(typed["step"])
+    if "steps" in typed:
+        typed["steps"] = [StepInput.model_validate(s) for s in typed["steps"]]
+    return typed
+
+
+def journaled(task: Task, step: StepInput, kind: str, work: Work, *,
               final: bool) -> StepResult:
     """Run `work` once per (run, path). `final`: its output is the node's (gate + publish).
 
     A delivery of a step that another delivery is working on (a live lease) is dropped with
     `Ignore`: no result, no chain continuation, so it is never started twice.
     """
-    step = StepInput.model_validate(envelope)
     settings = get_settings()
     store = resources.store()
     spec = store.get_spec(step.spec_hash)
@@ -138,7 +148,7 @@ def journaled(task: Task, envelope: dict[str, Any], kind: str, work: Work, *,
     return record.result()
 
 
-def journaled_many(task: Task, envelopes: list[dict[str, Any]], kind: str,
+def journaled_many(task: Task, steps: list[StepInput], kind: str,
                    work: Work) -> list[StepResult]:
     """`journaled` for the members of a fan-out (never final), run concurrently in one task.
 
@@ -147,7 +157,6 @@ def journaled_many(task: Task, envelopes: list[dict[str, Any]], kind: str,
     the members that had not finished. A transiently failed member retries the whole task later
     (the finished ones are memoized).
     """
-    steps = [StepInput.model_validate(e) for e in envelopes]
     run_id = steps[0].run_id
     settings = get_settings()
     store = resources.store()

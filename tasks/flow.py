@@ -21,11 +21,10 @@ from legato.workers import resources
 from legato.workers.app import app
 
 
-def _node_and_compiler(step: dict[str, Any]) -> tuple[Node, Compiler]:
-    envelope = StepInput.model_validate(step)
-    spec = resources.store().get_spec(envelope.spec_hash)
-    node = graph.node(spec, envelope.node)
-    return node, Compiler(app, envelope.run_id, envelope.spec_hash, fuse=spec.fuse,
+def _node_and_compiler(step: StepInput) -> tuple[Node, Compiler]:
+    spec = resources.store().get_spec(step.spec_hash)
+    node = graph.node(spec, step.node)
+    return node, Compiler(app, step.run_id, step.spec_hash, fuse=spec.fuse,
                           batch_size=resources.settings().batch_size)
 
 
@@ -35,7 +34,7 @@ def _route(ctx: StepContext, node: Node, _: Pipeline) -> Outcome:
 
 
 @step_task("legato.route")
-def route(self: StepTask, prev: Any = None, *, step: dict[str, Any]) -> dict[str, Any]:
+def route(self: StepTask, prev: Any = None, *, step: StepInput) -> dict[str, Any]:
     """Classify, journal the decision, then become the chosen branch on its own queue."""
     if failed := upstream_failure(prev):
         return failed
@@ -53,7 +52,7 @@ def _plan(ctx: StepContext, node: Node, _: Pipeline) -> Outcome:
 
 
 @step_task("legato.plan")
-def plan_task(self: StepTask, prev: Any = None, *, step: dict[str, Any]) -> dict[str, Any]:
+def plan_task(self: StepTask, prev: Any = None, *, step: StepInput) -> dict[str, Any]:
     """Ask the planner for subtasks, then become chord(workers, synthesizer)."""
     if failed := upstream_failure(prev):
         return failed
@@ -115,38 +114,38 @@ def _done_so_far(run_id: str, path: str, subtasks: list[Any]) -> list[dict[str, 
 
 
 @step_task("legato.aggregate")
-def aggregate_task(self: StepTask, results: Any, *, step: dict[str, Any]) -> dict[str, Any]:
+def aggregate_task(self: StepTask, results: Any, *, step: StepInput) -> dict[str, Any]:
     items = _wire_results(results)
-    if upstream := _upstream_of(items, step["node"]):
+    if upstream := _upstream_of(items, step.node):
         return upstream.wire()
-    work = _fan_in(items, step["run_id"])
+    work = _fan_in(items, step.run_id)
     return journaled(self, step, "parallel", work, final=True).wire()
 
 
 @step_task("legato.synthesize")
-def synthesize(self: StepTask, results: Any, *, step: dict[str, Any]) -> dict[str, Any]:
+def synthesize(self: StepTask, results: Any, *, step: StepInput) -> dict[str, Any]:
     """Close a round of workers: ask the planner for another round if rounds are left (and it
     wants one), else synthesize every round's results. A round that fails its policy fails the
     step at once, whatever rounds are left."""
     items = _wire_results(results)
-    if upstream := _upstream_of(items, step["node"]):
+    if upstream := _upstream_of(items, step.node):
         return upstream.wire()
     node, compiler = _node_and_compiler(step)
     orchestrate = node.step
     assert isinstance(orchestrate, Orchestrate)
-    round_no = step["item"]["round"]
+    round_no = step.item["round"]
     if round_no + 1 < orchestrate.max_rounds:
         try:  # this round must hold up first
             fan_in(items, on_failure=orchestrate.on_failure, min_success=orchestrate.min_success)
         except StepError as exc:
             return journaled(self, step, "orchestrate", _failing(exc), final=True).wire()
-        subtasks = resources.store().subtasks(step["run_id"], node.path, round_no)
-        done = _done_so_far(step["run_id"], node.path, subtasks)
+        subtasks = resources.store().subtasks(step.run_id, node.path, round_no)
+        done = _done_so_far(step.run_id, node.path, subtasks)
 
         def replan(ctx: StepContext, _: Node, __: Pipeline) -> Outcome:
             return plan(orchestrate, ctx, round_no=round_no + 1, results=done)
 
-        planning = {**step, "path": plan_path(node.path, round_no + 1)}
+        planning = step.model_copy(update={"path": plan_path(node.path, round_no + 1)})
         more = journaled(self, planning, "plan", replan, final=False)
         if not more.ok:
             return more.wire()
@@ -154,5 +153,5 @@ def synthesize(self: StepTask, results: Any, *, step: dict[str, Any]) -> dict[st
             every = subtasks + more.output["subtasks"]
             raise self.replace(compiler.workers(orchestrate, node.path, every, node.queue,
                                                 start=len(subtasks), round_no=round_no + 1))
-    work = _fan_in(items, step["run_id"])
+    work = _fan_in(items, step.run_id)
     return journaled(self, step, "orchestrate", work, final=True).wire()

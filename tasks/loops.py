@@ -47,21 +47,20 @@ def _go_on(task: Task, envelope: StepInput, label: str) -> NoReturn:
     raise task.replace(compiler.again(task.name, following, task.request))
 
 
-def _close(task: Task, step: dict[str, Any], kind: str,
+def _close(task: Task, step: StepInput, kind: str,
            outcome: Callable[[], Outcome]) -> dict[str, Any]:
     """Journal the loop step itself (gate and outputs included) with the final outcome."""
-    closing = {**step, "path": step["node"], "index": None}
+    closing = step.model_copy(update={"path": step.node, "index": None})
     return journaled(task, closing, kind, lambda *_: outcome(), final=True).wire()
 
 
 @step_task("legato.evaluate")
-def evaluate(self: StepTask, prev: Any = None, *, step: dict[str, Any]) -> dict[str, Any]:
+def evaluate(self: StepTask, prev: Any = None, *, step: StepInput) -> dict[str, Any]:
     """One evaluator-optimizer round at `<step>/round[i]`; the last one closes the step."""
     if failed := upstream_failure(prev):
         return failed
-    envelope = StepInput.model_validate(step)
-    round_no = envelope.index or 0
-    previous = _previous(envelope, "round")
+    round_no = step.index or 0
+    previous = _previous(step, "round")
 
     def work(ctx: StepContext, node: Node, _: Pipeline) -> Outcome:
         assert isinstance(node.step, Evaluate)
@@ -70,25 +69,24 @@ def evaluate(self: StepTask, prev: Any = None, *, step: dict[str, Any]) -> dict[
     result = journaled(self, step, "round", work, final=False)
     if not result.ok:
         return result.wire()
-    spec_step = _loop_step(envelope)
+    spec_step = _loop_step(step)
     assert isinstance(spec_step, Evaluate)
     move = next_move(spec_step, round_no, result.output, previous)
     if move is None:
-        _go_on(self, envelope, "round")
+        _go_on(self, step, "round")
     why, kept = move
     return _close(self, step, "evaluate", lambda: Outcome(kept, detail={
         "rounds": round_no + 1, "stopped": why, "best_round": result.output["best"]["round"]}))
 
 
 @step_task("legato.agent")
-def agent(self: StepTask, prev: Any = None, *, step: dict[str, Any]) -> dict[str, Any]:
+def agent(self: StepTask, prev: Any = None, *, step: StepInput) -> dict[str, Any]:
     """One agent turn at `<step>/turn[i]`; the transcript is journaled with every turn, so a
     crash resumes from the last completed turn. The turn that answers closes the step."""
     if failed := upstream_failure(prev):
         return failed
-    envelope = StepInput.model_validate(step)
-    turn = envelope.index or 0
-    last = _previous(envelope, "turn")
+    turn = step.index or 0
+    last = _previous(step, "turn")
     transcript = last["messages"] if last else None
 
     def work(ctx: StepContext, node: Node, _: Pipeline) -> Outcome:
@@ -98,11 +96,11 @@ def agent(self: StepTask, prev: Any = None, *, step: dict[str, Any]) -> dict[str
     result = journaled(self, step, "turn", work, final=False)
     if not result.ok:
         return result.wire()
-    spec_agent = _loop_step(envelope)
+    spec_agent = _loop_step(step)
     assert isinstance(spec_agent, Agent)
     answer = result.output["final"]
     if answer is None and turn + 1 < spec_agent.max_turns:
-        _go_on(self, envelope, "turn")
+        _go_on(self, step, "turn")
 
     def close() -> Outcome:
         if answer is None:

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from legato.context import Outcome, StepContext
-from legato.envelope import StepRecord
+from legato.envelope import StepInput, StepRecord
 from legato.graph import Node
 from legato.kinds import llm as llm_kind
 from legato.kinds import tool as tool_kind
@@ -44,35 +44,35 @@ def _tool(ctx: StepContext, node: Node, _: Pipeline) -> Outcome:
 
 
 @step_task("legato.llm")
-def llm(self: StepTask, prev: Any = None, *, step: dict[str, Any]) -> dict[str, Any]:
+def llm(self: StepTask, prev: Any = None, *, step: StepInput) -> dict[str, Any]:
     if failed := upstream_failure(prev):
         return failed
-    quorum = step.get("quorum")
-    if quorum and resources.ballot().reached(step["run_id"], step["node"]):
+    quorum = step.quorum
+    if quorum and resources.ballot().reached(step.run_id, step.node):
         return _skip(step, "the vote's quorum was already reached")
-    final = step.get("index") is None  # vote members and orchestrator workers feed a fan-in
+    final = step.index is None  # vote members and orchestrator workers feed a fan-in
     result = journaled(self, step, "llm", _llm, final=final)
     if quorum and result.ok:
-        resources.ballot().cast(step["run_id"], step["node"], result.path, result.output, quorum)
+        resources.ballot().cast(step.run_id, step.node, result.path, result.output, quorum)
     return result.wire()
 
 
-def _skip(step: dict[str, Any], reason: str) -> dict[str, Any]:
-    record = StepRecord(path=step["path"], status="skipped", kind="llm", started_at=time.time(),
+def _skip(step: StepInput, reason: str) -> dict[str, Any]:
+    record = StepRecord(path=step.path, status="skipped", kind="llm", started_at=time.time(),
                         ended_at=time.time(), detail={"skipped": reason})
-    resources.store().skip_step(step["run_id"], record)
+    resources.store().skip_step(step.run_id, record)
     return record.result().wire()
 
 
 @step_task("legato.tool")
-def tool(self: StepTask, prev: Any = None, *, step: dict[str, Any]) -> dict[str, Any]:
+def tool(self: StepTask, prev: Any = None, *, step: StepInput) -> dict[str, Any]:
     if failed := upstream_failure(prev):
         return failed
     return journaled(self, step, "tool", _tool, final=True).wire()
 
 
 @step_task("legato.segment")
-def segment(self: StepTask, prev: Any = None, *, steps: list[dict[str, Any]],
+def segment(self: StepTask, prev: Any = None, *, steps: list[StepInput],
             finalize: bool = False) -> dict[str, Any]:
     """Chain steps that share a queue, in order, stopping at the first failure; `finalize`: the
     run's last steps, so close the run here too. A redelivery skips the steps already done."""
@@ -83,12 +83,12 @@ def segment(self: StepTask, prev: Any = None, *, steps: list[dict[str, Any]],
             if result["status"] != "succeeded":
                 break
     if finalize:
-        close_run(steps[0]["run_id"], steps[0]["spec_hash"], result)
+        close_run(steps[0].run_id, steps[0].spec_hash, result)
     return result or {}
 
 
 @step_task("legato.llm_batch")
-def llm_batch(self: StepTask, prev: Any = None, *, steps: list[dict[str, Any]]) -> list[Any]:
+def llm_batch(self: StepTask, prev: Any = None, *, steps: list[StepInput]) -> list[Any]:
     """A vote's members or an orchestrator's workers, run concurrently in this task; their
     results, as a list, feed the chord's fan-in like single members' results do."""
     if failed := upstream_failure(prev):

@@ -40,7 +40,8 @@ def test_mypy_sees_real_types_in_legato_tasks_and_workers(tmp_path: Path) -> Non
     assert len(revealed) == 4, done.stdout
     settings, journaled, create_app, submit = revealed
     assert settings == "legato.settings.Settings"
-    assert journaled.startswith("def (task: Any, envelope: dict[str, Any], kind: str, work: def (")
+    assert journaled.startswith("def (task: Any, step: legato.envelope.StepInput, kind: str, "
+                                "work: def (")
     assert journaled.endswith(") -> legato.envelope.StepResult")
     assert "legato.context.StepContext" in journaled
     # Celery itself is untyped (Any); the parameter is Legato's own type.
