@@ -157,6 +157,13 @@ def test_every_queue_the_example_pipelines_name_is_served(compose):
     assert named <= served, f"no service serves {named - served}"
 
 
+def test_the_readme_worker_commands_serve_every_queue_the_example_pipelines_name():
+    readme = (ROOT / "README.md").read_text()
+    served = {q for line in re.findall(r"^legato worker -Q (\S+)", readme, re.M)
+              for q in line.split(",")}
+    assert set(DEFAULT_QUEUES) | pipeline_queues() <= served, served
+
+
 def test_compose_v1_can_read_the_file():
     # Compose 1.29 (Debian's docker-compose) refuses a top-level `name:` ("Additional
     # properties are not allowed ('name' was unexpected)"); the project name comes from -p or
