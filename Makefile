@@ -43,7 +43,7 @@ test: install
 # and SIGKILLs Redis mid-run, checks Flower's auth, tears it all down. Without a registry, make
 # the base images first: sudo ../shared/containers/base-images.sh (see docs/operations.md).
 compose-test: install
-	$(BIN)/python -m pytest -v -p no:cacheprovider compose_tests
+	$(BIN)/python -m pytest -v -p no:cacheprovider --durations=0 compose_tests
 
 # Benchmarks (not tests): Legato vs raw Celery and LangGraph; writes docs/benchmarks.{md,png}.
 bench: install
