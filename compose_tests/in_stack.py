@@ -5,7 +5,7 @@ the test's hands in the stack, answering on stdout with one JSON document.
                     (a dict is an inline pipeline) -> [run_id, ...]
   wait IDS SECONDS  -> {run_id: {"record": RunRecord, "steps": [StepRecord, ...]}}; polls, so a
                     Redis that goes away and comes back mid-wait is ridden out; runs still not
-                    done at the deadline come back with their last record
+                    done at the deadline, or unknown for 30 s, come back with their last record
   queues            -> {node name: [queue, ...]} from the workers' answers (Celery inspect)
 """
 
@@ -17,6 +17,10 @@ import time
 from typing import Any
 
 from legato import Legato, Pipeline
+from legato.errors import RunNotFound
+
+# Seconds a run may be unknown (its Redis record lost, e.g. without AOF) before the wait gives up.
+MISSING_GRACE = 30.0
 
 
 def submit(jobs: list[list[Any]]) -> list[str]:
@@ -33,6 +37,7 @@ def wait(ids: list[str], seconds: float) -> dict[str, Any]:
     deadline = time.monotonic() + seconds
     last: dict[str, Any] = {}
     done: set[str] = set()
+    missing: dict[str, float] = {}
     while True:
         for run_id in ids:
             if run_id in done:
@@ -40,9 +45,16 @@ def wait(ids: list[str], seconds: float) -> dict[str, Any]:
             try:
                 record = legato.status(run_id)
                 steps = legato.steps(run_id) if record.done else []
+            except RunNotFound as exc:  # lost (no AOF?): give up on it after a grace period
+                last[run_id] = {"record": None, "error": repr(exc)}
+                missing.setdefault(run_id, time.monotonic())
+                if time.monotonic() - missing[run_id] > MISSING_GRACE:
+                    done.add(run_id)
+                continue
             except Exception as exc:  # Redis restarting: try again
                 last.setdefault(run_id, {"record": None, "error": repr(exc)})
                 continue
+            missing.pop(run_id, None)
             last[run_id] = {"record": record.model_dump(mode="json"),
                             "steps": [s.model_dump(mode="json") for s in steps]}
             if record.done:

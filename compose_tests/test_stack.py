@@ -171,6 +171,11 @@ def assert_succeeded(runs: dict[str, Any], ids: list[str]) -> None:
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
+    engine = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"],
+                            capture_output=True, text=True)
+    if engine.returncode != 0:  # a failure, never a skip: this file exists to use an engine
+        pytest.fail("no Docker engine answers `docker info` (no registry? see docs/operations.md,"
+                    f" Testing the stack):\n{engine.stderr[-1000:]}")
     s = Stack()
     try:
         s.compose("build", timeout=1800)
