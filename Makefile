@@ -37,8 +37,8 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
-# docker-compose.yml on a real Docker engine (not part of `test`: needs an engine; ~12 min the
-# first time, when llama-cpp-python compiles into the model image, ~6 min after). Builds the
+# docker-compose.yml on a real Docker engine (not part of `test`: needs an engine; ~15 min the
+# first time, 9 of them compiling llama-cpp-python into the model image; ~5 min after). Builds the
 # images, brings the stack up, runs every example pipeline through it, scales a worker, restarts
 # and SIGKILLs Redis mid-run, checks Flower's auth, tears it all down. Without a registry, make
 # the base images first: sudo ../shared/containers/base-images.sh (see docs/operations.md).
