@@ -53,6 +53,15 @@ def _model_url(stack: ExitStack, settings: Settings, model: str, console: Consol
     return server.base_url
 
 
+def _warn_unserved(legato: Legato, names: list[str], console: Console) -> None:
+    """Say which queues the example pipelines send to that no worker here serves."""
+    for name in names:
+        for queue, steps in legato.unserved_queues(name).items():
+            console.print(f"warning: {name}: no running worker serves queue {queue} (steps: "
+                          f"{', '.join(steps) or 'closing the run'})", style="yellow",
+                          markup=False, highlight=False)
+
+
 def _submit_all(legato: Legato, names: list[str], pipelines_dir: Path, console: Console,
                 timeout: float) -> list[RunRecord]:
     runs: dict[str, str] = {}
@@ -130,6 +139,7 @@ def _run(console: Console, settings: Settings, model: str, keep: bool | None,
                                                  log_dir=logs))
         legato = Legato(replace(settings, redis_url=redis.url, pipelines_dir=pipelines_dir,
                                 model_base_url=env["LEGATO_MODEL_BASE_URL"]))
+        _warn_unserved(legato, names, console)
         records = _submit_all(legato, names, pipelines_dir, console, timeout)
         _show(console, records)
         user, _, password = flower_auth.partition(":")
