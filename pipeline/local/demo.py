@@ -54,9 +54,15 @@ def _model_url(stack: ExitStack, settings: Settings, model: str, console: Consol
 
 
 def _warn_unserved(legato: Legato, names: list[str], console: Console) -> None:
-    """Say which queues the example pipelines send to that no worker here serves."""
+    """Say which queues the example pipelines send to that no worker here serves (a worker just
+    started advertises its queues within a moment: allow it that)."""
+    deadline = time.monotonic() + 5
+    unserved = {name: legato.unserved_queues(name) for name in names}
+    while any(unserved.values()) and time.monotonic() < deadline:
+        time.sleep(0.25)
+        unserved = {name: legato.unserved_queues(name) for name in names}
     for name in names:
-        for queue, steps in legato.unserved_queues(name).items():
+        for queue, steps in unserved[name].items():
             console.print(f"warning: {name}: no running worker serves queue {queue} (steps: "
                           f"{', '.join(steps) or 'closing the run'})", style="yellow",
                           markup=False, highlight=False)
