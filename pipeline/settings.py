@@ -38,6 +38,10 @@ ELSEWHERE: dict[str, str] = {
     "LEGATO_LLM_CONCURRENCY": "docker-compose.yml: worker-llm's `-c`",
     "LEGATO_TOOLS_CONCURRENCY": "docker-compose.yml: worker-tools' `-c`",
     "LEGATO_BILLING_CONCURRENCY": "docker-compose.yml: worker-billing's `-c`",
+    "LEGATO_TECHNICAL_CONCURRENCY": "docker-compose.yml: worker-technical's `-c`",
+    "LEGATO_MODEL_IMAGE": "docker-compose.yml: the model service's image",
+    "LEGATO_MODEL_IMAGE_EXTRAS": "docker-compose.yml: the extras the model image is built with",
+    "LEGATO_COMPOSE_KEEP": "compose_tests/: leave the stack up after `make compose-test`",
     "LEGATO_FAULT_SCALE": "tests/faults: how long the fault suite runs",
 }
 

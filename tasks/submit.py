@@ -19,18 +19,18 @@ the pipeline (no traceback).
 
 from __future__ import annotations
 
-import logging
 from typing import Any, NoReturn
 
 from celery import Task
 from celery.exceptions import Ignore
+from celery.utils.log import get_task_logger
 
 from legato.client import Legato
 from legato.errors import InputError, LegatoError
 from legato.workers import resources
 from legato.workers.app import app
 
-logger = logging.getLogger(__name__)
+logger = get_task_logger(__name__)  # in the worker's log, with the task's id
 _NO_INPUT: Any = object()
 
 

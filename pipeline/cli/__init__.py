@@ -228,6 +228,8 @@ def bad_setting() -> str | None:
     except ValidationError as exc:
         first = exc.errors()[0]
         name = "LEGATO_" + str(first["loc"][0]).upper() if first["loc"] else "LEGATO_*"
+        if first["type"] in ("float_parsing", "int_parsing", "int_from_float"):
+            return f"{name}={first.get('input')!r} is not a number"
         return f"{name}={first.get('input')!r}: {first['msg']}"
     return None
 

@@ -261,7 +261,7 @@ def test_operator_errors_are_one_line_exit_2_naming_what_is_wrong(stack_env, red
     deep_yaml.write_text("steps: " + "[" * 5000 + "]" * 5000 + "\n")
     for command in ("validate", "submit"):
         line = one_line_error(cli(command, str(deep_yaml), env=stack_env))
-        assert line == f"error: {deep_yaml}: the pipeline nests too deeply to load"
+        assert line == f"error: {deep_yaml}:line 1: refused: nested deeper than 64 levels"
 
     nobody = f"redis://127.0.0.1:{free_port()}/0"
     line = one_line_error(cli("runs", env=stack_env, LEGATO_REDIS_URL=nobody))
