@@ -141,11 +141,19 @@ def _kind(key: str, run_id: str) -> str:
 
 
 _ID = re.compile(r"[0-9a-f]{32}")
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def key_pattern(key: str) -> str:
-    """A key's name with run ids (and spec/idempotency digests) as <id>: keys by their kind."""
-    return _ID.sub("<id>", re.sub(r"(:spec:|:idem:)\S+$", r"\1<id>", key))
+    """A key's name with run ids, Celery ids and spec/idempotency digests as <id>: keys by
+    their kind."""
+    key = re.sub(r"(:spec:|:idem:)\S+$", r"\1<id>", key)
+    return _ID.sub("<id>", _UUID.sub("<id>", key))
+
+
+def _celery_keys(r: Any) -> set[str]:
+    """Celery's own keys (the chord bookkeeping of parallel steps: `celery-taskset-meta-*`)."""
+    return set(r.scan_iter(match="celery-*", count=1000))
 
 
 # -- 1. bytes per finished run -----------------------------------------------------------------
@@ -160,6 +168,12 @@ class PipelineCost:
     keys: list[int]  # per run: how many keys
     by_kind: dict[str, list[int]]  # per run, bytes of each kind of key
     spec_bytes: int
+    celery_keys: int  # Celery's keys the batch left (chord markers of parallel steps), in all
+    celery_bytes: int  # ... and their bytes, in all (they expire by Celery's TTL)
+
+    @property
+    def celery_per_run(self) -> float:
+        return self.celery_bytes / self.runs
 
     @property
     def median(self) -> float:
@@ -175,7 +189,8 @@ class Costs:
     pipelines: list[PipelineCost] = field(default_factory=list)
     index_entry_bytes: float = 0.0  # legato:runs, per member
     idem_key_bytes: int = 0
-    shared: dict[str, int] = field(default_factory=dict)  # key pattern -> bytes, not per run
+    shared: dict[str, list[int]] = field(default_factory=dict)  # pattern -> [count, bytes]
+    celery_ttl_max: int = 0  # the longest TTL among Celery's keys the runs left
     pruned: int = 0
     freed_by_prune: int = 0  # INFO used_memory before - after the prune, the worker idle
     dataset_freed_by_prune: int = 0  # the same of used_memory_dataset (no connection buffers)
@@ -199,15 +214,24 @@ def measure_costs(cfg: Config, stack: Stack, names: list[str]) -> Costs:
     out = Costs()
     ids: dict[str, list[str]] = {}
     try:
-        jobs.wait([jobs.client.submit(SOAK_PIPELINE, _input(SOAK_PIPELINE))], timeout=120)  # warm
+        warm = jobs.client.submit(SOAK_PIPELINE, _input(SOAK_PIPELINE))
+        jobs.wait([warm], timeout=120)
         failed: dict[str, int] = {}
+        celery: dict[str, set[str]] = {}
         for name in names:
             _log(f"bytes per run: {cfg.per_pipeline} runs of {name}")
             payload = _input(name)
+            before_keys = _celery_keys(r)
             ids[name] = [jobs.client.submit(name, payload) for _ in range(cfg.per_pipeline)]
             failed[name] = jobs.wait(ids[name], timeout=300).failed
-        time.sleep(cfg.settle_seconds)  # closing steps after the last status change
+            time.sleep(cfg.settle_seconds)  # closing steps after the last status change
+            celery[name] = _celery_keys(r) - before_keys
         every_id = {i for v in ids.values() for i in v}
+        celery_usage = _memory_usage(r, sorted(set().union(*celery.values())))
+        pipe = r.pipeline(transaction=False)
+        for key in celery_usage:
+            pipe.ttl(key)
+        out.celery_ttl_max = max((int(t) for t in pipe.execute()), default=0)
         keys = _all_keys(r)
         usage = _memory_usage(r, keys)
         owner: dict[str, list[str]] = collections.defaultdict(list)
@@ -216,9 +240,10 @@ def measure_costs(cfg: Config, stack: Stack, names: list[str]) -> Costs:
             run_id = next((i for i in found if i in every_id), None)
             if run_id is not None:
                 owner[run_id].append(key)
-            elif ":spec:" not in key:
-                pattern = key_pattern(key)
-                out.shared[pattern] = out.shared.get(pattern, 0) + usage[key]
+            elif ":spec:" not in key and warm not in key and key not in celery_usage:
+                count_bytes = out.shared.setdefault(key_pattern(key), [0, 0])
+                count_bytes[0] += 1
+                count_bytes[1] += usage[key]
         for name in names:
             spec_hash = r.hget(jobs.client.store.keys.run(ids[name][0]), "spec_hash")
             spec_bytes = int(r.memory_usage(jobs.client.store.keys.spec(spec_hash), samples=0)
@@ -234,8 +259,9 @@ def measure_costs(cfg: Config, stack: Stack, names: list[str]) -> Costs:
                     kinds[_kind(k, run_id)] += usage[k]
                 for kind, b in kinds.items():
                     by_kind[kind].append(b)
-            out.pipelines.append(PipelineCost(name, len(ids[name]), failed[name], per_run,
-                                              per_keys, dict(by_kind), spec_bytes))
+            out.pipelines.append(PipelineCost(
+                name, len(ids[name]), failed[name], per_run, per_keys, dict(by_kind), spec_bytes,
+                len(celery[name]), sum(celery_usage.get(k, 0) for k in celery[name])))
         index = jobs.client.store.keys.runs
         out.index_entry_bytes = (int(r.memory_usage(index, samples=0) or 0)
                                  / max(1, int(r.zcard(index))))
@@ -253,7 +279,7 @@ def measure_costs(cfg: Config, stack: Stack, names: list[str]) -> Costs:
         out.dataset_freed_by_prune = (int(before["used_memory_dataset"])
                                       - int(after["used_memory_dataset"]))
         out.left_after_prune = sorted(k for k in _all_keys(r)
-                                      if any(i in every_id for i in _ID.findall(k)))
+                                      if any(i in every_id | {warm} for i in _ID.findall(k)))
     finally:
         jobs.close()
         stack.stop_worker("legato")
@@ -483,8 +509,8 @@ def costs_table(costs: Costs) -> str:
     kinds = ("record", "journal", "outputs")
     lines = ["| pipeline | runs | keys per run | bytes per run, median | max | "
              + " | ".join(f"{k}, median" for k in kinds)
-             + " | other keys, median | spec (shared, once) |",
-             "|---|---:|---:|---:|---:|" + "---:|" * len(kinds) + "---:|---:|"]
+             + " | other keys, median | spec (shared, once) | Celery's chord keys per run |",
+             "|---|---:|---:|---:|---:|" + "---:|" * len(kinds) + "---:|---:|---:|"]
     for p in costs.pipelines:
         rest = [sum(v[i] for k, v in p.by_kind.items() if k not in kinds)
                 for i in range(p.runs)]
@@ -492,7 +518,9 @@ def costs_table(costs: Costs) -> str:
         failed = f" ({p.failed} failed)" if p.failed else ""
         lines.append(f"| {p.name} | {p.runs}{failed} | {statistics.median(p.keys):g} | "
                      f"{p.median:.0f} | {p.max} | " + " | ".join(cells)
-                     + f" | {statistics.median(rest):.0f} | {p.spec_bytes} |")
+                     + f" | {statistics.median(rest):.0f} | {p.spec_bytes} | "
+                     + (f"{p.celery_keys / p.runs:g} key, {p.celery_per_run:.0f} bytes |"
+                        if p.celery_keys else "none |"))
     return "\n".join(lines)
 
 
@@ -539,8 +567,16 @@ def _setup(cfg: Config, costs: Costs | None, s: Soak | None, redis_version: str)
             f"passes one, its idempotency key (`legato:idem:<key>`, {costs.idem_key_bytes} "
             "bytes). *Other keys*: the budget hash (`legato:budget:<id>`), attempts, vote "
             "tallies and the extras set, as a pipeline has them.")
-        shared = ", ".join(f"`{k}` {v}" for k, v in sorted(costs.shared.items()))
-        lines.append(f"- Keys that belong to no run (bytes, whatever the number of runs): "
+        lines.append(
+            "- *Celery's chord keys*: a parallel step runs as a Celery chord; Celery deletes the "
+            "chord's bookkeeping when it completes but leaves a done marker "
+            "(`celery-taskset-meta-<group id>.c`, named by Celery's group id, not the run's) "
+            f"for max(2 × claim, 300 s): the longest TTL seen was {costs.celery_ttl_max} s. "
+            "Counted per run from the keys each pipeline's batch left, not in *bytes per run*, "
+            "and not subject to LEGATO_RUN_TTL.")
+        shared = ", ".join(f"`{k}` ({n}) {b}" for k, (n, b) in sorted(costs.shared.items()))
+        lines.append(f"- Keys that belong to no run (pattern (count) bytes, whatever the number "
+                     f"of runs; `legato:runs` is the index, one entry per run): "
                      f"{shared or 'none'}.")
         lines.append(f"- `prune(older_than=0)` (what `legato prune --older-than 0s` runs) then "
                      f"deleted {costs.pruned} runs; keys of theirs left: "
@@ -709,8 +745,10 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict[str, Any] = {"config": asdict(cfg)}
     if costs is not None:
         summary["bytes_per_run"] = {p.name: {"median": p.median, "max": p.max,
-                                             "failed": p.failed, "spec": p.spec_bytes}
+                                             "failed": p.failed, "spec": p.spec_bytes,
+                                             "celery_per_run": p.celery_per_run}
                                     for p in costs.pipelines}
+        summary["celery_ttl_max"] = costs.celery_ttl_max
         summary["index_entry_bytes"] = costs.index_entry_bytes
         summary["idem_key_bytes"] = costs.idem_key_bytes
         summary["left_after_prune"] = costs.left_after_prune
