@@ -266,10 +266,10 @@ def measure_costs(cfg: Config, stack: Stack, names: list[str]) -> Costs:
         out.index_entry_bytes = (int(r.memory_usage(index, samples=0) or 0)
                                  / max(1, int(r.zcard(index))))
         idem = f"bench-retention-{time.time_ns()}"
-        jobs.wait([jobs.client.submit(SOAK_PIPELINE, _input(SOAK_PIPELINE),
-                                      idempotency_key=idem)], timeout=120)
-        out.idem_key_bytes = int(r.memory_usage(jobs.client.store.keys.idem(idem), samples=0)
-                                 or 0)
+        idem_run = jobs.client.submit(SOAK_PIPELINE, _input(SOAK_PIPELINE), idempotency_key=idem)
+        jobs.wait([idem_run], timeout=120)
+        idem_key = jobs.client.store.keys.idem(idem)
+        out.idem_key_bytes = int(r.memory_usage(idem_key, samples=0) or 0)
         # `legato prune --older-than 0s`: every finished run goes, with all its keys.
         before = r.info("memory")
         out.pruned = jobs.client.store.prune(older_than=0)
@@ -278,8 +278,10 @@ def measure_costs(cfg: Config, stack: Stack, names: list[str]) -> Costs:
         out.freed_by_prune = int(before["used_memory"]) - int(after["used_memory"])
         out.dataset_freed_by_prune = (int(before["used_memory_dataset"])
                                       - int(after["used_memory_dataset"]))
+        pruned_ids = every_id | {warm, idem_run}
         out.left_after_prune = sorted(k for k in _all_keys(r)
-                                      if any(i in every_id | {warm} for i in _ID.findall(k)))
+                                      if k == idem_key
+                                      or any(i in pruned_ids for i in _ID.findall(k)))
     finally:
         jobs.close()
         stack.stop_worker("legato")
