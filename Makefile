@@ -10,7 +10,7 @@ LINKED := $(VENV)/.linked
 FOLDERS := $(shell find pipeline tasks workers -type d ! -name __pycache__)
 STRICT  := --config-settings editable_mode=strict
 
-.PHONY: install demo test compose-test lint bench clean
+.PHONY: install demo test compose-test lint bench bench-retention clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,13 @@ compose-test: install
 bench: install
 	$(BIN)/pip install -q -e '.[bench]' $(STRICT)
 	$(BIN)/python -m bench
+
+# Retention (~20 min, so not part of `bench`): Redis bytes per finished run of each example
+# pipeline, and Redis memory under a steady stream of 20,000 runs with a short LEGATO_RUN_TTL;
+# writes its block of docs/benchmarks.md and docs/retention.{png,csv}.
+bench-retention: install
+	$(BIN)/pip install -q -e '.[bench]' $(STRICT)
+	$(BIN)/python -m bench.retention
 
 lint: install
 	$(BIN)/ruff check pipeline tasks workers tests compose_tests bench

@@ -68,12 +68,15 @@ class Stack:
             "PYTHONPATH": str(ROOT),
         }
 
-    def legato_worker(self, concurrency: int, pool: str = "threads") -> processes.Service:
-        """(Re)start the one Legato worker process, on all of Legato's default queues."""
+    def legato_worker(self, concurrency: int, pool: str = "threads", *,
+                      queues: list[str] | None = None,
+                      env: dict[str, str] | None = None) -> processes.Service:
+        """(Re)start the one Legato worker process, on all of Legato's default queues (or
+        `queues`), with `env` over the stack's settings."""
         self.stop_worker("legato")
-        service = processes.worker(f"legato-c{concurrency}", list(DEFAULT_QUEUES),
-                                   env=self.legato_env(), concurrency=concurrency, pool=pool,
-                                   log_dir=self.log_dir)
+        service = processes.worker(f"legato-c{concurrency}", queues or list(DEFAULT_QUEUES),
+                                   env={**self.legato_env(), **(env or {})},
+                                   concurrency=concurrency, pool=pool, log_dir=self.log_dir)
         self.workers["legato"] = service.start(timeout=60)
         return service
 

@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     # A finished run's keys (record, journal, outputs, attempts, votes, budget, idempotency key)
     # expire after this many seconds; 0 keeps them. `legato prune` deletes earlier on demand.
     run_ttl: float = 7 * 24 * 3600
+    # How often a worker's sweeper drops the runs index's entries of expired runs (at most as
+    # often as it sweeps, LEGATO_SWEEP_SECONDS).
+    prune_seconds: float = 60.0
     # A run with a step sent to a queue no live worker consumes shows it at once, and fails after
     # this long (before the stall recovery, which could not help it).
     unserved_seconds: float = 120.0

@@ -78,9 +78,6 @@ class LeaseKeeper(_Loop):
         self.store.journal.renew(held, now=time.time(), lease_seconds=self.lease_seconds)
 
 
-PRUNE_EVERY = 60.0  # seconds between a sweeper's retention passes
-
-
 class Sweeper(_Loop):
     """Also advertises the queues its worker consumes (`queues()`, read each pass so a consumer
     added or cancelled at run time shows), and fails runs that waited too long for a worker on a
@@ -123,10 +120,10 @@ class Sweeper(_Loop):
         return done
 
     def _prune(self) -> int:
-        """Once a minute: drop what retention left behind (finished runs' keys expire by
-        themselves after LEGATO_RUN_TTL; their entries in the runs index do not)."""
+        """Every LEGATO_PRUNE_SECONDS (60): drop what retention left behind (finished runs' keys
+        expire by themselves after LEGATO_RUN_TTL; their entries in the runs index do not)."""
         now = time.time()
-        if not self.settings.run_ttl or now - self._pruned_at < PRUNE_EVERY:
+        if not self.settings.run_ttl or now - self._pruned_at < self.settings.prune_seconds:
             return 0
         self._pruned_at = now
         return self.store.prune(older_than=self.settings.run_ttl, now=now)

@@ -204,3 +204,27 @@ def test_legato_runs_names_the_states_it_knows() -> None:
     assert result.exit_code == 2
     assert "no run state 'done'" in result.output
     assert all(state in result.output for state in RUN_STATUSES)
+
+
+def test_the_sweeper_prunes_the_runs_index_every_prune_seconds(runs: RunStore) -> None:
+    from legato.settings import Settings
+    from legato.workers.lifeline import Sweeper
+
+    def expired() -> str:  # an index entry whose run's keys the TTL already took
+        run_id = new_run(runs)
+        runs.redis.zadd(runs.keys.runs, {run_id: time.time() - 120})
+        runs.redis.delete(runs.keys.run(run_id))
+        return run_id
+
+    settings = Settings(run_ttl=60, prune_seconds=3600)
+    sweeper = Sweeper(runs, app=None, settings=settings)  # type: ignore[arg-type]
+    first = expired()
+    assert sweeper._prune() == 1  # the first pass prunes ...
+    assert runs.redis.zscore(runs.keys.runs, first) is None
+    second = expired()
+    assert sweeper._prune() == 0  # ... the next one only after LEGATO_PRUNE_SECONDS
+    assert runs.redis.zscore(runs.keys.runs, second) is not None
+    sweeper.settings = Settings(run_ttl=60, prune_seconds=0)
+    assert sweeper._prune() == 1
+    keeps = Sweeper(runs, app=None, settings=Settings(run_ttl=0))  # type: ignore[arg-type]
+    assert keeps._prune() == 0  # LEGATO_RUN_TTL=0: nothing expires, nothing to prune
