@@ -64,12 +64,16 @@ class Runtime:
 
     def redis(self) -> Any:
         """The process's Redis client (one blocking pool; retries through outages)."""
+        if self._redis is not None:  # made: no lock on the hot path
+            return self._redis
         with self._lock:
             if self._redis is None:
                 self._redis = connect(self.settings.redis_url)
             return self._redis
 
     def store(self) -> RunStore:
+        if self._store is not None:  # made: no lock on the hot path
+            return self._store
         with self._lock:
             if self._store is None:
                 self._store = RunStore(self.redis(), self.settings.key_prefix,
@@ -91,6 +95,8 @@ class Runtime:
 
     def http(self) -> httpx.Client:
         """The process's sync HTTP client (the model transport if LEGATO_MODEL_TRANSPORT=httpx)."""
+        if self._http is not None:  # made: no lock on the hot path
+            return self._http
         with self._lock:
             if self._http is None:
                 s = self.settings
@@ -105,6 +111,8 @@ class Runtime:
         LEGATO_MODEL_TRANSPORT=aiohttp (default): one event-loop thread with one aiohttp session,
         calling threads parked on futures; =httpx: the shared sync client `http()`.
         """
+        if self._transport is not None:  # made: no lock on the hot path
+            return self._transport
         with self._lock:
             if self._transport is None:
                 s = self.settings
@@ -115,6 +123,8 @@ class Runtime:
     def gateway(self) -> Gateway:
         """The process's model gateway: every model call's policies, over the transport and
         Redis."""
+        if self._gateway is not None:  # made: no lock on the hot path
+            return self._gateway
         with self._lock:
             if self._gateway is None:
                 s = self.settings  # which endpoint gets which key: this worker's models file
@@ -128,6 +138,8 @@ class Runtime:
     def batch_pool(self) -> ThreadPoolExecutor:
         """The threads a batch task runs its members on (LEGATO_BATCH_CONCURRENCY): their model
         calls wait on the transport's event loop, so a thread costs little."""
+        if self._batch_pool is not None:  # made: no lock on the hot path
+            return self._batch_pool
         with self._lock:
             if self._batch_pool is None:
                 self._batch_pool = ThreadPoolExecutor(self.settings.batch_concurrency,
@@ -136,6 +148,8 @@ class Runtime:
 
     def keeper(self) -> LeaseKeeper:
         """This process's lease keeper, started on first use (works for every pool)."""
+        if self._keeper is not None:  # made: no lock on the hot path
+            return self._keeper
         with self._lock:
             if self._keeper is None:
                 self._keeper = LeaseKeeper(self.store(), self.settings)
@@ -146,6 +160,8 @@ class Runtime:
                       queues: Callable[[], list[str]] = list) -> Sweeper:
         """The worker's sweeper (one per worker, in its main process), started once; it also
         advertises `queues()` as consumed by `worker`."""
+        if self._sweeper is not None:  # made: no lock on the hot path
+            return self._sweeper
         with self._lock:
             if self._sweeper is None:
                 self._sweeper = Sweeper(self.store(), app, self.settings, worker=worker,
@@ -155,6 +171,8 @@ class Runtime:
 
     def queue_watch(self) -> QueueWatch:
         """Which queues have live consumers, as this process last read (workers/unserved.py)."""
+        if self._queue_watch is not None:  # made: no lock on the hot path
+            return self._queue_watch
         with self._lock:
             if self._queue_watch is None:
                 self._queue_watch = QueueWatch(self.store())
@@ -166,6 +184,8 @@ class Runtime:
         """A producer over this runtime's store, sending with `app` (the `legato.submit` task's)."""
         from legato.client import Legato
 
+        if self._client is not None:  # made: no lock on the hot path
+            return self._client
         with self._lock:
             if self._client is None:
                 self._client = Legato(self.settings, app=app, store=self.store())

@@ -62,6 +62,9 @@ class Credentials:
         self.adhoc = adhoc
         self._pairs = {(_origin(m.base_url), m.api_key_env)
                        for m in (models or {}).values() if m.api_key_env}
+        # Bound configs by (alias, the config given): specs are cached for good by workers, so
+        # the same config object comes back call after call (its copy is made once).
+        self._bound: dict[tuple[str, int], tuple[ModelConfig, ModelConfig]] = {}
 
     @classmethod
     def trusting(cls) -> Credentials:
@@ -79,6 +82,16 @@ class Credentials:
     def bind(self, alias: str, cfg: ModelConfig) -> ModelConfig:
         """The config to call `alias` with: endpoint and credentials as this process allows,
         headers expanded. Raises PermanentError for an alias this process refuses."""
+        seen = self._bound.get((alias, id(cfg)))
+        if seen is not None and seen[0] is cfg:
+            return seen[1]
+        bound = self._bind(alias, cfg)
+        if len(self._bound) > 4096:  # many ad-hoc specs: start over rather than grow
+            self._bound.clear()
+        self._bound[(alias, id(cfg))] = (cfg, bound)
+        return bound
+
+    def _bind(self, alias: str, cfg: ModelConfig) -> ModelConfig:
         if self.models is None:
             return cfg.model_copy(update={"headers": _expanded(cfg.headers)})
         own = self.models.get(alias)
