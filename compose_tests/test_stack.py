@@ -28,6 +28,10 @@ from typing import Any
 
 import pytest
 import yaml
+from celery import Celery
+
+from legato.compile import Compiler
+from legato.loader import load_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 HELPER = Path(__file__).with_name("in_stack.py")
@@ -41,21 +45,14 @@ pytestmark = pytest.mark.timeout(1800)
 
 
 def pipeline_queues() -> set[str]:
-    """Every `queue:` any example pipeline names, at any depth."""
+    """Every queue a run of an example pipeline may send to, a route's every branch
+    included: the engine's own answer (`Compiler.queues`), not a second reading of the YAML."""
+    compiler = Compiler(Celery("queues"), "-", "-")
     found: set[str] = set()
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            if isinstance(node.get("queue"), str):
-                found.add(node["queue"])
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
     for name in EXAMPLES:
-        walk(yaml.safe_load((ROOT / "pipelines" / f"{name}.yaml").read_text()))
+        spec = load_pipeline(name, pipelines_dir=ROOT / "pipelines",
+                             models_file=ROOT / "pipelines" / "models.yaml")
+        found |= set(compiler.queues(spec))
     return found
 
 

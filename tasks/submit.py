@@ -27,6 +27,7 @@ from celery.utils.log import get_task_logger
 
 from legato.client import Legato
 from legato.errors import InputError, LegatoError
+from legato.report import clean
 from legato.workers import resources
 from legato.workers.app import app
 
@@ -34,14 +35,13 @@ logger = get_task_logger(__name__)  # in the worker's log, with the task's id
 _NO_INPUT: Any = object()
 
 
-def _one_line(value: Any, limit: int = 500) -> str:
-    """A producer's text fit for one log line: control characters (newlines too) escaped."""
-    text = str(value)[:limit]
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
 class SubmitFailed(LegatoError):
     """legato.submit failed for a reason not the producer's: the worker's log says more."""
+
+
+def _one_line(text: str, limit: int) -> str:
+    """A producer's text fit for one log line: its start, control characters escaped."""
+    return clean(text[:limit], newlines=False)
 
 
 def _legato() -> Legato:
@@ -61,7 +61,7 @@ def submit(self: Task, previous: Any = _NO_INPUT, *, pipeline: str, input: Any =
                                   names_only=True)
     except LegatoError as exc:
         logger.warning("refused a job: run=- pipeline=%s: %s: %s", _one_line(repr(pipeline), 200),
-                       type(exc).__name__, _one_line(exc))
+                       type(exc).__name__, _one_line(str(exc), 500))
         _fail(self, exc)
     except Exception as exc:  # the details stay in the worker's log
         logger.exception("legato.submit failed")

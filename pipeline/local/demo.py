@@ -56,11 +56,12 @@ def _model_url(stack: ExitStack, settings: Settings, model: str, console: Consol
 def _warn_unserved(legato: Legato, names: list[str], console: Console) -> None:
     """Say which queues the example pipelines send to that no worker here serves (a worker just
     started advertises its queues within a moment: allow it that)."""
+    specs = {name: legato.load(name) for name in names}
     deadline = time.monotonic() + 5
-    unserved = {name: legato.unserved_queues(name) for name in names}
+    unserved = {name: legato.unserved_queues(spec) for name, spec in specs.items()}
     while any(unserved.values()) and time.monotonic() < deadline:
         time.sleep(0.25)
-        unserved = {name: legato.unserved_queues(name) for name in names}
+        unserved = {name: legato.unserved_queues(spec) for name, spec in specs.items()}
     for name in names:
         for queue, steps in unserved[name].items():
             console.print(f"warning: {name}: no running worker serves queue {queue} (steps: "

@@ -13,6 +13,8 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
+
 from legato.local.net import free_port
 from legato.local.redis_server import RedisServer
 
@@ -296,6 +298,17 @@ def test_operator_errors_are_one_line_exit_2_naming_what_is_wrong(stack_env, red
 # -- Flower's auth ---------------------------------------------------------------------------
 
 
+def _first_answer(url: str, timeout: float = 30) -> httpx.Response:
+    """GET `url` once the server listens (a Service is ready before its port may be)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return httpx.get(url, timeout=2)
+        except httpx.TransportError:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+
+
 def test_flower_refuses_to_start_without_auth_unless_told(stack_env, tmp_path):
     port = free_port()
     env = {k: v for k, v in stack_env.items()}
@@ -306,7 +319,6 @@ def test_flower_refuses_to_start_without_auth_unless_told(stack_env, tmp_path):
                                    FLOWER_BASIC_AUTH="just-a-user"))
     assert "user:password" in malformed
 
-    import httpx
 
     from legato.local.processes import Service
 
@@ -315,14 +327,7 @@ def test_flower_refuses_to_start_without_auth_unless_told(stack_env, tmp_path):
                       env={**env, "FLOWER_BASIC_AUTH": ""}, ready=r"Visit me at|Registered tasks",
                       log_dir=tmp_path)
     with service:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                reply = httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
+        reply = _first_answer(f"http://127.0.0.1:{port}/")
         assert reply.status_code == 200 and "Flower" in reply.text  # the UI is open, as asked
 
     secret = "pw-" + uuid.uuid4().hex[:10]
@@ -337,14 +342,7 @@ def test_flower_refuses_to_start_without_auth_unless_told(stack_env, tmp_path):
             # Flower is the same process (exec'd): its command line never holds the password.
             cmdline = Path(f"/proc/{service.pid}/cmdline").read_bytes().decode()
             assert "flower" in cmdline and secret not in cmdline
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    reply = httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
-                    break
-                except httpx.TransportError:
-                    assert time.monotonic() < deadline
-                    time.sleep(0.2)
+            reply = _first_answer(f"http://127.0.0.1:{port}/")
             assert reply.status_code == 401
             assert httpx.get(f"http://127.0.0.1:{port}/", auth=("ops", secret),
                              timeout=5).status_code == 200

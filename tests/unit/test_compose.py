@@ -16,9 +16,11 @@ import jsonschema
 import pytest
 import typer
 import yaml
+from celery import Celery
 
 from legato.cli import app as legato_app
-from legato.compile import DEFAULT_QUEUES
+from legato.compile import DEFAULT_QUEUES, Compiler
+from legato.loader import load_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((ROOT / "tests" / "data" / "compose-spec.json").read_text())
@@ -52,21 +54,15 @@ def interpolate(value: Any, env: dict[str, str]) -> Any:
 
 
 def pipeline_queues() -> set[str]:
-    """Every `queue:` the example pipelines in pipelines/ name, at any depth."""
+    """Every queue a run of an example pipeline in pipelines/ may send to, a route's every branch
+    included: the engine's own answer (`Compiler.queues`), not a second reading of the YAML."""
+    compiler = Compiler(Celery("queues"), "-", "-")
     found: set[str] = set()
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            if isinstance(node.get("queue"), str):
-                found.add(node["queue"])
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
     for path in sorted((ROOT / "pipelines").glob("*.yaml")):
-        walk(yaml.safe_load(path.read_text()))
+        if path.stem != "models":
+            spec = load_pipeline(str(path), pipelines_dir=ROOT / "pipelines",
+                                 models_file=ROOT / "pipelines" / "models.yaml")
+            found |= set(compiler.queues(spec))
     return found
 
 
