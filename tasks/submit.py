@@ -77,6 +77,10 @@ def status(self: Task, *, run_id: str) -> dict[str, Any]:
         return _legato().status(run_id).model_dump(mode="json")
     except LegatoError as exc:
         _fail(self, exc)
+    except Exception as exc:  # the details stay in the worker's log, as for legato.submit
+        logger.exception("legato.status failed")
+        _fail(self, SubmitFailed(f"status failed on the worker ({type(exc).__name__}); "
+                                 f"task id {self.request.id}"))
 
 
 def _fail(task: Task, exc: LegatoError) -> NoReturn:

@@ -65,3 +65,10 @@ def test_a_celery_node_producer_submits_and_reads_the_outcome(legato, fake, stac
     run = json.loads(done.stdout)
     assert run["status"] == "succeeded", run
     assert legato.status(run["id"]).output == run["output"]
+
+
+def test_status_of_an_unknown_run_is_a_clear_error_with_no_traceback(bare_client, legato):
+    reply = bare_client.send_task("legato.status", kwargs={"run_id": "no-such-run"})
+    with pytest.raises(Exception, match="no run 'no-such-run'"):
+        reply.get(timeout=30)
+    assert not reply.traceback  # nothing of the server's code or paths travels back
