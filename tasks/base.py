@@ -124,7 +124,7 @@ def journaled(task: Task, step: StepInput, kind: str, work: Work, *,
     store = resources.store()
     spec = store.get_spec(step.spec_hash)
     node = graph.node(spec, step.node)
-    record = _running(task, step, kind)
+    record = _running(task.request, step, kind)
     token = uuid.uuid4().hex
     begin = store.journal.begin(step.run_id, record, node.reads, token=token,
                                 signature=lifeline.signature_json(task), now=time.time(),
@@ -162,7 +162,8 @@ def journaled_many(task: Task, steps: list[StepInput], kind: str,
     store = resources.store()
     spec = store.get_spec(steps[0].spec_hash)
     nodes = [graph.node(spec, s.node) for s in steps]
-    records = [_running(task, s, kind) for s in steps]
+    request = task.request  # a thread-local lookup: once, not once per member
+    records = [_running(request, s, kind) for s in steps]
     token = uuid.uuid4().hex
     begins = store.journal.begin_many(
         run_id, [(r, n.reads) for r, n in zip(records, nodes, strict=True)], token=token,
@@ -213,8 +214,7 @@ END_BATCH = 32
 FLUSH_SECONDS = 0.05
 
 
-def _running(task: Task, step: StepInput, kind: str) -> StepRecord:
-    request = task.request
+def _running(request: Any, step: StepInput, kind: str) -> StepRecord:
     return StepRecord(
         path=step.path, status="running", kind=kind,
         queue=(request.delivery_info or {}).get("routing_key"), worker=request.hostname,

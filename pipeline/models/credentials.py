@@ -65,6 +65,7 @@ class Credentials:
         # Bound configs by (alias, the config given): specs are cached for good by workers, so
         # the same config object comes back call after call (its copy is made once).
         self._bound: dict[tuple[str, int], tuple[ModelConfig, ModelConfig]] = {}
+        self._secrets: list[str] | None = None
 
     @classmethod
     def trusting(cls) -> Credentials:
@@ -110,13 +111,17 @@ class Credentials:
         return cfg  # the spec's own headers, as written: nothing of the worker's is expanded
 
     def secrets(self) -> list[str]:
-        """The credential values this process's models file can send (to redact them)."""
-        values: list[str] = []
-        for m in (self.models or {}).values():
-            if m.api_key_env:
-                values.append(os.environ.get(m.api_key_env, ""))
-            values.extend(_expanded(m.headers).values())
-        return [v for v in values if len(v) >= _MIN_SECRET]
+        """The credential values this process's models file can send (to redact them), longest
+        first. Read once, like the file: every log line asks."""
+        if self._secrets is None:
+            values: list[str] = []
+            for m in (self.models or {}).values():
+                if m.api_key_env:
+                    values.append(os.environ.get(m.api_key_env, ""))
+                values.extend(_expanded(m.headers).values())
+            self._secrets = sorted({v for v in values if len(v) >= _MIN_SECRET}, key=len,
+                                   reverse=True)
+        return self._secrets
 
 
 def _expanded(headers: dict[str, str]) -> dict[str, str]:
