@@ -129,6 +129,9 @@ class RunRecord(_Wire):
     resumes: int = 0
     waiting_for: str | None = None  # a queue no live worker serves, a step of the run sent there
     waiting_since: float | None = None
+    parent_run: str | None = None  # a child run: the run whose `pipeline` step started it...
+    parent_step: str | None = None  # ...and that step's path
+    depth: int = 0  # how deep under the top run a child run is (LEGATO_MAX_PIPELINE_DEPTH)
 
     @property
     def done(self) -> bool:

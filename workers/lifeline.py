@@ -113,7 +113,7 @@ class Sweeper(_Loop):
         """One pass; returns what it did."""
         self._advertise()
         done = {"redispatched": self._redispatch(), "recovered": 0, "failed": 0, "finished": 0,
-                "unserved": self._unserved()}
+                "unserved": self._unserved(), "parents_told": self._tell_parents()}
         for run_id in self.store.claim_stalled(quiet_for=self.settings.stall_seconds):
             done[self._recover(run_id)] += 1
         done["pruned"] = self._prune()
@@ -181,6 +181,16 @@ class Sweeper(_Loop):
             self.app.signature(signature).apply_async()
             self.store.bump(run_id, "redispatches")
         return len(claimed)
+
+    def _tell_parents(self) -> int:
+        """Tell the `pipeline` steps whose child run ended while the process that ended it died
+        before telling them (a second telling changes nothing: a step is signalled once)."""
+        untold = self.store.untold_parents(older_than=max(30.0, 2 * self.settings.sweep_seconds))
+        for parent in untold:
+            log.warning("step %s of run %s was not told its child ended: telling it",
+                        parent.path, parent.run_id)
+            self.store.tell_parent(parent)
+        return len(untold)
 
     def _recover(self, run_id: str) -> str:
         try:

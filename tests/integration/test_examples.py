@@ -18,7 +18,8 @@ def test_every_pattern_has_an_example():
              for name in EXAMPLES
              for step in (ROOT / "pipelines" / f"{name}.yaml").read_text().split("\n")
              if "kind:" in step}
-    assert {"llm", "tool", "route", "parallel", "orchestrate", "evaluate", "agent"} <= kinds
+    assert {"llm", "tool", "route", "parallel", "orchestrate", "evaluate", "agent",
+            "pipeline"} <= kinds
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
