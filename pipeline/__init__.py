@@ -15,6 +15,7 @@ from legato.errors import (
     OutputInvalid,
     PermanentError,
     RunNotFound,
+    SignalRefused,
     SpecError,
     StepError,
     TransientError,
@@ -41,6 +42,7 @@ from legato.spec import (
     Route,
     Tool,
     Vote,
+    Wait,
 )
 from legato.tools import tool
 
@@ -73,6 +75,7 @@ __all__ = [
     "Route",
     "RunNotFound",
     "RunRecord",
+    "SignalRefused",
     "SpecError",
     "StepError",
     "StepRecord",
@@ -81,6 +84,7 @@ __all__ = [
     "TransientError",
     "Usage",
     "Vote",
+    "Wait",
     "load_pipeline",
     "tool",
 ]

@@ -36,6 +36,7 @@ class StepContext:
     gateway: Gateway | None = None  # the process's; None: a bare one (no Redis policies)
     run: RunScope | None = None
     tools: Toolbox | None = None  # the process's; None: the installed one (tools/toolbox.py)
+    lease: str = ""  # the token of the journal lease this delivery holds (a wait parks with it)
 
     def __post_init__(self) -> None:
         self.node = self.node or self.step.path

@@ -25,6 +25,7 @@ from legato.envelope import RunRecord
 from legato.errors import RunNotFound
 from legato.keys import split_member
 from legato.settings import Settings
+from legato.signals import send_timeout
 from legato.store import RunStore
 
 log = logging.getLogger("legato.lifeline")
@@ -113,7 +114,8 @@ class Sweeper(_Loop):
         """One pass; returns what it did."""
         self._advertise()
         done = {"redispatched": self._redispatch(), "recovered": 0, "failed": 0, "finished": 0,
-                "unserved": self._unserved(), "parents_told": self._tell_parents()}
+                "unserved": self._unserved(), "timed_out": self._timeouts(),
+                "resumed": self._resumes(), "waiting": 0, "parents_told": self._tell_parents()}
         for run_id in self.store.claim_stalled(quiet_for=self.settings.stall_seconds):
             done[self._recover(run_id)] += 1
         done["pruned"] = self._prune()
@@ -185,12 +187,33 @@ class Sweeper(_Loop):
     def _tell_parents(self) -> int:
         """Tell the `pipeline` steps whose child run ended while the process that ended it died
         before telling them (a second telling changes nothing: a step is signalled once)."""
-        untold = self.store.untold_parents(older_than=max(30.0, 2 * self.settings.sweep_seconds))
+        untold = self.store.untold_parents(older_than=self.settings.resume_grace_seconds)
         for parent in untold:
             log.warning("step %s of run %s was not told its child ended: telling it",
                         parent.path, parent.run_id)
             self.store.tell_parent(parent)
         return len(untold)
+
+    def _timeouts(self) -> int:
+        """End the waits whose timeout passed, through the same atomic claim as a signal."""
+        fired = 0
+        for run_id, path in self.store.waits.claim_deadlines(
+                now=time.time(), retry_in=max(30.0, 2 * self.settings.sweep_seconds)):
+            if send_timeout(self.store, self.app, run_id, path) is not None:
+                fired += 1
+        return fired
+
+    def _resumes(self) -> int:
+        """Send again the parked steps that were signalled but whose sender died before it
+        confirmed the send (a second delivery is harmless: the journal memo)."""
+        claimed = self.store.waits.claim_resumes(
+            now=time.time(), grace_seconds=self.settings.resume_grace_seconds)
+        for run_id, path, signature in claimed:
+            log.warning("step %s of run %s was signalled but not resumed: sending it", path,
+                        run_id)
+            self.app.signature(signature).apply_async()
+            self.store.waits.confirm(run_id, path)
+        return len(claimed)
 
     def _recover(self, run_id: str) -> str:
         try:
@@ -200,6 +223,9 @@ class Sweeper(_Loop):
             return "failed"
         if run.done:  # it reached a terminal state (envelope.TERMINAL) since it was claimed
             return "finished"
+        if run.status == "waiting":  # parked for a signal: quiet on purpose (legato.waits)
+            self.store.forget_active(run_id)
+            return "waiting"
         if self.store.bump(run_id, "recoveries") > self.settings.max_recoveries:
             quiet = int(self.settings.stall_seconds)
             why = f" ({run.waiting})" if run.waiting else ""

@@ -12,7 +12,18 @@ from typing import Annotated, Any, Union
 
 from pydantic import Field
 
-from legato.kinds import agent, chain, child, evaluate, llm, orchestrate, parallel, route, tool
+from legato.kinds import (
+    agent,
+    chain,
+    child,
+    evaluate,
+    llm,
+    orchestrate,
+    parallel,
+    route,
+    tool,
+    wait,
+)
 from legato.kinds.base import Kind
 
 KINDS: dict[str, Kind] = {k.name: k for k in (
@@ -24,6 +35,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     orchestrate.OrchestrateKind(),
     evaluate.EvaluateKind(),
     agent.AgentKind(),
+    wait.WaitKind(),
     child.PipelineKind(),
 )}
 
@@ -31,7 +43,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
 Step = Annotated[
     Union[  # noqa: UP007
         llm.Llm, tool.Tool, chain.Chain, route.Route, parallel.Parallel,
-        orchestrate.Orchestrate, evaluate.Evaluate, agent.Agent, child.PipelineStep,
+        orchestrate.Orchestrate, evaluate.Evaluate, agent.Agent, wait.Wait, child.PipelineStep,
     ],
     Field(discriminator="kind"),
 ]
