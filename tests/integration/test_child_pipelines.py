@@ -5,11 +5,8 @@ their own (CHILDREN_QUEUE) whose pipelines directory that is, with a nesting lim
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -189,12 +186,13 @@ def test_a_parallel_of_three_children_parks_each_branch_and_joins_them(producer,
 def _the_views_show_the_family(run_id: str, children: dict[str, str], page: Path) -> None:
     """`show` nests each child under its parent, `status` names them, `runs` marks them, the
     HTML report names a step's child run."""
-    env = {**os.environ, "COLUMNS": "200"}
+    from typer.testing import CliRunner
+
+    from legato.cli import app
 
     def cli(*args: str) -> str:
-        done = subprocess.run([sys.executable, "-m", "legato.cli", *args], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0, done.stderr
+        done = CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
+        assert done.exit_code == 0, done.output
         return done.stdout
 
     shown = cli("show", run_id)
