@@ -27,8 +27,8 @@ from legato import schema
 from legato.compile import Compiler
 from legato.consumers import QueueWatch, first_queues
 from legato.envelope import RESUMABLE, RunRecord, StepRecord
-from legato.errors import InputError, RunNotFound, SpecError, StepError
-from legato.loader import find_pipeline, load_models, load_pipeline, resolve
+from legato.errors import InputError, PermanentError, RunNotFound, SpecError, StepError
+from legato.loader import check_children, find_pipeline, load_models, load_pipeline, resolve
 from legato.settings import Settings, get_settings
 from legato.signals import SignalReply, send_signal
 from legato.spec import Pipeline
@@ -56,6 +56,8 @@ class Legato:
         self._app_factory = app_factory or default_app_factory
         self.store = store or RunStore.from_url(self.settings.redis_url, self.settings.key_prefix,
                                                 run_ttl=self.settings.run_ttl)
+        if self.store.dispatch is None:  # a child run this producer ends resumes its parent
+            self.store.dispatch = lambda signature: self.app.signature(signature).apply_async()
         load_tool_modules(self.settings.tool_modules)
 
     @property
@@ -70,7 +72,10 @@ class Legato:
         """A pipeline by name (from the pipelines directory), by file path, or as an object."""
         if isinstance(pipeline, Pipeline):
             models = {} if pipeline.models else load_models(self.settings.models_path)
-            return resolve(pipeline, models, source=pipeline.name)
+            spec = resolve(pipeline, models, source=pipeline.name)
+            check_children(spec, source=spec.name, pipelines_dir=self.settings.pipelines_dir,
+                           models_file=self.settings.models_path, stack=(spec.name,))
+            return spec
         return load_pipeline(pipeline, pipelines_dir=self.settings.pipelines_dir,
                              models_file=self.settings.models_path)
 
@@ -105,6 +110,39 @@ class Legato:
         if run_id != record.id:  # the key was used before: that run is this job, if it is
             _same_job(self.store.get_run(run_id), spec.name, input, idempotency_key)
             return run_id
+        self._send(spec, run_id, digest)
+        return run_id
+
+    def start_child(self, parent: RunRecord, path: str, pipeline: str, input: Any, *,
+                    run_id: str, max_depth: int) -> RunRecord:
+        """Start (once) the child run `run_id` of the `pipeline` step at `path` of `parent`: a
+        pipeline named in the pipelines directory, its input checked, its spec pinned. A second
+        call (a redelivered step) finds the child and starts nothing; a child whose first call
+        died before sending it is sent by the sweeper's stall recovery. Raises SpecError or
+        InputError (nothing written), or PermanentError past the depth limit."""
+        try:
+            return self.store.get_run(run_id)
+        except RunNotFound:
+            pass
+        depth = parent.depth + 1
+        if depth > max_depth:
+            raise PermanentError(f"child pipeline {pipeline!r} would run {depth} levels deep, "
+                                 f"over the limit of {max_depth} (LEGATO_MAX_PIPELINE_DEPTH)")
+        spec = self.load_named(pipeline)
+        check_input(spec, input, max_bytes=self.settings.max_input_bytes)
+        record = RunRecord(id=run_id, pipeline=spec.name, spec_hash=self.store.put_spec(spec),
+                           status="queued", input=input, created_at=time.time(),
+                           parent_run=parent.id, parent_step=path, depth=depth)
+        self.store.add_child(parent.id, path, run_id)  # first: a cancelled parent finds it
+        self.store.create_run(record)
+        self._send(spec, run_id, record.spec_hash)
+        if self.store.get_run(parent.id).done:  # it ended meanwhile: so does the child
+            self.store.finish_run(run_id, "cancelled", error=f"its parent run {parent.id} ended")
+        return self.store.get_run(run_id)
+
+    def _send(self, spec: Pipeline, run_id: str, digest: str) -> None:
+        """Compile and send a new run's canvas (its record is written); fail the run if the
+        broker refuses it."""
         try:
             canvas = self._compiler(run_id, digest).run(spec)
             canvas.apply_async()
@@ -112,7 +150,6 @@ class Legato:
             self.store.finish_run(run_id, "failed", error=f"could not enqueue: {exc}")
             raise
         self._watch.note(run_id, first_queues(canvas))  # "waiting for a worker on queue X"
-        return run_id
 
     @functools.cached_property
     def _watch(self) -> QueueWatch:
@@ -195,12 +232,13 @@ def check_input(spec: Pipeline, value: Any, *, max_bytes: int | None = None) -> 
 
 
 def _without_server_paths(exc: SpecError, path: Path, models_file: Path) -> SpecError:
-    """The same error, its file named by base name: "summarize.yaml", "models file"."""
+    """The same error, its file named by base name: "summarize.yaml" (or a child pipeline's,
+    beside it), "models file"."""
     source = exc.source
-    if source == str(path):
-        source = path.name
-    elif source in (str(models_file), str(models_file.resolve())):
+    if source in (str(models_file), str(models_file.resolve())):
         source = "models file"
+    elif source == str(path) or Path(source).parent == path.parent:  # it, or a child beside it
+        source = Path(source).name
     elif "/" in source or "\\" in source:
         source = "pipeline"  # some other file: not named
     return SpecError(exc.reason, source=source, path=exc.path)

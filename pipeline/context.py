@@ -56,6 +56,13 @@ class StepContext:
         except Exception as exc:  # undefined names, sandbox violations, filter errors
             raise PermanentError(f"template failed: {type(exc).__name__}: {exc}") from exc
 
+    def evaluate(self, expression: str, **extra: Any) -> Any:
+        """An expression's value (not its text), as a gate or a rule has it."""
+        try:
+            return templates.evaluate(expression, self.variables(**extra))
+        except Exception as exc:  # undefined names, sandbox violations, filter errors
+            raise PermanentError(f"template failed: {type(exc).__name__}: {exc}") from exc
+
     def model_call(
         self, model: str, prompt: str, *, system: str | None = None,
         output_schema: dict[str, Any] | None = None, params: dict[str, Any] | None = None,

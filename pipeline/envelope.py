@@ -132,6 +132,9 @@ class RunRecord(_Wire):
     waiting_since: float | None = None
     awaiting: str | None = None  # while `waiting`: what a parked step waits for (waits.py)
     awaiting_since: float | None = None
+    parent_run: str | None = None  # a child run: the run whose `pipeline` step started it...
+    parent_step: str | None = None  # ...and that step's path
+    depth: int = 0  # how deep under the top run a child run is (LEGATO_MAX_PIPELINE_DEPTH)
 
     @property
     def done(self) -> bool:

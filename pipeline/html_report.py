@@ -146,6 +146,9 @@ def render_html(run: RunRecord, steps: list[StepRecord], spec: Pipeline | None =
                f'{took} · {u.calls} model calls · {u.prompt_tokens} tokens in / '
                f'{u.completion_tokens} out{f" · cost {u.cost:.6g}" if u.cost else ""} · spec '
                f'{escape(run.spec_hash[:12])}</p>')
+    if run.parent_run:
+        summary += (f'<p class="meta">child of run <code>{escape(run.parent_run)}</code>, step '
+                    f'<code>{escape(run.parent_step or "")}</code></p>')
     waiting = f'<p class="waiting" id="run-waiting">{escape(run.waiting)}</p>' \
         if run.status == "waiting" and run.waiting else ""
     result = waiting + (f'<p class="error">{escape(run.error)}</p>' if run.error else

@@ -14,10 +14,13 @@
     <p>:done:<id>              pub/sub channel: the run reached a terminal state
     <p>:consumers:<queue>      sorted set: workers consuming the queue, by advertisement expiry
     <p>:waiting                sorted set: runs waiting for a worker on an unserved queue
+    <p>:children:ended         sorted set: "<run>|<path>" of `pipeline` steps whose child run
+                               ended, until the step is told (by when the child ended)
     <p>:dead                   list: the newest poison messages set aside, as JSON
     <p>:poisoned               hash: poison messages set aside, by reason (and `total`)
     <p>:run:{<id>}:attempts    hash: step path -> attempts begun
     <p>:run:{<id>}:vote:<node>:votes|reached    quorum tallies (voting.py)
+    <p>:run:{<id>}:children    hash: a `pipeline` step's path -> the child run it started
     <p>:run:{<id>}:keys        set: the run's keys not named above (its votes'), for retention
     <p>:run:{<id>}:signals     hash: step path -> the signal that arrived for it (JSON), kept once
     <p>:run:{<id>}:parked      hash: step path -> what a parked step waits for, since, deadline
@@ -70,6 +73,10 @@ class Keys:
         """set: the run's keys whose names are not fixed (its votes'), so they expire with it"""
         return f"{self.run(run_id)}:keys"
 
+    def children(self, run_id: str) -> str:
+        """hash: a `pipeline` step's path -> the id of the child run it started"""
+        return f"{self.run(run_id)}:children"
+
     def signals(self, run_id: str) -> str:
         """hash: step path -> the signal stored for it (pipeline/waits.py)"""
         return f"{self.run(run_id)}:signals"
@@ -79,11 +86,11 @@ class Keys:
         return f"{self.run(run_id)}:parked"
 
     def of_run(self, run_id: str) -> list[str]:
-        """Every key a run owns by a fixed name, the run hash first and its extras set (which
-        lists the rest) last."""
+        """Every key a run owns by a fixed name, the run hash first, its children next to last
+        and its extras set (which lists the rest) last."""
         return [self.run(run_id), self.steps(run_id), self.outputs(run_id),
                 self.attempts(run_id), self.budget(run_id), self.signals(run_id),
-                self.parked(run_id), self.run_extras(run_id)]
+                self.parked(run_id), self.children(run_id), self.run_extras(run_id)]
 
     def votes(self, run_id: str, node: str) -> str:
         return f"{self.run(run_id)}:vote:{node}:votes"
@@ -126,6 +133,11 @@ class Keys:
     def waiting(self) -> str:
         """sorted set: runs with a step sent to a queue no live worker serves, by since when"""
         return f"{self.prefix}:waiting"
+
+    @property
+    def ended_children(self) -> str:
+        """sorted set: "<run>|<path>" of `pipeline` steps whose child ended, not yet told"""
+        return f"{self.prefix}:children:ended"
 
     @property
     def dead(self) -> str:

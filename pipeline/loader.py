@@ -197,7 +197,16 @@ def available_pipelines(pipelines_dir: Path) -> list[str]:
 
 
 def load_pipeline(name_or_path: str, *, pipelines_dir: Path, models_file: Path) -> Pipeline:
+    """A pipeline file, checked, its models embedded, and every child pipeline it runs (a
+    `pipeline` step, by name) found and checked the same way."""
     path = find_pipeline(name_or_path, pipelines_dir)
+    pipeline = _load_file(path, models_file)
+    check_children(pipeline, source=str(path), pipelines_dir=pipelines_dir,
+                   models_file=models_file, stack=(path.stem,))
+    return pipeline
+
+
+def _load_file(path: Path, models_file: Path) -> Pipeline:
     data = _read_yaml(path)
     if not isinstance(data, dict):
         raise SpecError("expected a mapping at the top level", source=str(path))
@@ -207,6 +216,33 @@ def load_pipeline(name_or_path: str, *, pipelines_dir: Path, models_file: Path) 
     except ValidationError as exc:
         raise _spec_error(exc, data, str(path)) from None
     return resolve(pipeline, load_models(models_file), source=str(path))
+
+
+def check_children(pipeline: Pipeline, *, source: str, pipelines_dir: Path, models_file: Path,
+                   stack: tuple[str, ...] = (), checked: set[str] | None = None) -> None:
+    """Every child pipeline `pipeline` names exists in `pipelines_dir` (by name, as a producer
+    names one) and loads (its models resolved as for a submit), and no chain of children leads
+    back to a pipeline on `stack` (`a -> b -> a`, or `a -> a`). Raises SpecError at the step.
+    `checked`: the names already found sound, each loaded once however often it is named."""
+    checked = set() if checked is None else checked
+    for visit in tree.walk(pipeline.steps):
+        for field, name in kind_of(visit.step).pipelines(visit.step):
+            where = f"{visit.where}.{field}"
+            if name in stack:
+                cycle = " -> ".join((*stack[stack.index(name):], name))
+                raise SpecError(f"a cycle of child pipelines: {cycle}", source=source,
+                                path=where)
+            if name in checked:
+                continue
+            try:
+                path = find_pipeline(name, pipelines_dir, names_only=True)
+            except SpecError:
+                raise SpecError(f"unknown pipeline {name!r} (no {name}.yaml in the pipelines "
+                                f"directory)", source=source, path=where) from None
+            child = _load_file(path, models_file)
+            check_children(child, source=str(path), pipelines_dir=pipelines_dir,
+                           models_file=models_file, stack=(*stack, name), checked=checked)
+            checked.add(name)
 
 
 # -- checks ------------------------------------------------------------------------------------

@@ -81,6 +81,9 @@ def run_summary(run: RunRecord) -> Group:
     cost = f"  cost {u.cost:.6g}" if u.cost else ""  # from the models' `prices`
     lines.append(Text(f"took {took}  calls {u.calls}  tokens {u.prompt_tokens} in / "
                       f"{u.completion_tokens} out{cost}", style="dim"))
+    if run.parent_run:
+        lines.append(Text(clean(f"child of run {run.parent_run}, step {run.parent_step}"),
+                          style="dim"))
     if run.waiting:
         lines.append(Text(run.waiting, style="yellow"))
     if run.error:
@@ -121,7 +124,8 @@ class RunsView:
         for r in self.runs:
             created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at))
             took = _seconds(r.started_at, r.finished_at) if r.finished_at else ""
-            yield (clean(r.id, newlines=False), clean(r.pipeline, newlines=False), r.status,
+            pipeline = ("↳ " if r.parent_run else "") + r.pipeline  # a child run, marked
+            yield (clean(r.id, newlines=False), clean(pipeline, newlines=False), r.status,
                    created, took, _preview(r.error or r.waiting or "", 200))
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:

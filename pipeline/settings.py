@@ -95,6 +95,8 @@ class Settings(BaseSettings):
     step_retry_seconds: float = 2.0
     max_input_bytes: int = 1024 * 1024  # a job input's JSON size; larger ones are refused
     max_output_bytes: int = 1024 * 1024  # a step output's JSON size; larger fails the step
+    # How deep `pipeline` steps may nest child runs (a child of a child ... of a top run).
+    max_pipeline_depth: int = Field(8, ge=1)
     batch_size: int = 100  # a vote's members per task (run concurrently in it)
     batch_concurrency: int = 256  # a worker process's threads for those members
     # Control workers also consume Celery's default queue (`celery`), where producers that name

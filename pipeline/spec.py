@@ -15,6 +15,7 @@ from legato.fields import FanOutPolicy, Gate, ModelCall, StepBase, StepId, Stric
 from legato.kinds import KINDS, Step
 from legato.kinds.agent import Agent
 from legato.kinds.chain import Chain
+from legato.kinds.child import PipelineStep
 from legato.kinds.evaluate import Evaluate
 from legato.kinds.llm import Llm
 from legato.kinds.orchestrate import Orchestrate
@@ -29,8 +30,8 @@ STEP_KINDS = tuple(KINDS)
 __all__ = [
     "STEP_KINDS", "Agent", "Aggregate", "Breaker", "Budget", "Chain", "Classifier", "Evaluate",
     "FanOutPolicy", "Gate", "Llm", "ModelCall", "ModelConfig", "Orchestrate", "Parallel",
-    "Pipeline", "PipelineSpec", "Prices", "RateLimit", "Route", "Step", "StepBase", "StepId",
-    "Tool", "Vote", "Wait", "pipeline_from_json",
+    "Pipeline", "PipelineSpec", "PipelineStep", "Prices", "RateLimit", "Route", "Step",
+    "StepBase", "StepId", "Tool", "Vote", "Wait", "pipeline_from_json",
 ]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import ssl
 import time
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
@@ -15,18 +16,21 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from legato.envelope import TERMINAL, RunRecord, StepRecord, TerminalStatus, Usage
+from legato.envelope import TERMINAL, RunRecord, StepRecord, StepRef, TerminalStatus, Usage
 from legato.errors import RunNotFound
 from legato.journal import Journal
-from legato.keys import Keys
+from legato.keys import Keys, lease_member, split_member
 from legato.kinds.orchestrate import plan_path
 from legato.lua import lua_set
 from legato.spec import Pipeline, pipeline_from_json
 from legato.voting import Ballot
-from legato.waits import Waits
+from legato.waits import Waits, signal_json
 
 # KEYS: run, idem key (or the run key again), runs index, active. ARGV: id, created_at, fields...
+# A run id names one run: an existing run is never written over (a child run's id is derived
+# from its parent's step, and a redelivered step must find the child it started).
 _CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return ARGV[1] end
 if KEYS[2] ~= KEYS[1] then
   local existing = redis.call('GET', KEYS[2])
   if existing then return existing end
@@ -52,27 +56,39 @@ local function each_key(fn, first, idem_prefix)
 end
 """
 
-# KEYS: active, waiting, then the run's keys (Keys.of_run: the run hash first, the extras set
-# last). ARGV: channel, status, run id, ttl (0: keep), idempotency key prefix, field/value
-# pairs... Terminal states are final; a finished run's keys expire after the ttl.
+# KEYS: active, waiting, ended children, then the run's keys (Keys.of_run: the run hash
+# first, its children next to last, the extras set last). ARGV: channel, status, run id, ttl
+# (0: keep), idempotency key prefix, field/value pairs... Terminal states are final; a finished
+# run's keys expire after the ttl. Returns 0 if the run was already final, else {parent run,
+# parent step, child runs...}: a child run notes in `ended children` that its parent is to be
+# told (until it is), and a finished run's children are cancelled.
 _FINISH = lua_set("TERMINAL", TERMINAL) + _EACH_KEY + """
-local status = redis.call('HGET', KEYS[3], 'status')
+local status = redis.call('HGET', KEYS[4], 'status')
 if not status or TERMINAL[status] then
   return 0
 end
-redis.call('HSET', KEYS[3], 'status', ARGV[2], unpack(ARGV, 6))
-redis.call('HDEL', KEYS[3], 'waiting_for', 'waiting_since', 'awaiting', 'awaiting_since')
+local family = redis.call('HMGET', KEYS[4], 'parent_run', 'parent_step')
+family[1], family[2] = family[1] or '', family[2] or ''
+for _, child in ipairs(redis.call('HVALS', KEYS[#KEYS - 1])) do
+  table.insert(family, child)
+end
+redis.call('HSET', KEYS[4], 'status', ARGV[2], unpack(ARGV, 6))
+redis.call('HDEL', KEYS[4], 'waiting_for', 'waiting_since', 'awaiting', 'awaiting_since')
 redis.call('ZREM', KEYS[1], ARGV[3])
 redis.call('ZREM', KEYS[2], ARGV[3])
+if family[1] ~= '' then
+  local now = redis.call('TIME')
+  redis.call('ZADD', KEYS[3], now[1] + now[2] / 1e6, family[1] .. '|' .. family[2])
+end
 redis.call('PUBLISH', ARGV[1], ARGV[2])
 local ttl = tonumber(ARGV[4])
 if ttl > 0 then
-  each_key(function(k) redis.call('EXPIRE', k, ttl) end, 3, ARGV[5])
+  each_key(function(k) redis.call('EXPIRE', k, ttl) end, 4, ARGV[5])
 end
-return 1
+return family
 """
 
-# KEYS: runs index, active, waiting, then the run's keys (as for _FINISH). ARGV: run id, cutoff,
+# KEYS: runs index, active, waiting, then the run's keys (Keys.of_run). ARGV: run id, cutoff,
 # idempotency key prefix. A finished run that finished before the cutoff goes with all its keys;
 # an index entry whose run has expired goes too. Returns 1 when the run is gone.
 _PRUNE = lua_set("TERMINAL", TERMINAL) + _EACH_KEY + """
@@ -86,7 +102,7 @@ for i = 1, 3 do redis.call('ZREM', KEYS[i], ARGV[1]) end
 return 1
 """
 
-# KEYS: active, then the run's keys (as for _FINISH). ARGV: run id, now, allowed states (space
+# KEYS: active, then the run's keys (Keys.of_run). ARGV: run id, now, allowed states (space
 # separated), idempotency key prefix. Reopens a run for another pass: its completed steps are
 # memoized, the rest run again; its keys are kept again.
 _REOPEN = _EACH_KEY + """
@@ -194,6 +210,9 @@ class RunStore:
         self._mark_waiting = client.register_script(_MARK_WAITING)
         self._prune = client.register_script(_PRUNE)
         self._stored_specs: set[str] = set()
+        # Sends a resumed step's signature (Celery's `app.signature(sig).apply_async()`): set by
+        # a process that can send (a worker's runtime, a producer); without it the sweeper does.
+        self.dispatch: Callable[[dict[str, Any]], Any] | None = None
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "legato", *,
@@ -226,6 +245,14 @@ class RunStore:
         idem = k.idem(record.idempotency_key) if record.idempotency_key else k.run(record.id)
         keys = [k.run(record.id), idem, k.runs, k.active]
         return str(self._create(keys=keys, args=[record.id, repr(record.created_at), *flat]))
+
+    def add_child(self, run_id: str, path: str, child_id: str) -> None:
+        """Note that the step at `path` of `run_id` started the child run `child_id`."""
+        self.redis.hset(self.keys.children(run_id), path, child_id)
+
+    def children(self, run_id: str) -> dict[str, str]:
+        """The child runs a run started, by the path of the step that started each."""
+        return dict(self.redis.hgetall(self.keys.children(run_id)))
 
     def get_run(self, run_id: str) -> RunRecord:
         raw = self.redis.hgetall(self.keys.run(run_id))
@@ -273,8 +300,39 @@ class RunStore:
         flat = [x for kv in fields.items() for x in kv]
         args = [self.keys.done(run_id), status, run_id, repr(self.run_ttl),
                 self.keys.idem(""), *flat]
-        return bool(self._finish(keys=[self.keys.active, self.keys.waiting,
-                                       *self.keys.of_run(run_id)], args=args))
+        family = self._finish(keys=[self.keys.active, self.keys.waiting,
+                                    self.keys.ended_children, *self.keys.of_run(run_id)],
+                              args=args)
+        if not family:
+            return False
+        parent_run, parent_step, *children = family
+        for child in children:  # unfinished ones stop with their parent (and theirs with them)
+            if self.finish_run(child, "cancelled", error=f"its parent run {run_id} {status}"):
+                self.waits.forget(child)
+        if parent_run:
+            self.tell_parent(StepRef(run_id=parent_run, path=parent_step))
+        return True
+
+    def tell_parent(self, parent: StepRef) -> None:
+        """Signal the `pipeline` step that started a child run which has ended, through the
+        waits primitive (stored once; the parked step resumed once, by whoever holds its entry:
+        this process if it can send, else the sweeper). Then the child's note is crossed off;
+        a process that dies before that leaves it for the sweeper to tell again."""
+        now = time.time()
+        done = self.waits.signal(parent.run_id, parent.path,
+                                 signal_json({"child_ended": True}, at=now), now=now)
+        if done.state == "resumed" and done.resume is not None and self.dispatch is not None:
+            self.dispatch(done.resume)
+            self.waits.confirm(parent.run_id, parent.path)
+        self.redis.zrem(self.keys.ended_children, lease_member(parent.run_id, parent.path))
+
+    def untold_parents(self, *, older_than: float, limit: int = 100) -> list[StepRef]:
+        """Parents of child runs that ended over `older_than` seconds ago and were not told
+        (the process finishing the child died first): the sweeper tells them."""
+        cutoff = time.time() - older_than
+        members = self.redis.zrangebyscore(self.keys.ended_children, "-inf", cutoff,
+                                           start=0, num=limit)
+        return [StepRef(run_id=r, path=p) for r, p in map(split_member, members)]
 
     def reopen_run(self, run_id: str, *, allowed: tuple[str, ...]) -> str:
         """Set a run in one of `allowed` states running again; returns 'ok' or its state."""
@@ -459,6 +517,9 @@ def _run_from_hash(raw: dict[str, str]) -> RunRecord:
         waiting_since=num("waiting_since"),
         awaiting=raw.get("awaiting") or None,
         awaiting_since=num("awaiting_since"),
+        parent_run=raw.get("parent_run") or None,
+        parent_step=raw.get("parent_step") or None,
+        depth=int(raw.get("depth", 0)),
         usage=Usage(
             prompt_tokens=int(raw.get("prompt_tokens", 0)),
             completion_tokens=int(raw.get("completion_tokens", 0)),

@@ -60,7 +60,11 @@ def timeline(run: RunRecord, steps: list[StepRecord], now: float | None = None
 
 
 def decision(record: StepRecord) -> str:
-    """What a step decided or produced, in a few words: a route's branch, a vote, an error."""
+    """What a step decided or produced, in a few words: a route's branch, a vote, an error, a
+    `pipeline` step's child run."""
+    if record.kind == "pipeline" and record.detail.get("child_run"):
+        said = record.error or record.detail.get("child_error") or preview(record.output)
+        return f"child run {record.detail['child_run']}" + (f": {said}" if said else "")
     if record.error:
         return record.error
     if record.kind == "route" and isinstance(record.output, dict):

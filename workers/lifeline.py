@@ -115,7 +115,7 @@ class Sweeper(_Loop):
         self._advertise()
         done = {"redispatched": self._redispatch(), "recovered": 0, "failed": 0, "finished": 0,
                 "unserved": self._unserved(), "timed_out": self._timeouts(),
-                "resumed": self._resumes(), "waiting": 0}
+                "resumed": self._resumes(), "waiting": 0, "parents_told": self._tell_parents()}
         for run_id in self.store.claim_stalled(quiet_for=self.settings.stall_seconds):
             done[self._recover(run_id)] += 1
         done["pruned"] = self._prune()
@@ -183,6 +183,16 @@ class Sweeper(_Loop):
             self.app.signature(signature).apply_async()
             self.store.bump(run_id, "redispatches")
         return len(claimed)
+
+    def _tell_parents(self) -> int:
+        """Tell the `pipeline` steps whose child run ended while the process that ended it died
+        before telling them (a second telling changes nothing: a step is signalled once)."""
+        untold = self.store.untold_parents(older_than=self.settings.resume_grace_seconds)
+        for parent in untold:
+            log.warning("step %s of run %s was not told its child ended: telling it",
+                        parent.path, parent.run_id)
+            self.store.tell_parent(parent)
+        return len(untold)
 
     def _timeouts(self) -> int:
         """End the waits whose timeout passed, through the same atomic claim as a signal."""

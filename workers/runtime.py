@@ -78,6 +78,7 @@ class Runtime:
             if self._store is None:
                 self._store = RunStore(self.redis(), self.settings.key_prefix,
                                        run_ttl=self.settings.run_ttl)
+                self._store.dispatch = _dispatch  # a child run's end resumes its parent
             return self._store
 
     def ballot(self) -> Ballot:
@@ -273,3 +274,10 @@ def _forget_inherited() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_inherited)
+
+
+def _dispatch(signature: dict[str, Any]) -> None:
+    """Send a task signature with the worker's app (a parked step resumed)."""
+    from legato.workers.app import app
+
+    app.signature(signature).apply_async()

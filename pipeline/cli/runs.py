@@ -168,29 +168,65 @@ def submit_batch(legato: Legato, pipeline: str, path: Path, wait: bool, timeout:
 
 @app.command()
 def status(run_id: RunId, as_json: JsonFlag = False) -> None:
-    """A run's status, output or error, and usage."""
+    """A run's status, output or error, and usage; the child runs its `pipeline` steps
+    started."""
     legato = legato_client()
-    print_run(legato.status(resolve_run(legato, run_id)), as_json)
+    run_id = resolve_run(legato, run_id)
+    print_run(legato.status(run_id), as_json)
+    if not as_json:
+        for path, child in _children(legato, run_id):
+            out.print(Text(clean(f"↳ step {path}: child run {child} "
+                                 f"({legato.status(child).status})")), highlight=False)
 
 
 @app.command()
 def show(run_id: RunId, as_json: JsonFlag = False) -> None:
-    """A run's waterfall: step tree, queue, worker, timings, tokens, route decisions.
+    """A run's waterfall: step tree, queue, worker, timings, tokens, route decisions; the child
+    runs its `pipeline` steps started, nested under it.
 
     Fits the terminal's width (or COLUMNS; 80 in a pipe): one table when wide, two lines a step
     when narrow; ids are never cut."""
-    from legato.waterfall import waterfall
-
     legato = legato_client()
     run_id = resolve_run(legato, run_id)
-    record = legato.status(run_id)
-    steps = legato.steps(run_id)
     if as_json:
-        print_json({"run": record.model_dump(mode="json"),
-                    "steps": [s.model_dump(mode="json") for s in steps]})
+        print_json(_run_tree(legato, run_id))
         return
-    print_run(record, False)
-    out.print(waterfall(record, steps))
+    _show_tree(legato, run_id, 0)
+
+
+def _run_tree(legato: Legato, run_id: str) -> dict[str, Any]:
+    """A run, its steps and (under `children`, by the step that started each) its child runs."""
+    tree = {"run": legato.status(run_id).model_dump(mode="json"),
+            "steps": [s.model_dump(mode="json") for s in legato.steps(run_id)]}
+    children = {path: _run_tree(legato, child) for path, child in _children(legato, run_id)}
+    return {**tree, "children": children} if children else tree
+
+
+def _show_tree(legato: Legato, run_id: str, level: int) -> None:
+    """A run's summary and waterfall, then each child run's, indented under it."""
+    from rich.padding import Padding
+
+    from legato.report import run_summary
+    from legato.waterfall import waterfall
+
+    record = legato.status(run_id)
+    indent = (1 if level else 0, 0, 0, 4 * level)
+    out.print(Padding(run_summary(record), indent))
+    out.print(Padding(waterfall(record, legato.steps(run_id)), (0, 0, 0, 4 * level)))
+    for _, child in _children(legato, run_id):
+        _show_tree(legato, child, level + 1)
+
+
+def _children(legato: Legato, run_id: str) -> list[tuple[str, str]]:
+    """(step path, child run id) of the child runs still kept, in path order."""
+    kept = []
+    for path, child in sorted(legato.store.children(run_id).items()):
+        try:
+            legato.status(child)
+        except RunNotFound:  # pruned or expired before its parent
+            continue
+        kept.append((path, child))
+    return kept
 
 
 @app.command()

@@ -12,7 +12,18 @@ from typing import Annotated, Any, Union
 
 from pydantic import Field
 
-from legato.kinds import agent, chain, evaluate, llm, orchestrate, parallel, route, tool, wait
+from legato.kinds import (
+    agent,
+    chain,
+    child,
+    evaluate,
+    llm,
+    orchestrate,
+    parallel,
+    route,
+    tool,
+    wait,
+)
 from legato.kinds.base import Kind
 
 KINDS: dict[str, Kind] = {k.name: k for k in (
@@ -25,13 +36,14 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     evaluate.EvaluateKind(),
     agent.AgentKind(),
     wait.WaitKind(),
+    child.PipelineKind(),
 )}
 
 # Every step spec, tagged by its literal `kind`.
 Step = Annotated[
     Union[  # noqa: UP007
         llm.Llm, tool.Tool, chain.Chain, route.Route, parallel.Parallel,
-        orchestrate.Orchestrate, evaluate.Evaluate, agent.Agent, wait.Wait,
+        orchestrate.Orchestrate, evaluate.Evaluate, agent.Agent, wait.Wait, child.PipelineStep,
     ],
     Field(discriminator="kind"),
 ]

@@ -1,9 +1,9 @@
 """What a step kind is: one subclass of `Kind` per kind, registered in `legato.kinds`.
 
 A kind says, for a step of its spec class: which steps it holds (`children`), which templates,
-output schemas, model aliases and tools it names (the loader checks them; the graph reads what
-its templates read), and how it compiles to a Celery canvas. What its tasks *do* is plain Python
-in the same module; the task base (legato.tasks.base) journals it.
+output schemas, model aliases, tools and child pipelines it names (the loader checks them; the
+graph reads what its templates read), and how it compiles to a Celery canvas. What its tasks
+*do* is plain Python in the same module; the task base (legato.tasks.base) journals it.
 """
 
 from __future__ import annotations
@@ -60,6 +60,10 @@ class Kind:
 
     def tools(self, step: Any) -> Iterator[tuple[str, str]]:
         """(field, tool name) for every registered tool the step uses."""
+        return iter(())
+
+    def pipelines(self, step: Any) -> Iterator[tuple[str, str]]:
+        """(field, pipeline name) for every child pipeline the step runs."""
         return iter(())
 
     def compile(self, step: Any, path: str, queue: str | None, compiler: Compiler) -> Signature:

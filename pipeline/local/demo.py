@@ -107,13 +107,16 @@ def _approve(legato: Legato, run_id: str, step: str, data: Any, console: Console
     console.print(f"run {run_id} waited at {step}; the demo approved it: {command}")
 
 
-def _show(console: Console, records: list[RunRecord]) -> None:
+def _show(console: Console, records: list[RunRecord], legato: Legato) -> None:
     """Each run in a panel: its pipeline and outcome as the title, its id on the first line
-    (inside, where no width cuts it), then its output or error, as data (never markup)."""
+    (inside, where no width cuts it), the child runs its `pipeline` steps started, then its
+    output or error, as data (never markup)."""
     for r in records:
         took = f"{(r.finished_at or time.time()) - r.created_at:.1f}s"
         ok = r.status == "succeeded"
         body = Text.assemble(("run ", "dim"), (r.id, "bold"), "\n")
+        for path, child in sorted(legato.store.children(r.id).items()):
+            body.append_text(Text(clean(f"  ↳ child run {child} (step {path})\n"), style="dim"))
         if ok:
             body.append_text(data(r.output.strip() if isinstance(r.output, str) else r.output))
         else:
@@ -164,7 +167,7 @@ def _run(console: Console, settings: Settings, model: str, keep: bool | None,
                                 model_base_url=env["LEGATO_MODEL_BASE_URL"]))
         _warn_unserved(legato, names, console)
         records = _submit_all(legato, names, pipelines_dir, console, timeout)
-        _show(console, records)
+        _show(console, records, legato)
         user, _, password = flower_auth.partition(":")
         console.print(f"Flower: http://127.0.0.1:{flower_port} (user {user}, password "
                       f"{password})   logs: {logs}", markup=False, highlight=False)

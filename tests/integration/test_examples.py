@@ -20,7 +20,7 @@ def test_every_pattern_has_an_example():
              for step in (ROOT / "pipelines" / f"{name}.yaml").read_text().split("\n")
              if "kind:" in step}
     assert {"llm", "tool", "route", "parallel", "orchestrate", "evaluate", "agent",
-            "wait"} <= kinds
+            "wait", "pipeline"} <= kinds
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
