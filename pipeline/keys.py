@@ -19,6 +19,10 @@
     <p>:run:{<id>}:attempts    hash: step path -> attempts begun
     <p>:run:{<id>}:vote:<node>:votes|reached    quorum tallies (voting.py)
     <p>:run:{<id>}:keys        set: the run's keys not named above (its votes'), for retention
+    <p>:callbacks              sorted set: finished runs whose callbacks are being delivered, by
+                               when their holder's time is up (then a sweeper sends them again)
+    <p>:schedule:<name>        hash: a schedule's state (last run, ticks fired and skipped)
+    <p>:schedule:<name>:tick:<t>   a tick claimed by one beat (SET NX, expires)
 
 The model layer's shared state (pipeline/models/):
 
@@ -95,6 +99,19 @@ class Keys:
 
     def cache(self, digest: str) -> str:
         return f"{self.prefix}:cache:{digest}"
+
+    @property
+    def callbacks(self) -> str:
+        """sorted set: finished runs whose callbacks are due, by when a sweeper may send them"""
+        return f"{self.prefix}:callbacks"
+
+    def schedule(self, name: str) -> str:
+        """hash: a schedule's state (schedules.py)"""
+        return f"{self.prefix}:schedule:{name}"
+
+    def schedule_tick(self, name: str, tick: str) -> str:
+        """a schedule's tick, claimed by the one beat that fires it"""
+        return f"{self.schedule(name)}:tick:{tick}"
 
     @property
     def runs(self) -> str:

@@ -80,13 +80,37 @@ def run_summary(run: RunRecord) -> Group:
     cost = f"  cost {u.cost:.6g}" if u.cost else ""  # from the models' `prices`
     lines.append(Text(f"took {took}  calls {u.calls}  tokens {u.prompt_tokens} in / "
                       f"{u.completion_tokens} out{cost}", style="dim"))
+    if run.schedule:
+        lines.append(Text(clean(f"made by schedule {run.schedule}"), style="dim"))
     if run.waiting:
         lines.append(Text(run.waiting, style="yellow"))
     if run.error:
         lines.append(Text.assemble("error: ", data(run.error), style="red"))
     if run.status == "succeeded":
         lines.append(Text.assemble("output: ", data(run.output)))
+    lines.extend(_callbacks(run))
     return Group(*lines)
+
+
+def _callbacks(run: RunRecord) -> Iterator[Text]:
+    """Whom the run tells when it finishes, and each try at telling them."""
+    if run.on_done is None:
+        return
+    told = run.on_done
+    targets = {"task": f"task {told.task}@{told.queue or 'celery'}", "webhook": f"POST {told.url}"}
+    for target in told.targets:
+        tries = [d for d in run.deliveries if d.target == target]
+        state = ("delivered" if any(d.ok for d in tries) else "given up" if any(
+            d.final for d in tries) else "pending" if run.done else "when the run finishes")
+        yield Text.assemble("on done: ", data(targets[target]), "  ",
+                            (state, "green" if state == "delivered" else "red"
+                             if state == "given up" else "dim"))
+        for d in tries:
+            when = time.strftime("%H:%M:%S", time.localtime(d.at))
+            what = "ok" if d.ok else d.error or "failed"
+            status = f"HTTP {d.status} " if d.status is not None else ""
+            yield Text(clean(f"  {when}  {status}{what}  (delivery {d.delivery_id})"),
+                       style="" if d.ok else "red")
 
 
 def tree_order(steps: list[StepRecord]) -> list[StepRecord]:
@@ -120,7 +144,8 @@ class RunsView:
         for r in self.runs:
             created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at))
             took = _seconds(r.started_at, r.finished_at) if r.finished_at else ""
-            yield (clean(r.id, newlines=False), clean(r.pipeline, newlines=False), r.status,
+            pipeline = f"{r.pipeline} ({r.schedule})" if r.schedule else r.pipeline
+            yield (clean(r.id, newlines=False), clean(pipeline, newlines=False), r.status,
                    created, took, _preview(r.error or r.waiting or "", 200))
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
