@@ -5,7 +5,7 @@ error hierarchy, and the wire types a run is reported in.
 """
 
 from legato.client import Legato
-from legato.envelope import RunRecord, StepRecord, StepResult, Usage
+from legato.envelope import Delivery, OnDone, RunRecord, StepRecord, StepResult, Usage
 from legato.errors import (
     BudgetExceeded,
     Cancelled,
@@ -52,6 +52,7 @@ __all__ = [
     "Cancelled",
     "Chain",
     "Classifier",
+    "Delivery",
     "Evaluate",
     "Gate",
     "GateFailed",
@@ -61,6 +62,7 @@ __all__ = [
     "Llm",
     "ModelCall",
     "ModelConfig",
+    "OnDone",
     "Orchestrate",
     "OutputInvalid",
     "Parallel",

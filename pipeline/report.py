@@ -107,9 +107,9 @@ def _callbacks(run: RunRecord) -> Iterator[Text]:
                              if state == "given up" else "dim"))
         for d in tries:
             when = time.strftime("%H:%M:%S", time.localtime(d.at))
-            what = "ok" if d.ok else d.error or "failed"
-            status = f"HTTP {d.status} " if d.status is not None else ""
-            yield Text(clean(f"  {when}  {status}{what}  (delivery {d.delivery_id})"),
+            what = " ".join(w for w in (f"HTTP {d.status}" if d.status else "", "ok" if d.ok else (
+                d.error or "failed") if d.final or not d.status else "") if w)
+            yield Text(clean(f"  {when}  {what}  (delivery {d.delivery_id})"),
                        style="" if d.ok else "red")
 
 

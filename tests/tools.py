@@ -93,3 +93,22 @@ def process_id() -> int:
 def leaky() -> str:
     """A tool whose error echoes a credential, as a careless client library's might."""
     raise RuntimeError("upstream said 401 for Authorization: Bearer sk-live-0123456789abcdefXYZ")
+
+
+OUTCOMES_KEY = "tests:outcomes"
+
+
+@shared_task(name="tests.record_outcome")
+def record_outcome(outcome: dict) -> None:
+    """A user's own completion callback (`on_done.task`): keeps each outcome it is sent."""
+    import json
+
+    import redis
+
+    from legato.settings import Settings
+
+    client = redis.Redis.from_url(Settings.from_env().redis_url)
+    try:
+        client.rpush(OUTCOMES_KEY, json.dumps(outcome))
+    finally:
+        client.close()

@@ -67,6 +67,13 @@ class Scheduler(beat.Scheduler):
                  "" if len(found) == 1 else "s", settings.schedules_path,
                  ", ".join(f"{s.name} ({s.clock})" for s in found) or "none")
 
+    def apply_entry(self, entry: Any, producer: Any = None) -> None:
+        """Fire the entry's schedule (beat calls this for a due entry); never raises."""
+        try:
+            self.apply_async(entry)
+        except Exception:  # Redis away for a moment, say: the next tick tries again
+            log.exception("schedule %s: could not fire", entry.name)
+
     def apply_async(self, entry: Any, producer: Any = None, advance: bool = True,
                     **_: Any) -> None:
         schedule: Schedule = entry.schedule.entry
