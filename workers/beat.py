@@ -13,6 +13,10 @@ started by mistake, never fires a tick twice.
 from __future__ import annotations
 
 import logging
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -29,12 +33,16 @@ IDLE_CHECK = 300.0  # seconds between checks of a schedule with no tick ahead
 
 
 class Clock(BaseSchedule):
-    """A Legato schedule as beat sees it: due when a tick later than the entry's last firing
-    has come; the next check at the following tick."""
+    """A Legato schedule as beat sees it: due when a tick has come that is later than the
+    entry's last run (beat's bookkeeping: when it last fired, or started) and than the last tick
+    this process fired (ours: a beat slowed down between finding the entry due and firing it
+    fires a later tick than the one that made it due, and must not fire that one again); the
+    next check at the following tick."""
 
     def __init__(self, entry: Schedule, app: Any) -> None:
         super().__init__(app=app)
         self.entry = entry
+        self.fired: datetime | None = None  # the last tick this process fired
 
     def remaining_estimate(self, last_run_at: datetime) -> timedelta:
         now = self.now()
@@ -44,7 +52,8 @@ class Clock(BaseSchedule):
     def is_due(self, last_run_at: datetime) -> schedstate:
         now = self.now()
         tick = self.entry.latest(now)
-        due = tick is not None and tick.timestamp() > last_run_at.timestamp()
+        due = tick is not None and tick.timestamp() > last_run_at.timestamp() and (
+            self.fired is None or tick > self.fired)
         wait = max(0.0, self.remaining_estimate(last_run_at).total_seconds())
         return schedstate(due, wait)
 
@@ -76,11 +85,13 @@ class Scheduler(beat.Scheduler):
 
     def apply_async(self, entry: Any, producer: Any = None, advance: bool = True,
                     **_: Any) -> None:
-        schedule: Schedule = entry.schedule.entry
-        tick = schedule.latest(self.app.now())
-        if tick is None:
+        clock: Clock = entry.schedule
+        schedule, tick = clock.entry, clock.entry.latest(self.app.now())
+        if tick is None or (clock.fired is not None and tick <= clock.fired):
             return
-        firing = schedules.fire(self.legato, schedule, tick)
+        clock.fired = tick
+        with _stops_deferred():
+            firing = schedules.fire(self.legato, schedule, tick)
         if firing.what == "submitted":
             log.info("schedule %s tick %s: submitted run %s", schedule.name, firing.tick,
                      firing.run_id)
@@ -95,3 +106,18 @@ class Scheduler(beat.Scheduler):
 
     def sync(self) -> None:
         """Nothing to write: the state is in Redis."""
+
+
+@contextmanager
+def _stops_deferred() -> Iterator[None]:
+    """A stop (SIGTERM, SIGINT: beat raises SystemExit from its handler) waits for the firing in
+    progress: a run recorded but never sent would wait for the stall recovery to send it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    stops = {signal.SIGTERM, signal.SIGINT}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

@@ -121,3 +121,8 @@ def test_the_schedules_file_is_not_a_pipeline():
     assert "schedules" not in available_pipelines(ROOT / "pipelines")
     with pytest.raises(SpecError, match="unknown pipeline"):
         find_pipeline("schedules", ROOT / "pipelines", names_only=True)
+
+
+def test_the_schedules_file_is_beside_the_pipelines_unless_set():
+    assert Settings(pipelines_dir=Path("/srv/p")).schedules_path == Path("/srv/p/schedules.yaml")
+    assert Settings(schedules_file="/etc/s.yaml").schedules_path == Path("/etc/s.yaml")
