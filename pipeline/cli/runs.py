@@ -34,6 +34,7 @@ from legato.report import clean
 
 RunId = Annotated[str, typer.Argument(help="a run id, or a unique prefix of one")]
 MODELS_FILES = ("models.yaml", "models.yml")
+SCHEDULES_FILES = ("schedules.yaml", "schedules.yml")
 
 
 def refuse_spec(legato: Legato, pipeline: str, exc: SpecError) -> NoReturn:
@@ -49,6 +50,9 @@ def refuse_spec(legato: Legato, pipeline: str, exc: SpecError) -> NoReturn:
             fail(f"{pipeline}: {path.name} is the models file, not a pipeline (it defines the "
                  f"model aliases pipelines use; submit a pipeline by name or file, e.g. "
                  f"`legato submit summarize`)")
+        if path.name in SCHEDULES_FILES and path.is_file():
+            fail(f"{pipeline}: {path.name} is the schedules file, not a pipeline (`legato beat` "
+                 f"runs it)")
     fail(str(exc))
 
 
