@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import redis
 
-from legato import InputError, OnDone, RunRecord
+from legato import InputError, Llm, OnDone, Pipeline, RunRecord
 from legato.callbacks import verify_signature
 from legato.client import Legato
 from legato.compile import DEFAULT_QUEUES
@@ -205,6 +205,24 @@ def test_a_run_finished_by_a_process_that_died_before_sending_is_told_by_a_sweep
     (got,) = eventually(lambda: receiver.deliveries(url))
     assert got["verified"] and json.loads(got["body"])["status"] == "cancelled"
     assert [d.ok for d in told(producer, run_id).deliveries] == [True]
+
+
+def test_a_cancelled_run_tells_at_once_and_a_resumed_one_tells_anew(producer, receiver):
+    url = receiver.expect()
+    stuck = Pipeline(name="stuck", steps=[Llm(id="a", model="small", prompt="never answered",
+                                              queue="tests.nobody")])
+    run_id = producer.submit(stuck, {}, on_done={"url": url})
+    assert producer.cancel(run_id, "not needed")  # the canceller sends legato.deliver itself
+    (first,) = eventually(lambda: receiver.deliveries(url))
+    told(producer, run_id)
+    producer.resume(run_id)
+    assert producer.status(run_id).deliveries == []  # they told the outcome it no longer has
+    producer.cancel(run_id, "still not needed")
+    got = eventually(lambda: len(receiver.deliveries(url)) == 2 and receiver.deliveries(url))
+    ids = [g["headers"]["X-Legato-Delivery"] for g in got]
+    assert ids == [f"{run_id}.0.webhook", f"{run_id}.1.webhook"]
+    assert [json.loads(g["body"])["error"] for g in got] == ["not needed", "still not needed"]
+    assert [d.delivery_id for d in told(producer, run_id).deliveries] == [ids[1]]
 
 
 def _snapshot(client: redis.Redis) -> tuple[int, dict[str, int]]:
