@@ -5,7 +5,7 @@ error hierarchy, and the wire types a run is reported in.
 """
 
 from legato.client import Legato
-from legato.envelope import RunRecord, StepRecord, StepResult, Usage
+from legato.envelope import Delivery, OnDone, RunRecord, StepRecord, StepResult, Usage
 from legato.errors import (
     BudgetExceeded,
     Cancelled,
@@ -55,6 +55,7 @@ __all__ = [
     "Cancelled",
     "Chain",
     "Classifier",
+    "Delivery",
     "Evaluate",
     "Gate",
     "GateFailed",
@@ -64,6 +65,7 @@ __all__ = [
     "Llm",
     "ModelCall",
     "ModelConfig",
+    "OnDone",
     "Orchestrate",
     "OutputInvalid",
     "Parallel",

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from legato import callbacks
 from legato.client import Legato, check_input
 from legato.envelope import RunRecord
 from legato.errors import InputError
@@ -46,8 +47,10 @@ def _progress(console: Console) -> Progress:
 
 
 def submit_batch(legato: Legato, pipeline: str, inputs: list[Any], *,
-                 console: Console, idempotency_prefix: str | None = None) -> list[str]:
+                 console: Console, idempotency_prefix: str | None = None,
+                 on_done: dict[str, Any] | None = None) -> list[str]:
     spec = legato.load(pipeline)
+    callbacks.check_on_done(on_done, hosts=legato.settings.webhook_hosts)  # before any submit
     for number, item in enumerate(inputs, start=1):
         try:
             check_input(spec, item, max_bytes=legato.settings.max_input_bytes)
@@ -60,7 +63,7 @@ def submit_batch(legato: Legato, pipeline: str, inputs: list[Any], *,
                                 total=len(inputs))
         for number, item in enumerate(inputs, start=1):
             key = f"{idempotency_prefix}-{number}" if idempotency_prefix else None
-            run_ids.append(legato.submit(spec, item, idempotency_key=key))
+            run_ids.append(legato.submit(spec, item, idempotency_key=key, on_done=on_done))
             progress.advance(bar)
     return run_ids
 

@@ -6,7 +6,8 @@
     record = legato.wait(run_id, timeout=60)
     print(record.status, record.output)
 
-A job input is checked against the pipeline's input schema before anything is written or sent.
+A job input is checked against the pipeline's input schema before anything is written or sent;
+so are its completion callbacks (`on_done`: pipeline/callbacks.py).
 """
 
 from __future__ import annotations
@@ -16,17 +17,17 @@ import importlib
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from celery import Celery
 from pydantic import ValidationError
 
-from legato import schema
+from legato import callbacks, schema
 from legato.compile import Compiler
 from legato.consumers import QueueWatch, first_queues
-from legato.envelope import RESUMABLE, RunRecord, StepRecord
+from legato.envelope import RESUMABLE, OnDone, RunRecord, StepRecord
 from legato.errors import InputError, PermanentError, RunNotFound, SpecError, StepError
 from legato.loader import check_children, find_pipeline, load_models, load_pipeline, resolve
 from legato.settings import Settings, get_settings
@@ -91,21 +92,26 @@ class Legato:
             raise _without_server_paths(exc, path, models_file) from None
 
     def submit(self, pipeline: str | Pipeline, input: Any, *,
-               idempotency_key: str | None = None, names_only: bool = False) -> str:
+               idempotency_key: str | None = None, names_only: bool = False,
+               on_done: OnDone | Mapping[str, Any] | None = None,
+               schedule: str | None = None) -> str:
         """Validate, record and enqueue one run; return its id. Raises SpecError or InputError.
 
         `names_only`: `pipeline` is a name in the pipelines directory, never a file path (what
-        `legato.submit` does for producers)."""
+        `legato.submit` does for producers). `on_done`: whom to tell when the run finishes — a
+        Celery task (and queue) and/or a webhook URL (pipeline/callbacks.py). `schedule`: the
+        schedule that made the run (set by `legato beat`)."""
         if names_only:
             spec = self.load_named(pipeline) if isinstance(pipeline, str) else \
                 _refuse_object(pipeline)
         else:
             spec = self.load(pipeline)
         check_input(spec, input, max_bytes=self.settings.max_input_bytes)
+        told = callbacks.check_on_done(on_done, hosts=self.settings.webhook_hosts)
         digest = self.store.put_spec(spec)
         record = RunRecord(id=uuid.uuid4().hex, pipeline=spec.name, spec_hash=digest,
                            status="queued", input=input, created_at=time.time(),
-                           idempotency_key=idempotency_key)
+                           idempotency_key=idempotency_key, on_done=told, schedule=schedule)
         run_id = self.store.create_run(record)
         if run_id != record.id:  # the key was used before: that run is this job, if it is
             _same_job(self.store.get_run(run_id), spec.name, input, idempotency_key)
@@ -147,7 +153,8 @@ class Legato:
             canvas = self._compiler(run_id, digest).run(spec)
             canvas.apply_async()
         except Exception as exc:
-            self.store.finish_run(run_id, "failed", error=f"could not enqueue: {exc}")
+            callbacks.finish(self.store, self.app, run_id, "failed",
+                             error=f"could not enqueue: {exc}")
             raise
         self._watch.note(run_id, first_queues(canvas))  # "waiting for a worker on queue X"
 
@@ -159,7 +166,7 @@ class Legato:
     def cancel(self, run_id: str, reason: str = "cancelled") -> bool:
         """Stop a run: steps not yet begun will not run. False if it had already finished."""
         self.store.get_run(run_id)  # RunNotFound for an unknown id
-        cancelled = self.store.finish_run(run_id, "cancelled", error=reason)
+        cancelled = callbacks.finish(self.store, self.app, run_id, "cancelled", error=reason)
         if cancelled:
             self.store.waits.forget(run_id)  # its parked steps are never to be resumed
         return cancelled
@@ -210,8 +217,9 @@ class Legato:
     def steps(self, run_id: str) -> list[StepRecord]:
         return self.store.get_steps(run_id)
 
-    def runs(self, *, status: str | None = None, limit: int = 20) -> list[RunRecord]:
-        return self.store.list_runs(status=status, limit=limit)
+    def runs(self, *, status: str | None = None, schedule: str | None = None,
+             limit: int = 20) -> list[RunRecord]:
+        return self.store.list_runs(status=status, schedule=schedule, limit=limit)
 
 
 def check_input(spec: Pipeline, value: Any, *, max_bytes: int | None = None) -> None:

@@ -5,7 +5,8 @@ returns a `StepResult`; the journal keeps a `StepRecord` per step path; the run 
 `RunRecord`. A step is named by a `StepRef` (run id and path, as fields). What a step record's
 `detail` says about its model calls is typed too: `ModelAttempt` (one model tried, with its
 `HttpAttempt`s), `Repair` (an answer rejected), `ToolCall` (what a model asked to run), and the
-`Message`s sent.
+`Message`s sent. What a run tells when it finishes is `OnDone` (a task and/or a webhook), and each
+try at telling it a `Delivery`.
 
 The run states are listed here once: `TERMINAL` (final: a run there never changes again, but for
 an explicit resume) and `UNFINISHED`. Everything else — the store's Lua scripts included — is
@@ -14,11 +15,19 @@ made from these.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal, TypeAlias, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_serializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 from pydantic.functional_serializers import SerializerFunctionWrapHandler
 
 StepStatus = Literal["running", "waiting", "succeeded", "failed", "skipped"]
@@ -114,6 +123,84 @@ class StepRecord(StepResult):
         return [Repair.model_validate(r) for r in self.detail.get("repairs") or ()]
 
 
+TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,199}")
+QUEUE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,199}")
+MAX_URL_CHARS = 2048
+
+
+class OnDone(BaseModel):
+    """What to tell when a run finishes, however it finishes: a Celery `task` sent the run's
+    outcome (one argument, a JSON object) on `queue` (else Celery's default queue, `celery`),
+    and/or a webhook `url` POSTed the outcome as JSON, signed. Which hosts a URL may name is the
+    worker's setting (LEGATO_WEBHOOK_HOSTS), checked at submit and again at delivery
+    (pipeline/callbacks.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task: str | None = None
+    queue: str | None = None
+    url: str | None = None
+
+    @field_validator("task")
+    @classmethod
+    def _task(cls, value: str | None) -> str | None:
+        if value is not None and not TASK_NAME.fullmatch(value):
+            raise ValueError("a task name is letters, digits and _ . : - (at most 200), "
+                             "starting with a letter or _")
+        if value is not None and value.startswith("legato."):
+            raise ValueError(f"{value!r} is one of Legato's own tasks, not a callback")
+        return value
+
+    @field_validator("queue")
+    @classmethod
+    def _queue(cls, value: str | None) -> str | None:
+        if value is not None and not QUEUE_NAME.fullmatch(value):
+            raise ValueError("a queue name is letters, digits and _ . : - (at most 200)")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and (len(value) > MAX_URL_CHARS or not value.isprintable()
+                                  or " " in value):
+            raise ValueError(f"not a URL (printable, no spaces, at most {MAX_URL_CHARS} "
+                             f"characters)")
+        return value
+
+    @model_validator(mode="after")
+    def _something(self) -> OnDone:
+        if self.task is None and self.url is None:
+            raise ValueError("give a task, a url, or both")
+        if self.queue is not None and self.task is None:
+            raise ValueError("a queue goes with a task")
+        return self
+
+    @property
+    def targets(self) -> list[DeliveryTarget]:
+        named: list[tuple[DeliveryTarget, str | None]] = [("task", self.task),
+                                                          ("webhook", self.url)]
+        return [target for target, value in named if value is not None]
+
+
+DeliveryTarget = Literal["task", "webhook"]
+
+
+class Delivery(BaseModel):
+    """One try at telling a finished run's `target`: when, whether it was taken (`ok`), the
+    webhook's HTTP status or the error, and whether it was the last try (`final`: taken,
+    refused for good, or out of attempts). `delivery_id` is the same on every try."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    target: DeliveryTarget
+    delivery_id: str
+    at: float
+    ok: bool
+    status: int | None = None
+    error: str | None = None
+    final: bool = False
+
+
 class RunRecord(_Wire):
     id: str
     pipeline: str
@@ -135,6 +222,9 @@ class RunRecord(_Wire):
     parent_run: str | None = None  # a child run: the run whose `pipeline` step started it...
     parent_step: str | None = None  # ...and that step's path
     depth: int = 0  # how deep under the top run a child run is (LEGATO_MAX_PIPELINE_DEPTH)
+    on_done: OnDone | None = None  # whom to tell when it finishes
+    deliveries: list[Delivery] = Field(default_factory=list)  # the tries at telling them
+    schedule: str | None = None  # the schedule (schedules.yaml) that made this run
 
     @property
     def done(self) -> bool:

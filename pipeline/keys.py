@@ -27,6 +27,10 @@
     <p>:park:sig               hash: "<run>|<path>" -> a parked step's signature, to resume it
     <p>:park:deadlines         sorted set: "<run>|<path>" of parked steps with a timeout, by it
     <p>:park:resuming          sorted set: "<run>|<path>" signalled, re-send not yet confirmed
+    <p>:callbacks              sorted set: finished runs whose callbacks are being delivered, by
+                               when their holder's time is up (then a sweeper sends them again)
+    <p>:schedule:<name>        hash: a schedule's state (last run, ticks fired and skipped)
+    <p>:schedule:<name>:tick:<t>   a tick claimed by one beat (SET NX, expires)
 
 The model layer's shared state (pipeline/models/):
 
@@ -116,6 +120,19 @@ class Keys:
 
     def cache(self, digest: str) -> str:
         return f"{self.prefix}:cache:{digest}"
+
+    @property
+    def callbacks(self) -> str:
+        """sorted set: finished runs whose callbacks are due, by when a sweeper may send them"""
+        return f"{self.prefix}:callbacks"
+
+    def schedule(self, name: str) -> str:
+        """hash: a schedule's state (schedules.py)"""
+        return f"{self.prefix}:schedule:{name}"
+
+    def schedule_tick(self, name: str, tick: str) -> str:
+        """a schedule's tick, claimed by the one beat that fires it"""
+        return f"{self.schedule(name)}:tick:{tick}"
 
     @property
     def runs(self) -> str:

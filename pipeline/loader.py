@@ -88,7 +88,7 @@ def _check_expanded_size(root: Any) -> None:
         size(root)  # recursion is bounded by MAX_YAML_DEPTH, checked while composing
 
 
-def _read_yaml(path: Path) -> Any:
+def read_yaml(path: Path) -> Any:
     """Parse a YAML (or JSON) definition file with the limits above; SpecError names the file."""
     try:
         if path.stat().st_size > MAX_YAML_BYTES:
@@ -128,7 +128,7 @@ def _expand_env(value: Any) -> Any:
 
 def load_models(path: Path) -> dict[str, ModelConfig]:
     """Read a models file: `models: {alias: {base_url, model, api_key_env, params, ...}}`."""
-    data = _read_yaml(path)
+    data = read_yaml(path)
     if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
         raise SpecError("expected a mapping with a `models:` mapping", source=str(path))
     out = {}
@@ -144,7 +144,7 @@ def load_models(path: Path) -> dict[str, ModelConfig]:
 
 # What a pipeline name sent over the wire may be: a file stem inside the pipelines directory.
 PIPELINE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,99}")
-_NOT_PIPELINES = frozenset({"models"})
+_NOT_PIPELINES = frozenset({"models", "schedules"})  # the files beside the pipelines
 
 
 def find_pipeline(name_or_path: str, pipelines_dir: Path, *, names_only: bool = False) -> Path:
@@ -192,7 +192,7 @@ def _find_by_name(name: str, pipelines_dir: Path) -> Path:
 def available_pipelines(pipelines_dir: Path) -> list[str]:
     if not pipelines_dir.is_dir():
         return []
-    names = {p.stem for p in pipelines_dir.glob("*.y*ml") if p.stem != "models"}
+    names = {p.stem for p in pipelines_dir.glob("*.y*ml") if p.stem not in _NOT_PIPELINES}
     return sorted(n for n in names if not n.endswith(".fake"))
 
 
@@ -207,7 +207,7 @@ def load_pipeline(name_or_path: str, *, pipelines_dir: Path, models_file: Path) 
 
 
 def _load_file(path: Path, models_file: Path) -> Pipeline:
-    data = _read_yaml(path)
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise SpecError("expected a mapping at the top level", source=str(path))
     data.setdefault("name", path.stem)

@@ -84,13 +84,37 @@ def run_summary(run: RunRecord) -> Group:
     if run.parent_run:
         lines.append(Text(clean(f"child of run {run.parent_run}, step {run.parent_step}"),
                           style="dim"))
+    if run.schedule:
+        lines.append(Text(clean(f"made by schedule {run.schedule}"), style="dim"))
     if run.waiting:
         lines.append(Text(run.waiting, style="yellow"))
     if run.error:
         lines.append(Text.assemble("error: ", data(run.error), style="red"))
     if run.status == "succeeded":
         lines.append(Text.assemble("output: ", data(run.output)))
+    lines.extend(_callbacks(run))
     return Group(*lines)
+
+
+def _callbacks(run: RunRecord) -> Iterator[Text]:
+    """Whom the run tells when it finishes, and each try at telling them."""
+    if run.on_done is None:
+        return
+    told = run.on_done
+    targets = {"task": f"task {told.task}@{told.queue or 'celery'}", "webhook": f"POST {told.url}"}
+    for target in told.targets:
+        tries = [d for d in run.deliveries if d.target == target]
+        state = ("delivered" if any(d.ok for d in tries) else "given up" if any(
+            d.final for d in tries) else "pending" if run.done else "when the run finishes")
+        yield Text.assemble("on done: ", data(targets[target]), "  ",
+                            (state, "green" if state == "delivered" else "red"
+                             if state == "given up" else "dim"))
+        for d in tries:
+            when = time.strftime("%H:%M:%S", time.localtime(d.at))
+            what = " ".join(w for w in (f"HTTP {d.status}" if d.status else "", "ok" if d.ok else (
+                d.error or "failed") if d.final or not d.status else "") if w)
+            yield Text(clean(f"  {when}  {what}  (delivery {d.delivery_id})"),
+                       style="" if d.ok else "red")
 
 
 def tree_order(steps: list[StepRecord]) -> list[StepRecord]:
@@ -125,6 +149,7 @@ class RunsView:
             created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at))
             took = _seconds(r.started_at, r.finished_at) if r.finished_at else ""
             pipeline = ("↳ " if r.parent_run else "") + r.pipeline  # a child run, marked
+            pipeline = f"{pipeline} ({r.schedule})" if r.schedule else pipeline
             yield (clean(r.id, newlines=False), clean(pipeline, newlines=False), r.status,
                    created, took, _preview(r.error or r.waiting or "", 200))
 

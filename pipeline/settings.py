@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
 ModelTransport = Literal["aiohttp", "httpx"]
@@ -111,6 +111,17 @@ class Settings(BaseSettings):
     # The hosts HTTP tools may call (comma-separated; `*.example.com` matches its subdomains);
     # empty allows none.
     http_tool_hosts: Annotated[tuple[str, ...], NoDecode] = ()
+    # Completion webhooks (pipeline/callbacks.py): the hosts they may go to (as for HTTP tools;
+    # empty allows none), the secret that signs them — the worker's own, never in a message or
+    # in Redis — and the timeout of one POST.
+    webhook_hosts: Annotated[tuple[str, ...], NoDecode] = ()
+    webhook_secret: SecretStr = SecretStr("")
+    webhook_timeout: float = 10.0
+    # A run's callbacks are tried this many times each, the waits between tries doubling from
+    # this many seconds (at most 10 minutes).
+    callback_attempts: int = 10
+    callback_retry_seconds: float = 2.0
+    schedules_file: str = ""  # empty: <pipelines_dir>/schedules.yaml (`legato beat`)
     log_format: LogFormat = "text"  # "json": one JSON object a log line; anything else: text
     otel: bool = False  # trace with OpenTelemetry (1/true/yes/on)
     # The OpenAI-compatible API the example models.yaml points at (read there as
@@ -146,7 +157,7 @@ class Settings(BaseSettings):
     def _modules(cls, value: Any) -> Any:
         return _comma_list(value)
 
-    @field_validator("http_tool_hosts", mode="before")
+    @field_validator("http_tool_hosts", "webhook_hosts", mode="before")
     @classmethod
     def _hosts(cls, value: Any) -> Any:
         return _comma_list(value, lower=True)
@@ -178,6 +189,11 @@ class Settings(BaseSettings):
     @property
     def models_path(self) -> Path:
         return Path(self.models_file) if self.models_file else self.pipelines_dir / "models.yaml"
+
+    @property
+    def schedules_path(self) -> Path:
+        return (Path(self.schedules_file) if self.schedules_file
+                else self.pipelines_dir / "schedules.yaml")
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: Any,

@@ -9,6 +9,7 @@ import json
 import ssl
 import time
 from collections.abc import Callable
+from enum import IntEnum
 from functools import lru_cache
 from typing import Any
 
@@ -16,7 +17,16 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from legato.envelope import TERMINAL, RunRecord, StepRecord, StepRef, TerminalStatus, Usage
+from legato.envelope import (
+    TERMINAL,
+    Delivery,
+    OnDone,
+    RunRecord,
+    StepRecord,
+    StepRef,
+    TerminalStatus,
+    Usage,
+)
 from legato.errors import RunNotFound
 from legato.journal import Journal
 from legato.keys import Keys, lease_member, split_member
@@ -56,24 +66,27 @@ local function each_key(fn, first, idem_prefix)
 end
 """
 
-# KEYS: active, waiting, ended children, then the run's keys (Keys.of_run: the run hash
-# first, its children next to last, the extras set last). ARGV: channel, status, run id, ttl
-# (0: keep), idempotency key prefix, field/value pairs... Terminal states are final; a finished
-# run's keys expire after the ttl. Returns 0 if the run was already final, else {parent run,
-# parent step, child runs...}: a child run notes in `ended children` that its parent is to be
-# told (until it is), and a finished run's children are cancelled.
+# KEYS: active, waiting, ended children, callbacks, then the run's keys (Keys.of_run: the run
+# hash first, its children next to last, the extras set last). ARGV: channel, status, run id, ttl
+# (0: keep), idempotency key prefix, callbacks held until, field/value pairs... Terminal states
+# are final; a finished run's keys expire after the ttl. Returns 0 if the run was already final,
+# else {callbacks, parent run, parent step, child runs...}: `callbacks` is 2 when the run has
+# callbacks (it enters the callbacks set in the same step, so they are delivered at least once,
+# whoever finished it and whatever happens to that process next), else 1; a child run notes in
+# `ended children` that its parent is to be told (until it is); a finished run's children are
+# cancelled.
 _FINISH = lua_set("TERMINAL", TERMINAL) + _EACH_KEY + """
 local status = redis.call('HGET', KEYS[4], 'status')
 if not status or TERMINAL[status] then
   return 0
 end
-local family = redis.call('HMGET', KEYS[4], 'parent_run', 'parent_step')
+local family = redis.call('HMGET', KEYS[5], 'parent_run', 'parent_step')
 family[1], family[2] = family[1] or '', family[2] or ''
 for _, child in ipairs(redis.call('HVALS', KEYS[#KEYS - 1])) do
   table.insert(family, child)
 end
-redis.call('HSET', KEYS[4], 'status', ARGV[2], unpack(ARGV, 6))
-redis.call('HDEL', KEYS[4], 'waiting_for', 'waiting_since', 'awaiting', 'awaiting_since')
+redis.call('HSET', KEYS[5], 'status', ARGV[2], unpack(ARGV, 7))
+redis.call('HDEL', KEYS[5], 'waiting_for', 'waiting_since', 'awaiting', 'awaiting_since')
 redis.call('ZREM', KEYS[1], ARGV[3])
 redis.call('ZREM', KEYS[2], ARGV[3])
 if family[1] ~= '' then
@@ -83,8 +96,14 @@ end
 redis.call('PUBLISH', ARGV[1], ARGV[2])
 local ttl = tonumber(ARGV[4])
 if ttl > 0 then
-  each_key(function(k) redis.call('EXPIRE', k, ttl) end, 4, ARGV[5])
+  each_key(function(k) redis.call('EXPIRE', k, ttl) end, 5, ARGV[5])
 end
+local callbacks = 1
+if redis.call('HEXISTS', KEYS[5], 'on_done') == 1 then
+  redis.call('ZADD', KEYS[4], ARGV[6], ARGV[3])
+  callbacks = 2
+end
+table.insert(family, 1, callbacks)
 return family
 """
 
@@ -102,23 +121,26 @@ for i = 1, 3 do redis.call('ZREM', KEYS[i], ARGV[1]) end
 return 1
 """
 
-# KEYS: active, then the run's keys (Keys.of_run). ARGV: run id, now, allowed states (space
-# separated), idempotency key prefix. Reopens a run for another pass: its completed steps are
-# memoized, the rest run again; its keys are kept again.
+# KEYS: active, callbacks, then the run's keys (Keys.of_run). ARGV: run id, now, allowed
+# states (space separated), idempotency key prefix. Reopens a run for another pass: its completed
+# steps are memoized, the rest run again; its keys are kept again; its callbacks wait for its
+# next finish (their tries so far are dropped with the outcome they told).
 _REOPEN = _EACH_KEY + """
-local status = redis.call('HGET', KEYS[2], 'status')
+local status = redis.call('HGET', KEYS[3], 'status')
 if not status then return 'missing' end
 if not string.find(' ' .. ARGV[3] .. ' ', ' ' .. status .. ' ', 1, true) then return status end
-redis.call('HSET', KEYS[2], 'status', 'running')
-redis.call('HDEL', KEYS[2], 'error', 'finished_at', 'output', 'waiting_for', 'waiting_since',
-           'awaiting', 'awaiting_since')
-redis.call('HINCRBY', KEYS[2], 'resumes', 1)
+redis.call('HSET', KEYS[3], 'status', 'running')
+redis.call('HDEL', KEYS[3], 'error', 'finished_at', 'output', 'waiting_for', 'waiting_since',
+           'awaiting', 'awaiting_since', 'deliveries')
+redis.call('HINCRBY', KEYS[3], 'resumes', 1)
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-each_key(function(k) redis.call('PERSIST', k) end, 2, ARGV[4])
+redis.call('ZREM', KEYS[2], ARGV[1])
+each_key(function(k) redis.call('PERSIST', k) end, 3, ARGV[4])
 return 'ok'
 """
 
-# KEYS: active. ARGV: cutoff, now, limit.
+# KEYS: active (or callbacks). ARGV: cutoff, new score, limit. The members scored at or before
+# the cutoff, each given the new score as it is returned (so one caller gets each).
 _CLAIM_STALLED = """
 local quiet = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
 for _, run_id in ipairs(quiet) do
@@ -126,6 +148,29 @@ for _, run_id in ipairs(quiet) do
 end
 return quiet
 """
+
+# KEYS: run. ARGV: a Delivery's JSON. Appended to the run's `deliveries`, unless the run is gone
+# (its keys expired) or was reopened (not terminal: those tries told an outcome it no longer has).
+_NOTE_DELIVERY = lua_set("TERMINAL", TERMINAL) + """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status or not TERMINAL[status] then return 0 end
+local raw = redis.call('HGET', KEYS[1], 'deliveries')
+local list = raw and cjson.decode(raw) or {}
+table.insert(list, cjson.decode(ARGV[1]))
+redis.call('HSET', KEYS[1], 'deliveries', cjson.encode(list))
+return 1
+"""
+
+
+class Finished(IntEnum):
+    """What `end_run` did; falsy when nothing (the run was terminal already)."""
+
+    NO = 0
+    YES = 1
+    WITH_CALLBACKS = 2  # ...and its callbacks are due: send legato.deliver (callbacks.announce)
+
+
+CALLBACK_HOLD = 30.0  # seconds a finisher has to send legato.deliver before a sweeper does
 
 
 def set_aside(client: redis.Redis, keys: Keys, record: str, reason: str, *,
@@ -195,11 +240,12 @@ def connect(url: str) -> redis.Redis:
 
 class RunStore:
     def __init__(self, client: redis.Redis, prefix: str = "legato", *,
-                 run_ttl: float = DEFAULT_RUN_TTL) -> None:
+                 run_ttl: float = DEFAULT_RUN_TTL, callback_hold: float = CALLBACK_HOLD) -> None:
         # Made with decode_responses=True: replies are str, which redis-py's types can't express.
         self.redis: Any = client
         self.keys = Keys(prefix)
         self.run_ttl = int(run_ttl)  # a finished run's keys expire after this (0: never)
+        self.callback_hold = callback_hold
         self.journal = Journal(client, self.keys)
         self.ballot = Ballot(client, self.keys)  # quorum votes' tallies
         self.waits = Waits(client, self.keys)  # parked steps and their signals
@@ -209,6 +255,7 @@ class RunStore:
         self._claim_stalled = client.register_script(_CLAIM_STALLED)
         self._mark_waiting = client.register_script(_MARK_WAITING)
         self._prune = client.register_script(_PRUNE)
+        self._note_delivery = client.register_script(_NOTE_DELIVERY)
         self._stored_specs: set[str] = set()
         # Sends a resumed step's signature (Celery's `app.signature(sig).apply_async()`): set by
         # a process that can send (a worker's runtime, a producer); without it the sweeper does.
@@ -260,7 +307,8 @@ class RunStore:
             raise RunNotFound(f"no run {run_id!r}")
         return _run_from_hash(raw)
 
-    def list_runs(self, *, status: str | None = None, limit: int = 20) -> list[RunRecord]:
+    def list_runs(self, *, status: str | None = None, schedule: str | None = None,
+                  limit: int = 20) -> list[RunRecord]:
         runs: list[RunRecord] = []
         start = 0
         while len(runs) < limit:
@@ -272,7 +320,8 @@ class RunStore:
             for run_id in ids:
                 pipe.hgetall(self.keys.run(run_id))
             for raw in pipe.execute():
-                if raw and (status is None or raw.get("status") == status):
+                if raw and "id" in raw and (status is None or raw.get("status") == status) and (
+                        schedule is None or raw.get("schedule") == schedule):
                     runs.append(_run_from_hash(raw))
         return runs[:limit]
 
@@ -292,26 +341,34 @@ class RunStore:
         error: str | None = None
     ) -> bool:
         """Move a run to a terminal state once, and announce it. False if it already was."""
+        return bool(self.end_run(run_id, status, output=output, error=error))
+
+    def end_run(
+        self, run_id: str, status: TerminalStatus, *, output: Any = None,
+        error: str | None = None
+    ) -> Finished:
+        """`finish_run`, saying whether the run has callbacks, now due: a run that has them
+        enters the callbacks set either way, and `callbacks.finish` also sends them at once."""
         if status not in TERMINAL:
             raise ValueError(f"{status!r} is not a terminal state ({', '.join(sorted(TERMINAL))})")
-        fields = {"finished_at": repr(time.time()), "output": _dumps(output)}
+        now = time.time()
+        fields = {"finished_at": repr(now), "output": _dumps(output)}
         if error is not None:
             fields["error"] = error
         flat = [x for kv in fields.items() for x in kv]
         args = [self.keys.done(run_id), status, run_id, repr(self.run_ttl),
-                self.keys.idem(""), *flat]
-        family = self._finish(keys=[self.keys.active, self.keys.waiting,
-                                    self.keys.ended_children, *self.keys.of_run(run_id)],
-                              args=args)
-        if not family:
-            return False
-        parent_run, parent_step, *children = family
+                self.keys.idem(""), repr(now + self.callback_hold), *flat]
+        reply = self._finish(keys=[self.keys.active, self.keys.waiting, self.keys.ended_children,
+                                   self.keys.callbacks, *self.keys.of_run(run_id)], args=args)
+        if not reply:
+            return Finished.NO
+        callbacks, parent_run, parent_step, *children = reply
         for child in children:  # unfinished ones stop with their parent (and theirs with them)
             if self.finish_run(child, "cancelled", error=f"its parent run {run_id} {status}"):
                 self.waits.forget(child)
         if parent_run:
             self.tell_parent(StepRef(run_id=parent_run, path=parent_step))
-        return True
+        return Finished(int(callbacks))
 
     def tell_parent(self, parent: StepRef) -> None:
         """Signal the `pipeline` step that started a child run which has ended, through the
@@ -337,7 +394,30 @@ class RunStore:
     def reopen_run(self, run_id: str, *, allowed: tuple[str, ...]) -> str:
         """Set a run in one of `allowed` states running again; returns 'ok' or its state."""
         args = [run_id, repr(time.time()), " ".join(allowed), self.keys.idem("")]
-        return str(self._reopen(keys=[self.keys.active, *self.keys.of_run(run_id)], args=args))
+        return str(self._reopen(keys=[self.keys.active, self.keys.callbacks,
+                                      *self.keys.of_run(run_id)], args=args))
+
+    # -- callbacks (pipeline/callbacks.py) -----------------------------------------------------
+
+    def claim_callbacks(self, *, hold: float, limit: int = 50) -> list[str]:
+        """Finished runs whose callbacks nobody is delivering (their holder's time is up), each
+        held for `hold` seconds more as it is returned, so two sweepers never claim one run."""
+        now = time.time()
+        return list(self._claim_stalled(keys=[self.keys.callbacks],
+                                        args=[repr(now), repr(now + hold), limit]))
+
+    def hold_callbacks(self, run_id: str, *, until: float) -> None:
+        """The caller is delivering the run's callbacks until `until` (then a sweeper may)."""
+        self.redis.zadd(self.keys.callbacks, {run_id: until}, xx=True)
+
+    def callbacks_done(self, run_id: str) -> None:
+        """Every callback of the run was delivered, or given up on."""
+        self.redis.zrem(self.keys.callbacks, run_id)
+
+    def note_delivery(self, run_id: str, delivery: Delivery) -> bool:
+        """Add a try to the run's record (False: the run is gone, or running again)."""
+        return bool(self._note_delivery(keys=[self.keys.run(run_id)],
+                                        args=[delivery.model_dump_json()]))
 
     def prune(self, *, older_than: float, now: float | None = None, batch: int = 500) -> int:
         """Delete the runs that finished over `older_than` seconds ago, with every key of theirs,
@@ -372,10 +452,32 @@ class RunStore:
 
     @staticmethod
     def _run_fields(record: RunRecord) -> dict[str, str]:
-        data = record.model_dump(exclude={"usage", "input", "output"}, exclude_none=True)
+        data = record.model_dump(exclude={"usage", "input", "output", "on_done", "deliveries"},
+                                 exclude_none=True)
         out = {k: (repr(v) if isinstance(v, float) else str(v)) for k, v in data.items()}
         out["input"] = _dumps(record.input)
+        if record.on_done is not None:
+            out["on_done"] = record.on_done.model_dump_json(exclude_none=True)
         return out
+
+    # -- schedules (pipeline/schedules.py) -----------------------------------------------------
+
+    def claim_tick(self, schedule: str, tick: str, *, ttl: int) -> bool:
+        """Whether this caller is the first to claim the schedule's tick (kept `ttl` seconds)."""
+        return bool(self.redis.set(self.keys.schedule_tick(schedule, tick), "1", nx=True,
+                                   ex=ttl))
+
+    def schedule_state(self, schedule: str) -> dict[str, str]:
+        """last_run, last_tick, fired, skipped, last_skipped, last_error."""
+        return dict(self.redis.hgetall(self.keys.schedule(schedule)))
+
+    def note_tick(self, schedule: str, counter: str, **fields: str) -> None:
+        """Count a tick under `counter` (fired, skipped, failed) and set `fields`."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hincrby(self.keys.schedule(schedule), counter, 1)
+        if fields:
+            pipe.hset(self.keys.schedule(schedule), mapping=fields)
+        pipe.execute()
 
     # -- steps ---------------------------------------------------------------------------------
 
@@ -520,6 +622,10 @@ def _run_from_hash(raw: dict[str, str]) -> RunRecord:
         parent_run=raw.get("parent_run") or None,
         parent_step=raw.get("parent_step") or None,
         depth=int(raw.get("depth", 0)),
+        on_done=OnDone.model_validate_json(raw["on_done"]) if raw.get("on_done") else None,
+        deliveries=[Delivery.model_validate(d)
+                    for d in json.loads(raw.get("deliveries") or "[]")],
+        schedule=raw.get("schedule") or None,
         usage=Usage(
             prompt_tokens=int(raw.get("prompt_tokens", 0)),
             completion_tokens=int(raw.get("completion_tokens", 0)),

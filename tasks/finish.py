@@ -10,10 +10,17 @@ from typing import Any
 
 from celery import Task
 
-from legato import templates
-from legato.envelope import StepResult
+from legato import callbacks, templates
+from legato.envelope import StepResult, TerminalStatus
 from legato.workers import resources
 from legato.workers.app import app
+
+
+def _finish(run_id: str, status: TerminalStatus, *, output: Any = None,
+            error: str | None = None) -> dict[str, Any]:
+    """Finish the run, and send its completion callbacks if it has any (callbacks.py)."""
+    callbacks.finish(resources.store(), app, run_id, status, output=output, error=error)
+    return {"run_id": run_id, "status": status}
 
 
 def close_run(run_id: str, spec_hash: str, last: Any) -> dict[str, Any]:
@@ -22,8 +29,7 @@ def close_run(run_id: str, spec_hash: str, last: Any) -> dict[str, Any]:
     result = StepResult.model_validate(last) if isinstance(last, dict) else None
     if result is None or not result.ok:
         reason = f"{result.path}: {result.error}" if result else "no result reached the end"
-        store.finish_run(run_id, "failed", error=reason)
-        return {"run_id": run_id, "status": "failed"}
+        return _finish(run_id, "failed", error=reason)
     try:
         spec = store.get_spec(spec_hash)
         output: Any
@@ -34,10 +40,8 @@ def close_run(run_id: str, spec_hash: str, last: Any) -> dict[str, Any]:
             record = store.get_step(run_id, result.path)
             output = record.output if record else None
     except Exception as exc:
-        store.finish_run(run_id, "failed", error=f"output failed: {type(exc).__name__}: {exc}")
-        return {"run_id": run_id, "status": "failed"}
-    store.finish_run(run_id, "succeeded", output=output)
-    return {"run_id": run_id, "status": "succeeded"}
+        return _finish(run_id, "failed", error=f"output failed: {type(exc).__name__}: {exc}")
+    return _finish(run_id, "succeeded", output=output)
 
 
 @app.task(name="legato.finalize", bind=True)

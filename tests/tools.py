@@ -99,3 +99,20 @@ def leaky() -> str:
 def refund(order: int, amount: float) -> str:
     """Refunds an order: a person approves each call first."""
     return f"refunded {amount:g} on order {order}"
+OUTCOMES_KEY = "tests:outcomes"
+
+
+@shared_task(name="tests.record_outcome")
+def record_outcome(outcome: dict) -> None:
+    """A user's own completion callback (`on_done.task`): keeps each outcome it is sent."""
+    import json
+
+    import redis
+
+    from legato.settings import Settings
+
+    client = redis.Redis.from_url(Settings.from_env().redis_url)
+    try:
+        client.rpush(OUTCOMES_KEY, json.dumps(outcome))
+    finally:
+        client.close()

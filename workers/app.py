@@ -56,7 +56,7 @@ from legato.workers.backend import backend_url
 from legato.workers.celery_config import WIRE_AND_DELIVERY
 
 TASK_MODULES = tuple(f"legato.tasks.{m}" for m in (
-    "steps", "flow", "loops", "waiting", "finish", "submit", "children"))
+    "steps", "flow", "loops", "waiting", "finish", "submit", "children", "deliver"))
 
 
 class LegatoApp(Celery):

@@ -7,7 +7,9 @@
   dispatch one step twice);
   and recovers unfinished runs with no sign of life for `stall_seconds` (a message lost before
   its step began), by sending the run's canvas again: completed steps are memoized, so only the
-  missing work runs. After `max_recoveries` such attempts the run fails as stalled.
+  missing work runs. After `max_recoveries` such attempts the run fails as stalled. It also
+  sends `legato.deliver` for finished runs whose callbacks nobody is delivering (their finisher
+  died before sending it, or their deliverer before its next try: pipeline/callbacks.py).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 from celery import Celery
 
+from legato import callbacks
 from legato.compile import Compiler
 from legato.envelope import RunRecord
 from legato.errors import RunNotFound
@@ -115,7 +118,8 @@ class Sweeper(_Loop):
         self._advertise()
         done = {"redispatched": self._redispatch(), "recovered": 0, "failed": 0, "finished": 0,
                 "unserved": self._unserved(), "timed_out": self._timeouts(),
-                "resumed": self._resumes(), "waiting": 0, "parents_told": self._tell_parents()}
+                "resumed": self._resumes(), "waiting": 0, "parents_told": self._tell_parents(),
+                "callbacks": self._callbacks()}
         for run_id in self.store.claim_stalled(quiet_for=self.settings.stall_seconds):
             done[self._recover(run_id)] += 1
         done["pruned"] = self._prune()
@@ -129,6 +133,15 @@ class Sweeper(_Loop):
             return 0
         self._pruned_at = now
         return self.store.prune(older_than=self.settings.run_ttl, now=now)
+
+    def _callbacks(self) -> int:
+        """Send legato.deliver for the runs whose callbacks' holder went quiet."""
+        claimed = self.store.claim_callbacks(hold=self.store.callback_hold)
+        for run_id in claimed:
+            log.warning("run %s: its callbacks are not being delivered: sending them again",
+                        run_id)
+            callbacks.announce(self.app, run_id)
+        return len(claimed)
 
     def _advertise(self) -> None:
         if not self.worker:
@@ -156,7 +169,7 @@ class Sweeper(_Loop):
             if run is None or run.done or not run.waiting_for or served.get(run.waiting_for):
                 self.store.clear_waiting(run_id)
             elif now - since >= self.settings.unserved_seconds:
-                self.store.finish_run(run_id, "failed", error=(
+                callbacks.finish(self.store, self.app, run_id, "failed", error=(
                     f"no worker serves queue {run.waiting_for} (waited "
                     f"{int(now - since)}s; start one with -Q {run.waiting_for})"))
                 self.store.clear_waiting(run_id)
@@ -229,8 +242,8 @@ class Sweeper(_Loop):
         if self.store.bump(run_id, "recoveries") > self.settings.max_recoveries:
             quiet = int(self.settings.stall_seconds)
             why = f" ({run.waiting})" if run.waiting else ""
-            self.store.finish_run(run_id, "failed",
-                                  error=f"stalled: no step made progress for {quiet}s{why}")
+            callbacks.finish(self.store, self.app, run_id, "failed",
+                             error=f"stalled: no step made progress for {quiet}s{why}")
             return "failed"
         log.warning("run %s shows no sign of life: sending it again", run_id)
         spec = self.store.get_spec(run.spec_hash)

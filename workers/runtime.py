@@ -76,8 +76,9 @@ class Runtime:
             return self._store
         with self._lock:
             if self._store is None:
-                self._store = RunStore(self.redis(), self.settings.key_prefix,
-                                       run_ttl=self.settings.run_ttl)
+                s = self.settings  # callbacks held for about a lease (callbacks.py)
+                self._store = RunStore(self.redis(), s.key_prefix, run_ttl=s.run_ttl,
+                                       callback_hold=2 * s.lease_seconds)
                 self._store.dispatch = _dispatch  # a child run's end resumes its parent
             return self._store
 

@@ -34,6 +34,7 @@ from legato.report import clean
 
 RunId = Annotated[str, typer.Argument(help="a run id, or a unique prefix of one")]
 MODELS_FILES = ("models.yaml", "models.yml")
+SCHEDULES_FILES = ("schedules.yaml", "schedules.yml")
 
 
 def refuse_spec(legato: Legato, pipeline: str, exc: SpecError) -> NoReturn:
@@ -49,6 +50,9 @@ def refuse_spec(legato: Legato, pipeline: str, exc: SpecError) -> NoReturn:
             fail(f"{pipeline}: {path.name} is the models file, not a pipeline (it defines the "
                  f"model aliases pipelines use; submit a pipeline by name or file, e.g. "
                  f"`legato submit summarize`)")
+        if path.name in SCHEDULES_FILES and path.is_file():
+            fail(f"{pipeline}: {path.name} is the schedules file, not a pipeline (`legato beat` "
+                 f"runs it)")
     fail(str(exc))
 
 
@@ -90,20 +94,31 @@ def submit(
     timeout: Annotated[float, typer.Option(
         help="seconds to wait; then exit 3 (the run goes on)")] = 600.0,
     idempotency_key: Annotated[str | None, typer.Option(help="same key, same run")] = None,
+    on_done_task: Annotated[str | None, typer.Option(
+        "--on-done-task", metavar="NAME[@QUEUE]",
+        help="when the run finishes, send this Celery task its outcome (on QUEUE; default "
+             "`celery`)")] = None,
+    on_done_url: Annotated[str | None, typer.Option(
+        "--on-done-url", metavar="URL",
+        help="when the run finishes, POST its outcome here, signed (the host must be in "
+             "LEGATO_WEBHOOK_HOSTS)")] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Submit one job; print its run id (or, with --wait, its outcome).
 
     Exit codes: 0 ok (with --wait: succeeded); 1 the run failed or was cancelled;
-    2 refused (bad pipeline or input); 3 --wait timed out (the run goes on).
+    2 refused (bad pipeline, input or callback); 3 --wait timed out (the run goes on).
     """
     legato = legato_client()
+    on_done = _on_done(on_done_task, on_done_url)
     if input.startswith("@") and input.endswith(".jsonl"):
-        submit_batch(legato, pipeline, Path(input[1:]), wait, timeout, idempotency_key, as_json)
+        submit_batch(legato, pipeline, Path(input[1:]), wait, timeout, idempotency_key, as_json,
+                     on_done)
         return
     payload = read_input(input)
     try:
-        run_id = legato.submit(pipeline, payload, idempotency_key=idempotency_key)
+        run_id = legato.submit(pipeline, payload, idempotency_key=idempotency_key,
+                               on_done=on_done)
     except RecursionError:  # the input's depth is already bounded: the pipeline file is not
         fail(f"{pipeline}: the pipeline nests too deeply to load")
     except SpecError as exc:
@@ -119,8 +134,22 @@ def submit(
         raise typer.Exit(EXIT_RUN_FAILED)
 
 
+def _on_done(task: str | None, url: str | None) -> dict[str, str] | None:
+    """--on-done-task NAME[@QUEUE] and --on-done-url URL, as `on_done` (checked at submit)."""
+    on_done: dict[str, str] = {}
+    if task is not None:
+        name, at, queue = task.partition("@")
+        on_done["task"] = name
+        if at:
+            on_done["queue"] = queue
+    if url is not None:
+        on_done["url"] = url
+    return on_done or None
+
+
 def submit_batch(legato: Legato, pipeline: str, path: Path, wait: bool, timeout: float,
-                  key_prefix: str | None, as_json: bool) -> None:
+                  key_prefix: str | None, as_json: bool,
+                  on_done: dict[str, str] | None = None) -> None:
     from legato.batch import read_jsonl, submit_batch, wait_all
     from legato.report import runs_table
 
@@ -140,7 +169,7 @@ def submit_batch(legato: Legato, pipeline: str, path: Path, wait: bool, timeout:
         fail(f"--input @{path}: cannot read it: {getattr(exc, 'strerror', None) or exc}")
     try:
         run_ids = submit_batch(legato, pipeline, inputs, console=err,
-                               idempotency_prefix=key_prefix)
+                               idempotency_prefix=key_prefix, on_done=on_done)
     except RecursionError:
         fail(f"{pipeline}: the pipeline nests too deeply to load")
     except SpecError as exc:
@@ -332,16 +361,19 @@ def replay(
 @app.command()
 def runs(
     status: Annotated[str | None, typer.Option(help="only runs in this state")] = None,
+    schedule: Annotated[str | None, typer.Option(
+        help="only runs this schedule (schedules.yaml) made")] = None,
     limit: int = 20,
     as_json: JsonFlag = False,
 ) -> None:
     """Recent runs, newest first, with their full ids (any unique prefix of one works as a run
-    id): one table row a run when wide, two lines a run when narrow."""
+    id): one table row a run when wide, two lines a run when narrow. A run a schedule made shows
+    the schedule's name beside its pipeline."""
     from legato.report import runs_table
 
     if status is not None and status not in RUN_STATUSES:
         fail(f"no run state {status!r}: one of {', '.join(sorted(RUN_STATUSES))}")
-    records = legato_client().runs(status=status, limit=limit)
+    records = legato_client().runs(status=status, schedule=schedule, limit=limit)
     if as_json:
         print_json([r.model_dump(mode="json") for r in records])
     else:

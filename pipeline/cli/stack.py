@@ -1,4 +1,4 @@
-"""Commands that run processes: worker, flower, model-server, fake-model, demo."""
+"""Commands that run processes: worker, beat, flower, model-server, fake-model, demo."""
 
 from __future__ import annotations
 
@@ -28,6 +28,49 @@ def worker(
             "-c", str(concurrency), "-P", pool, f"--loglevel={loglevel}"]
     if name:
         argv += ["-n", name]
+    os.execv(sys.executable, argv)
+
+
+@app.command()
+def beat(
+    check: Annotated[bool, typer.Option(
+        "--check", help="check the schedules file and list its schedules; start nothing")] = False,
+    loglevel: str = "INFO",
+) -> None:
+    """Run Celery beat with Legato's schedules: schedules.yaml beside the pipelines (or
+    LEGATO_SCHEDULES_FILE). It is `celery -A legato.workers.app beat -S
+    legato.workers.beat:Scheduler`.
+
+    The file is checked whole first: a bad one is one line naming the file and the path (exit
+    2), and nothing fires. Two beats running by mistake never fire a tick twice."""
+    from datetime import UTC, datetime
+
+    from rich.table import Table
+
+    from legato import schedules
+    from legato.cli import legato_client, out
+    from legato.errors import SpecError
+    from legato.report import clean
+
+    try:
+        found = schedules.load_for(legato_client())
+    except RecursionError:
+        fail("the schedules file nests too deeply to load")
+    except SpecError as exc:
+        fail(str(exc))
+    if check:
+        now = datetime.now(UTC)
+        table = Table(show_edge=False, header_style="bold", pad_edge=False)
+        for head in ("schedule", "pipeline", "when", "overlap", "next tick (UTC)"):
+            table.add_column(head)
+        for entry in found:
+            following = entry.following(now)
+            table.add_row(clean(entry.name), clean(entry.pipeline), str(entry.clock),
+                          entry.overlap, schedules.tick_stamp(following) if following else "never")
+        out.print(table)
+        return
+    argv = [sys.executable, "-m", "celery", "-A", "legato.workers.app", "beat",
+            "-S", "legato.workers.beat:Scheduler", f"--loglevel={loglevel}"]
     os.execv(sys.executable, argv)
 
 

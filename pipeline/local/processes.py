@@ -37,10 +37,12 @@ class Service:
                                          stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True)
         if self.ready is not None and wait:
-            self._wait_ready(timeout)
+            self.wait_ready(timeout)
         return self
 
-    def _wait_ready(self, timeout: float) -> None:
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until the process prints its ready line (after `start(wait=False)`: several started
+        at once, then waited for)."""
         assert self.proc is not None and self.ready is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -13,6 +13,9 @@ its settings); outside a tool call (plain library use) the list is read from the
 
     http_tool("order_status", url="https://shop.example.com/orders/{order_id}")
 
+Completion webhooks (pipeline/callbacks.py) go through the same checks and `request`, with their
+own list (LEGATO_WEBHOOK_HOSTS): `origins=` and `setting=` say which.
+
 Left open: the address is checked when the URL is, and httpx resolves the name again to connect,
 so a DNS answer that changes in between (rebinding) is not caught.
 """
@@ -37,6 +40,7 @@ _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 MAX_BODY_CHARS = 64 * 1024
 MAX_REDIRECTS = 5
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+HOSTS_SETTING = "LEGATO_HTTP_TOOL_HOSTS"  # the list HTTP tools obey, named in refusals
 
 
 @dataclass(frozen=True)
@@ -48,14 +52,14 @@ class Origin:
     port: int | None
 
     @classmethod
-    def parse(cls, entry: str) -> Origin:
+    def parse(cls, entry: str, *, setting: str = HOSTS_SETTING) -> Origin:
         scheme, sep, rest = entry.strip().lower().partition("://")
         if not sep:
             scheme, rest = "https", scheme
         host, _, port = rest.rstrip("/").rpartition(":") if ":" in rest else (rest, "", "")
         host = host.strip("[]")
-        if scheme not in _DEFAULT_PORTS or not host:
-            raise ValueError(f"LEGATO_HTTP_TOOL_HOSTS: {entry!r} is not [scheme://]host[:port]")
+        if scheme not in _DEFAULT_PORTS or not host or not (port in ("", "*") or port.isdigit()):
+            raise ValueError(f"{setting}: {entry!r} is not [scheme://]host[:port]")
         if port == "*":
             return cls(scheme, host, None)
         return cls(scheme, host, int(port) if port else _DEFAULT_PORTS[scheme])
@@ -66,11 +70,15 @@ class Origin:
         return host == self.host or (self.host.startswith("*.") and host.endswith(self.host[1:]))
 
 
+def parse_origins(entries: Any, *, setting: str = HOSTS_SETTING) -> list[Origin]:
+    return [Origin.parse(entry, setting=setting) for entry in entries]
+
+
 def allowed_origins() -> list[Origin]:
     """The calling toolbox's allow-list; outside a tool call, LEGATO_HTTP_TOOL_HOSTS now."""
     box = toolbox.active()
     entries = box.hosts if box is not None else Settings.from_env().http_tool_hosts
-    return [Origin.parse(entry) for entry in entries]
+    return parse_origins(entries)
 
 
 def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -84,24 +92,33 @@ def _public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return address.is_global and not address.is_multicast
 
 
-def check_url(url: str, *, resolve: Any = socket.getaddrinfo) -> None:
-    """Refuse (PermanentError) a URL that is not http(s), whose origin is not allowed, or whose
-    host name resolves to an address that is not public."""
+def check_origin(url: str, origins: list[Origin], *,
+                 setting: str = HOSTS_SETTING) -> tuple[str, int]:
+    """Refuse (PermanentError) a URL that is not http(s) or whose origin is not in `origins`;
+    return its host and port. No name is resolved."""
     parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
-    if parts.scheme not in _DEFAULT_PORTS or not host:
-        raise PermanentError(f"refused URL {url!r}: only http(s) URLs with a host")
     try:
-        port = parts.port or _DEFAULT_PORTS[parts.scheme]
+        host = (parts.hostname or "").lower()
+        port = parts.port or _DEFAULT_PORTS.get(parts.scheme, 0)
     except ValueError:
         raise PermanentError(f"refused URL {url!r}: a bad port") from None
-    origins = allowed_origins()
+    if parts.scheme not in _DEFAULT_PORTS or not host:
+        raise PermanentError(f"refused URL {url!r}: only http(s) URLs with a host")
     if not any(o.admits(parts.scheme, host, port) for o in origins):
         if not any(o.admits(o.scheme, host, o.port or port) for o in origins):
-            raise PermanentError(f"refused URL {url!r}: host {host!r} is not in "
-                                 f"LEGATO_HTTP_TOOL_HOSTS")
+            raise PermanentError(f"refused URL {url!r}: host {host!r} is not in {setting}")
         raise PermanentError(f"refused URL {url!r}: host {host!r} is allowed, but not as "
-                             f"{parts.scheme} on port {port} (LEGATO_HTTP_TOOL_HOSTS)")
+                             f"{parts.scheme} on port {port} ({setting})")
+    return host, port
+
+
+def check_url(url: str, *, origins: list[Origin] | None = None, setting: str = HOSTS_SETTING,
+              resolve: Any = socket.getaddrinfo) -> None:
+    """Refuse (PermanentError) a URL that is not http(s), whose origin is not allowed (by
+    `origins`, else HTTP tools' list), or whose host name resolves to an address that is not
+    public."""
+    host, port = check_origin(url, allowed_origins() if origins is None else origins,
+                              setting=setting)
     if _ip(host) is not None:
         return  # an address the operator wrote into the list
     try:
@@ -116,16 +133,26 @@ def check_url(url: str, *, resolve: Any = socket.getaddrinfo) -> None:
 
 
 def request(method: str, url: str, *, timeout: float, json_body: Any = None,
-            key: str = "") -> dict[str, Any]:
+            key: str = "", content: bytes | None = None, headers: dict[str, str] | None = None,
+            origins: list[Origin] | None = None, setting: str = HOSTS_SETTING,
+            client: httpx.Client | None = None) -> dict[str, Any]:
+    """One call, redirects followed (each URL checked) up to MAX_REDIRECTS. `content` is sent as
+    the exact body (a signed webhook's); `origins`/`setting`: another allow-list than HTTP
+    tools'; `client`: one that does not follow redirects itself."""
     box = toolbox.active()
-    headers = {"Idempotency-Key": key} if key and method != "GET" else {}
-    client = box.http if box is not None else httpx.Client(follow_redirects=False)
+    headers = dict(headers or {})
+    if key and method != "GET":
+        headers["Idempotency-Key"] = key
+    own_client = client is None and box is None
+    if client is None:
+        client = box.http if box is not None else httpx.Client(follow_redirects=False)
     try:
         for _ in range(MAX_REDIRECTS + 1):
-            check_url(url)
+            check_url(url, origins=origins, setting=setting)
             try:
-                response = client.request(method, url, json=json_body, headers=headers,
-                                          timeout=timeout)
+                response = client.request(method, url, json=json_body, content=content,
+                                          headers=headers, timeout=timeout,
+                                          follow_redirects=False)
             except httpx.TimeoutException as exc:
                 raise TransientError(f"{method} {url} timed out") from exc
             except httpx.TransportError as exc:
@@ -134,11 +161,11 @@ def request(method: str, url: str, *, timeout: float, json_body: Any = None,
                 break
             url = urljoin(url, response.headers["location"])
             if response.status_code in (301, 302, 303) and method != "HEAD":
-                method, json_body = "GET", None  # as browsers and httpx do
+                method, json_body, content = "GET", None, None  # as browsers and httpx do
         else:
             raise PermanentError(f"{method} {url}: more than {MAX_REDIRECTS} redirects")
     finally:
-        if box is None:  # called outside a tool call: a client for this request only
+        if own_client:  # called outside a tool call: a client for this request only
             client.close()
     if response.status_code == 429 or response.status_code >= 500:
         raise TransientError(f"{method} {url}: HTTP {response.status_code}",
