@@ -76,7 +76,7 @@ end
 # `ended children` that its parent is to be told (until it is); a finished run's children are
 # cancelled.
 _FINISH = lua_set("TERMINAL", TERMINAL) + _EACH_KEY + """
-local status = redis.call('HGET', KEYS[4], 'status')
+local status = redis.call('HGET', KEYS[5], 'status')
 if not status or TERMINAL[status] then
   return 0
 end
