@@ -154,3 +154,20 @@ def test_a_delivery_that_lost_its_lease_does_not_park(runs) -> None:
     run_id, _ = _running_step(runs)
     assert _arrive(runs, run_id, token="someone else").state == "lost"
     assert runs.get_run(run_id).status == "running"
+
+
+def test_a_waiting_run_says_what_for_in_its_views() -> None:
+    from legato.html_report import render_html
+    from legato.waterfall import decision
+
+    run = RunRecord(id="r1", pipeline="p", spec_hash="h", status="waiting", created_at=1.0,
+                    awaiting="a signal at step approve", awaiting_since=2.0)
+    assert run.waiting is not None and run.waiting.startswith(
+        "waiting for a signal at step approve since ")
+    assert 'id="run-waiting">waiting for a signal at step approve since' in render_html(run, [])
+    parked = StepRecord(path="a/approval[0]", status="waiting", kind="approval",
+                        detail={"waiting_for": 'approval of refund({"order": 7})'})
+    assert decision(parked) == 'waiting for approval of refund({"order": 7})'
+    decided = StepRecord(path="a/approval[0]", status="succeeded", kind="approval", detail={
+        "approval": {"decision": "reject", "by": "ana", "reason": "too much"}})
+    assert decision(decided) == "rejected by ana: too much"
