@@ -11,6 +11,7 @@ import pytest
 from legato import Legato, Pipeline, SignalRefused
 from legato.kinds.agent import AgentTool
 from legato.spec import Agent
+from tests.integration.test_cli import legato_cli
 
 REFUND = {"name": "refund", "arguments": {"order": 7, "amount": 120}}
 
@@ -33,7 +34,7 @@ def _tool_messages(legato: Legato, run_id: str) -> list[str]:
     return [m["content"] for m in record.output["messages"] if m["role"] == "tool"]
 
 
-def test_an_approved_call_runs_after_the_agent_waited(legato, fake):
+def test_an_approved_call_runs_after_the_agent_waited(legato, fake, stack_env):
     fake.script({"rules": [
         {"match": {"any_contains": "refunded 120 on order 7"}, "reply": "Refund issued."},
         {"match": {"contains": "request approve"}, "tool_calls": [REFUND]},
@@ -47,6 +48,8 @@ def test_an_approved_call_runs_after_the_agent_waited(legato, fake):
     assert [{k: c[k] for k in ("name", "arguments")} for c in waiting.detail["proposed"]] == [
         REFUND]
     assert fake.stats()["requests"] == 1  # the model asked; nothing else happened yet
+    shown = " ".join(legato_cli("show", run_id, env=stack_env).stdout.split())
+    assert 'waiting for approval of refund({"order": 7, "amount": 120})' in shown
 
     legato.signal(run_id, "helper", {"decision": "approve"}, by="ana")
     done = legato.wait(run_id, timeout=30)
