@@ -45,8 +45,14 @@ def _load(tmp_path: Path, steps: str) -> SpecError:
     ("- {kind: wait, id: w, timeout: 0}\n", "steps[0].timeout", "greater than 0"),
     ("- {kind: wait, id: w, schema: {type: object, allOf: []}}\n", "steps[0].schema",
      "unsupported keyword"),
-    ("- {kind: wait, id: w, timeout: 5, on_timeout: jump}\n", "steps[0].on_timeout",
-     "'fail' or 'value'"),
+    ("- {kind: wait, id: w, timeout: 5, on_timeout: jump}\n- {kind: wait, id: x, timeout: 1}\n",
+     "steps[0].on_timeout", "a timeout jumps to a later step of the same chain: 'jump' is not "
+     "one (later steps: x)"),
+    ("- {kind: wait, id: x, timeout: 1}\n- {kind: chain, id: c, steps: [\n"
+     "   {kind: wait, id: w, timeout: 5, on_timeout: x}]}\n",
+     "steps[1].steps[0].on_timeout", "'x' is not one (later steps: none)"),
+    ("- {kind: wait, id: w, timeout: 5, on_timeout: 'not an id'}\n", "steps[0].on_timeout",
+     "on_timeout is fail, value or a step id, not 'not an id'"),
 ])
 def test_bad_waits_are_refused_naming_file_and_path(tmp_path, steps, path, message) -> None:
     err = _load(tmp_path, steps)
