@@ -33,7 +33,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -212,7 +212,7 @@ class Schedule(BaseModel):
             raise ValueError("give exactly one of `cron` and `every`")
         return self
 
-    @property
+    @cached_property
     def clock(self) -> Every | Cron:
         return Cron.parse(self.cron) if self.cron is not None else Every(int(self.every or 1))
 

@@ -126,3 +126,23 @@ def test_the_schedules_file_is_not_a_pipeline():
 def test_the_schedules_file_is_beside_the_pipelines_unless_set():
     assert Settings(pipelines_dir=Path("/srv/p")).schedules_path == Path("/srv/p/schedules.yaml")
     assert Settings(schedules_file="/etc/s.yaml").schedules_path == Path("/etc/s.yaml")
+
+
+def test_beat_sees_a_tick_due_once_even_when_it_fires_late():
+    from legato.schedules import Schedule
+    from legato.workers.beat import Clock
+
+    now = [at("2026-12-01 12:00:00.500")]
+    clock = Clock(Schedule(name="s", pipeline="p", every=1), app=None)
+    clock.nowfun = lambda: now[0]
+    started = at("2026-12-01 12:00:00.400")
+    assert not clock.is_due(started).is_due  # the tick beat started in is not fired
+    now[0] = at("2026-12-01 12:00:01.002")
+    due, wait = clock.is_due(started)
+    assert due and 0.9 < wait <= 1.0
+    # Beat found it due at :01, was held up and fired :02 (the tick at firing time).
+    clock.fired = at("2026-12-01 12:00:02")
+    now[0] = at("2026-12-01 12:00:02.010")
+    assert not clock.is_due(at("2026-12-01 12:00:01.002")).is_due  # :02 is not fired again
+    now[0] = at("2026-12-01 12:00:03.001")
+    assert clock.is_due(at("2026-12-01 12:00:02.010")).is_due
