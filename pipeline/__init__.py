@@ -27,6 +27,7 @@ from legato.spec import (
     Budget,
     Chain,
     Classifier,
+    Concurrency,
     Evaluate,
     Gate,
     Llm,
@@ -41,6 +42,7 @@ from legato.spec import (
     Tool,
     Vote,
 )
+from legato.tenants import Policies, TenantPolicy, load_policies
 from legato.tools import tool
 
 __all__ = [
@@ -52,6 +54,7 @@ __all__ = [
     "Cancelled",
     "Chain",
     "Classifier",
+    "Concurrency",
     "Evaluate",
     "Gate",
     "GateFailed",
@@ -66,6 +69,7 @@ __all__ = [
     "Parallel",
     "PermanentError",
     "Pipeline",
+    "Policies",
     "Prices",
     "RateLimit",
     "Route",
@@ -75,10 +79,12 @@ __all__ = [
     "StepError",
     "StepRecord",
     "StepResult",
+    "TenantPolicy",
     "Tool",
     "TransientError",
     "Usage",
     "Vote",
     "load_pipeline",
+    "load_policies",
     "tool",
 ]

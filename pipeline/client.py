@@ -24,6 +24,7 @@ from celery import Celery
 from pydantic import ValidationError
 
 from legato import schema
+from legato.admission import Admission, send
 from legato.compile import Compiler
 from legato.consumers import QueueWatch, first_queues
 from legato.envelope import RESUMABLE, RunRecord, StepRecord
@@ -32,6 +33,7 @@ from legato.loader import find_pipeline, load_models, load_pipeline, resolve
 from legato.settings import Settings, get_settings
 from legato.spec import Pipeline
 from legato.store import RunStore
+from legato.tenants import check_submit, load_policies
 from legato.tools import load_tool_modules
 
 AppFactory = Callable[[Settings], Celery]
@@ -85,11 +87,14 @@ class Legato:
             raise _without_server_paths(exc, path, models_file) from None
 
     def submit(self, pipeline: str | Pipeline, input: Any, *,
-               idempotency_key: str | None = None, names_only: bool = False) -> str:
+               idempotency_key: str | None = None, names_only: bool = False,
+               tenant: str | None = None, priority: int | None = None) -> str:
         """Validate, record and enqueue one run; return its id. Raises SpecError or InputError.
 
         `names_only`: `pipeline` is a name in the pipelines directory, never a file path (what
-        `legato.submit` does for producers)."""
+        `legato.submit` does for producers). `tenant` ("default") and `priority` (0; higher
+        first within the tenant) matter with a tenants file: see legato.admission."""
+        tenant, priority = check_submit(tenant, priority)
         if names_only:
             spec = self.load_named(pipeline) if isinstance(pipeline, str) else \
                 _refuse_object(pipeline)
@@ -99,10 +104,13 @@ class Legato:
         digest = self.store.put_spec(spec)
         record = RunRecord(id=uuid.uuid4().hex, pipeline=spec.name, spec_hash=digest,
                            status="queued", input=input, created_at=time.time(),
-                           idempotency_key=idempotency_key)
+                           idempotency_key=idempotency_key, tenant=tenant, priority=priority)
         run_id = self.store.create_run(record)
         if run_id != record.id:  # the key was used before: that run is this job, if it is
             _same_job(self.store.get_run(run_id), spec.name, input, idempotency_key)
+            return run_id
+        if self.admission is not None:
+            self._admit(run_id, tenant, priority)
             return run_id
         try:
             canvas = self._compiler(run_id, digest).run(spec)
@@ -114,6 +122,33 @@ class Legato:
         return run_id
 
     @functools.cached_property
+    def admission(self) -> Admission | None:
+        """Admission by fair share, when this producer has a tenants file (LEGATO_TENANTS_FILE)."""
+        path = self.settings.tenants_file
+        if not path:
+            return None
+        return self.store.admission(load_policies(path))
+
+    def _admit(self, run_id: str, tenant: str, priority: int) -> None:
+        """Hold the run for its turn; send what that released (this run, or others')."""
+        assert self.admission is not None
+        try:
+            admitted = self.admission.admit(run_id, tenant, priority)
+        except Exception as exc:
+            self.store.finish_run(run_id, "failed", error=f"could not enqueue: {exc}")
+            raise
+        if admitted.capped:
+            self.store.finish_run(run_id, "failed", error=f"spend cap reached: {admitted.capped}")
+            return
+        self.send_released(admitted.released)
+
+    def send_released(self, released: list[tuple[str, str]]) -> None:
+        """Send runs that admission released (legato.admission.send)."""
+        for run_id, canvas in send(self.app, self.store, released,
+                                   batch_size=self.settings.batch_size).items():
+            self._watch.note(run_id, first_queues(canvas))
+
+    @functools.cached_property
     def _watch(self) -> QueueWatch:
         """Which queues have live workers, as this producer last read (cached: legato.consumers)."""
         return QueueWatch(self.store)
@@ -121,7 +156,10 @@ class Legato:
     def cancel(self, run_id: str, reason: str = "cancelled") -> bool:
         """Stop a run: steps not yet begun will not run. False if it had already finished."""
         self.store.get_run(run_id)  # RunNotFound for an unknown id
-        return self.store.finish_run(run_id, "cancelled", error=reason)
+        cancelled = self.store.finish_run(run_id, "cancelled", error=reason)
+        if cancelled and self.admission is not None:  # its slot, or its place in the queue
+            self.send_released(self.admission.settle(run_id))
+        return cancelled
 
     def resume(self, run_id: str) -> None:
         """Continue a failed or cancelled run: its completed steps are reused, the rest run."""
@@ -161,8 +199,9 @@ class Legato:
     def steps(self, run_id: str) -> list[StepRecord]:
         return self.store.get_steps(run_id)
 
-    def runs(self, *, status: str | None = None, limit: int = 20) -> list[RunRecord]:
-        return self.store.list_runs(status=status, limit=limit)
+    def runs(self, *, status: str | None = None, tenant: str | None = None,
+             limit: int = 20) -> list[RunRecord]:
+        return self.store.list_runs(status=status, tenant=tenant, limit=limit)
 
 
 def check_input(spec: Pipeline, value: Any, *, max_bytes: int | None = None) -> None:

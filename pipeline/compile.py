@@ -91,7 +91,7 @@ class Compiler:
 
         for s in steps:
             path = paths.child(prefix, s.id)
-            if isinstance(s, Llm) and self.fuse:
+            if isinstance(s, Llm) and self.fuse and s.concurrency is None:
                 q = tree.inherit_queue(s, queue) or LLM
                 if run and q != run_queue:
                     flush()

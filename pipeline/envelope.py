@@ -129,6 +129,10 @@ class RunRecord(_Wire):
     resumes: int = 0
     waiting_for: str | None = None  # a queue no live worker serves, a step of the run sent there
     waiting_since: float | None = None
+    tenant: str = "default"  # whose share of the cluster it runs in (legato.tenants)
+    priority: int = 0  # higher first, among its tenant's runs waiting for admission
+    held: str | None = None  # why it waits for admission (legato.admission), while it does
+    admitted_at: float | None = None  # when admission released it (with a tenants file)
 
     @property
     def done(self) -> bool:

@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     step_retry_seconds: float = 2.0
     max_input_bytes: int = 1024 * 1024  # a job input's JSON size; larger ones are refused
     max_output_bytes: int = 1024 * 1024  # a step output's JSON size; larger fails the step
+    # The tenants file (legato.tenants): set, runs wait in Redis for their tenant's fair share
+    # (legato.admission). The same file on producers and workers; empty: every run is sent at once.
+    tenants_file: str = ""
     batch_size: int = 100  # a vote's members per task (run concurrently in it)
     batch_concurrency: int = 256  # a worker process's threads for those members
     # Control workers also consume Celery's default queue (`celery`), where producers that name

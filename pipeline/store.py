@@ -15,6 +15,8 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from legato.admission import Admission
+from legato.concurrency import ConcurrencyKeys
 from legato.envelope import TERMINAL, RunRecord, StepRecord, TerminalStatus, Usage
 from legato.errors import RunNotFound
 from legato.journal import Journal
@@ -22,6 +24,7 @@ from legato.keys import Keys
 from legato.kinds.orchestrate import plan_path
 from legato.lua import lua_set
 from legato.spec import Pipeline, pipeline_from_json
+from legato.tenants import Policies
 from legato.voting import Ballot
 
 # KEYS: run, idem key (or the run key again), runs index, active. ARGV: id, created_at, fields...
@@ -230,7 +233,8 @@ class RunStore:
             raise RunNotFound(f"no run {run_id!r}")
         return _run_from_hash(raw)
 
-    def list_runs(self, *, status: str | None = None, limit: int = 20) -> list[RunRecord]:
+    def list_runs(self, *, status: str | None = None, tenant: str | None = None,
+                  limit: int = 20) -> list[RunRecord]:
         runs: list[RunRecord] = []
         start = 0
         while len(runs) < limit:
@@ -242,7 +246,8 @@ class RunStore:
             for run_id in ids:
                 pipe.hgetall(self.keys.run(run_id))
             for raw in pipe.execute():
-                if raw and (status is None or raw.get("status") == status):
+                if raw and (status is None or raw.get("status") == status) and (
+                        tenant is None or (raw.get("tenant") or "default") == tenant):
                     runs.append(_run_from_hash(raw))
         return runs[:limit]
 
@@ -315,6 +320,19 @@ class RunStore:
         out = {k: (repr(v) if isinstance(v, float) else str(v)) for k, v in data.items()}
         out["input"] = _dumps(record.input)
         return out
+
+    def tenant_of(self, run_id: str) -> str:
+        return str(self.redis.hget(self.keys.run(run_id), "tenant") or "default")
+
+    # -- admission and concurrency keys (their own modules, over this store's client) ----------
+
+    def admission(self, policies: Policies) -> Admission:
+        """Admission by fair share under `policies` (legato.admission)."""
+        return Admission(self.redis, self.keys, policies)
+
+    def concurrency_keys(self) -> ConcurrencyKeys:
+        """Concurrency keys' slots (legato.concurrency)."""
+        return ConcurrencyKeys(self.redis, self.keys)
 
     # -- steps ---------------------------------------------------------------------------------
 
@@ -454,6 +472,10 @@ def _run_from_hash(raw: dict[str, str]) -> RunRecord:
         resumes=int(raw.get("resumes", 0)),
         waiting_for=raw.get("waiting_for") or None,
         waiting_since=num("waiting_since"),
+        tenant=raw.get("tenant") or "default",
+        priority=int(raw.get("priority") or 0),
+        held=raw.get("held") or None,
+        admitted_at=num("admitted_at"),
         usage=Usage(
             prompt_tokens=int(raw.get("prompt_tokens", 0)),
             completion_tokens=int(raw.get("completion_tokens", 0)),

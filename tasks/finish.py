@@ -11,7 +11,8 @@ from typing import Any
 from celery import Task
 
 from legato import templates
-from legato.envelope import StepResult
+from legato.admission import send
+from legato.envelope import StepResult, TerminalStatus
 from legato.workers import resources
 from legato.workers.app import app
 
@@ -19,11 +20,16 @@ from legato.workers.app import app
 def close_run(run_id: str, spec_hash: str, last: Any) -> dict[str, Any]:
     """Finish the run from the last step's wire result (or an upstream failure it carried)."""
     store = resources.store()
+
+    def finish(status: TerminalStatus, **fields: Any) -> dict[str, Any]:
+        if store.finish_run(run_id, status, **fields):
+            settle(run_id)
+        return {"run_id": run_id, "status": status}
+
     result = StepResult.model_validate(last) if isinstance(last, dict) else None
     if result is None or not result.ok:
         reason = f"{result.path}: {result.error}" if result else "no result reached the end"
-        store.finish_run(run_id, "failed", error=reason)
-        return {"run_id": run_id, "status": "failed"}
+        return finish("failed", error=reason)
     try:
         spec = store.get_spec(spec_hash)
         output: Any
@@ -34,10 +40,17 @@ def close_run(run_id: str, spec_hash: str, last: Any) -> dict[str, Any]:
             record = store.get_step(run_id, result.path)
             output = record.output if record else None
     except Exception as exc:
-        store.finish_run(run_id, "failed", error=f"output failed: {type(exc).__name__}: {exc}")
-        return {"run_id": run_id, "status": "failed"}
-    store.finish_run(run_id, "succeeded", output=output)
-    return {"run_id": run_id, "status": "succeeded"}
+        return finish("failed", error=f"output failed: {type(exc).__name__}: {exc}")
+    return finish("succeeded", output=output)
+
+
+def settle(run_id: str) -> None:
+    """With admission (a tenants file): free the ended run's slot and send the runs that
+    releases. Lost if this worker dies here: the sweeper's reconcile does it then."""
+    admission = resources.admission()
+    if admission is not None:
+        send(app, resources.store(), admission.settle(run_id),
+             batch_size=resources.settings().batch_size)
 
 
 @app.task(name="legato.finalize", bind=True)

@@ -90,6 +90,9 @@ def submit(
     timeout: Annotated[float, typer.Option(
         help="seconds to wait; then exit 3 (the run goes on)")] = 600.0,
     idempotency_key: Annotated[str | None, typer.Option(help="same key, same run")] = None,
+    tenant: Annotated[str | None, typer.Option(help="whose fair share it runs in")] = None,
+    priority: Annotated[int | None, typer.Option(
+        help="-1000..1000, higher first within its tenant")] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Submit one job; print its run id (or, with --wait, its outcome).
@@ -99,11 +102,13 @@ def submit(
     """
     legato = legato_client()
     if input.startswith("@") and input.endswith(".jsonl"):
-        submit_batch(legato, pipeline, Path(input[1:]), wait, timeout, idempotency_key, as_json)
+        submit_batch(legato, pipeline, Path(input[1:]), wait, timeout, idempotency_key, as_json,
+                     tenant=tenant, priority=priority)
         return
     payload = read_input(input)
     try:
-        run_id = legato.submit(pipeline, payload, idempotency_key=idempotency_key)
+        run_id = legato.submit(pipeline, payload, idempotency_key=idempotency_key,
+                               tenant=tenant, priority=priority)
     except RecursionError:  # the input's depth is already bounded: the pipeline file is not
         fail(f"{pipeline}: the pipeline nests too deeply to load")
     except SpecError as exc:
@@ -120,7 +125,8 @@ def submit(
 
 
 def submit_batch(legato: Legato, pipeline: str, path: Path, wait: bool, timeout: float,
-                  key_prefix: str | None, as_json: bool) -> None:
+                  key_prefix: str | None, as_json: bool, *, tenant: str | None = None,
+                  priority: int | None = None) -> None:
     from legato.batch import read_jsonl, submit_batch, wait_all
     from legato.report import runs_table
 
@@ -140,7 +146,7 @@ def submit_batch(legato: Legato, pipeline: str, path: Path, wait: bool, timeout:
         fail(f"--input @{path}: cannot read it: {getattr(exc, 'strerror', None) or exc}")
     try:
         run_ids = submit_batch(legato, pipeline, inputs, console=err,
-                               idempotency_prefix=key_prefix)
+                               idempotency_prefix=key_prefix, tenant=tenant, priority=priority)
     except RecursionError:
         fail(f"{pipeline}: the pipeline nests too deeply to load")
     except SpecError as exc:
@@ -276,6 +282,7 @@ def replay(
 @app.command()
 def runs(
     status: Annotated[str | None, typer.Option(help="only runs in this state")] = None,
+    tenant: Annotated[str | None, typer.Option(help="only this tenant's runs")] = None,
     limit: int = 20,
     as_json: JsonFlag = False,
 ) -> None:
@@ -285,7 +292,7 @@ def runs(
 
     if status is not None and status not in RUN_STATUSES:
         fail(f"no run state {status!r}: one of {', '.join(sorted(RUN_STATUSES))}")
-    records = legato_client().runs(status=status, limit=limit)
+    records = legato_client().runs(status=status, tenant=tenant, limit=limit)
     if as_json:
         print_json([r.model_dump(mode="json") for r in records])
     else:
