@@ -3,14 +3,14 @@
 On the bench's private stack (bench/stack.py: a private redis-server, the fake model, one `legato
 worker` on the threads pool), three measurements:
 
-1. **Flood.** Tenant A submits `a_runs` one-call runs, then tenant B `b_runs`, at once (one
-   producer, A's burst first: B arrives while all of A's work is waiting). Reported: B's wait to
-   start (first step begun - submitted), p50 and p99, with no tenants file (every run goes
-   straight into Celery's queue, FIFO: the baseline) and with one (admission: A and B weight 1,
-   `capacity` = the worker's threads).
-2. **Shares.** A (weight 3) and B (weight 1) each submit `share_runs` runs, interleaved; over the
-   window in which both still had runs waiting, the tokens of the runs that ended, per tenant,
-   beside their weights.
+1. **Flood.** Tenant A submits `a_runs` one-call runs, then tenant B `b_runs`, all before the
+   worker starts (so they arrive at the same moment, whatever the producer's own speed).
+   Reported: B's wait to start (its first step begun - the worker ready), p50 and p99, with no
+   tenants file (every run goes straight into Celery's queue, FIFO: the baseline) and with one
+   (admission: A and B weight 1, `capacity` = the worker's threads).
+2. **Shares.** A (`heavy`, weight 3) and B (`light`, weight 1) each submit `share_runs` runs,
+   interleaved; over the window in which both still had runs waiting, the tokens of the runs
+   that ended, per tenant, beside their weights.
 3. **Admission's cost.** Redis round trips per run (MONITOR, bench/roundtrips.py: producer and
    worker, `rt_jobs` runs one after another), with and without a tenants file.
 
@@ -85,27 +85,30 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def flood(stack: Stack, cfg: Config, tenants_file: Path | None) -> dict[str, Any]:
-    _worker(stack, cfg, tenants_file)
+    """A's burst and B's runs are all submitted before the worker starts: the flood is there at
+    once, whatever the producer's own speed. Waits count from the worker's start."""
+    stack.stop_worker("legato")
     legato = _client(tenants_file)
     stack.set_latency(cfg.latency_ms)
-    t0 = time.time()
     a = [legato.submit(ONE_CALL, {"text": f"a {i}"}, tenant="a") for i in range(cfg.a_runs)]
     b = [legato.submit(ONE_CALL, {"text": f"b {i}"}, tenant="b") for i in range(cfg.b_runs)]
+    _worker(stack, cfg, tenants_file)
+    ready = time.time()
     runs = _finals(legato, a + b)
-    waits = [(r.started_at or r.finished_at or 0) - r.created_at for r in runs[len(a):]]
+    waits = [(r.started_at or r.finished_at or ready) - ready for r in runs[len(a):]]
     return {"b_wait_p50": _pct(waits, 0.5), "b_wait_p99": _pct(waits, 0.99),
-            "wall": max(r.finished_at or 0 for r in runs) - t0,
+            "wall": max(r.finished_at or 0 for r in runs) - ready,
             "failed": sum(r.status != "succeeded" for r in runs)}
 
 
 def shares(stack: Stack, cfg: Config) -> dict[str, Any]:
-    weights = {"a": 3.0, "b": 1.0}
+    weights = {"heavy": 3.0, "light": 1.0}  # new names: the flood's tokens are still in the window
     path = _policy(stack, cfg, weights)
     _worker(stack, cfg, path)
     legato = _client(path)
     stack.set_latency(cfg.latency_ms)
     ids = [legato.submit(ONE_CALL, {"text": f"{t} {i}"}, tenant=t)
-           for i in range(cfg.share_runs) for t in ("a", "b")]
+           for i in range(cfg.share_runs) for t in weights]
     runs = _finals(legato, ids)
     # The window: from the first start until one tenant's last run was admitted (after that,
     # only one tenant had runs waiting, and shares say nothing).
@@ -114,20 +117,24 @@ def shares(stack: Stack, cfg: Config) -> dict[str, Any]:
     served = {t: sum(r.usage.total_tokens for r in runs if r.tenant == t and
                      r.finished_at and start <= r.finished_at <= until) for t in weights}
     total = sum(served.values()) or 1
-    return {"window_s": until - start, "tokens": served, "share_a": served["a"] / total,
-            "weight_share_a": weights["a"] / sum(weights.values()),
+    return {"window_s": until - start, "tokens": served, "share_a": served["heavy"] / total,
+            "weight_share_a": weights["heavy"] / sum(weights.values()),
             "failed": sum(r.status != "succeeded" for r in runs)}
 
 
-def round_trips(stack: Stack, cfg: Config, tenants_file: Path | None) -> float:
+def round_trips(stack: Stack, cfg: Config, tenants_file: Path | None) -> dict[str, Any]:
+    """Per run, one after another: every client's commands on Legato's database (producer,
+    worker, and the worker's sweeper passes meanwhile)."""
     _worker(stack, cfg, tenants_file)
     legato = _client(tenants_file)
     stack.set_latency(0)
     legato.wait(legato.submit(ONE_CALL, {"text": "warm"}), timeout=60)  # scripts loaded
     with Monitor(stack.redis.port, stack.log_dir / "monitor-fair.log") as mon:
         for i in range(cfg.rt_jobs):
-            legato.wait(legato.submit(ONE_CALL, {"text": f"rt {i}"}, tenant="a"), timeout=60)
-    return mon.traffic(0, set()).round_trips / cfg.rt_jobs
+            legato.wait(legato.submit(ONE_CALL, {"text": f"rt {i}"}, tenant="rt"), timeout=60)
+    t = mon.traffic(0, set())
+    return {"per_run": t.round_trips / cfg.rt_jobs,
+            "by_command": {k: v / cfg.rt_jobs for k, v in t.by_command.most_common(12)}}
 
 
 def run(cfg: Config) -> dict[str, Any]:
@@ -145,6 +152,7 @@ def run(cfg: Config) -> dict[str, Any]:
 
 def table(res: dict[str, Any]) -> str:
     c, base, fair, sh = res["config"], res["baseline"], res["fair"], res["shares"]
+    rt_on, rt_off = res["rt_admitted"]["per_run"], res["rt_plain"]["per_run"]
     flood_text = f"A {c['a_runs']} runs then B {c['b_runs']}, c={c['concurrency']}, " \
                  f"{c['latency_ms']:g} ms"
     lines = [
@@ -155,10 +163,11 @@ def table(res: dict[str, Any]) -> str:
         f"| {ROWS[1]} (same, capacity {c['concurrency']}) | p50 {fair['b_wait_p50']:.2f} s, "
         f"p99 {fair['b_wait_p99']:.2f} s | all runs done in {fair['wall']:.1f} s |",
         f"| {ROWS[2]} ({c['share_runs']} runs each) | A {sh['share_a']:.1%} of "
-        f"{sum(sh['tokens'].values())} tokens over {sh['window_s']:.1f} s | weights: A "
+        f"{sum(sh['tokens'].values())} tokens over {sh['window_s']:.1f} s, both waiting | "
+        f"weights: A "
         f"{sh['weight_share_a']:.0%} |",
-        f"| {ROWS[3]} per one-call run | {res['rt_admitted']:.1f} with a tenants file | "
-        f"{res['rt_plain']:.1f} without (+{res['rt_admitted'] - res['rt_plain']:.1f}) |",
+        f"| {ROWS[3]} per one-call run | {rt_on:.1f} with a tenants file | "
+        f"{rt_off:.1f} without (+{rt_on - rt_off:.1f}) |",
     ]
     failed = base["failed"] + fair["failed"] + sh["failed"]
     load = ", ".join(f"{x:.2f}" for x in res["load_before"])
