@@ -52,12 +52,15 @@ class Config:
     rt_jobs: int = 20
 
 
-QUICK = Config(a_runs=120, b_runs=5, share_runs=40, concurrency=8, latency_ms=50, rt_jobs=3)
+QUICK = Config(a_runs=60, b_runs=4, share_runs=24, concurrency=8, latency_ms=50, rt_jobs=2)
+FLOOD = {"a": 1.0, "b": 1.0}
+SHARES = {"heavy": 3.0, "light": 1.0}  # tenants of their own: the flood's tokens are in the window
 
 
-def _policy(stack: Stack, cfg: Config, weights: dict[str, float]) -> Path:
-    path = stack.log_dir / f"tenants-{'-'.join(f'{k}{v:g}' for k, v in weights.items())}.yaml"
-    tenants = "".join(f"  {name}: {{weight: {w}}}\n" for name, w in weights.items())
+def _policy(stack: Stack, cfg: Config) -> Path:
+    """One tenants file for every phase: A and B of the flood alike, the shares' two at 3:1."""
+    path = stack.log_dir / "tenants.yaml"
+    tenants = "".join(f"  {name}: {{weight: {w}}}\n" for name, w in {**FLOOD, **SHARES}.items())
     path.write_text(f"capacity: {cfg.concurrency}\nwindow_seconds: 60\ntenants:\n{tenants}")
     return path
 
@@ -101,10 +104,9 @@ def flood(stack: Stack, cfg: Config, tenants_file: Path | None) -> dict[str, Any
             "failed": sum(r.status != "succeeded" for r in runs)}
 
 
-def shares(stack: Stack, cfg: Config) -> dict[str, Any]:
-    weights = {"heavy": 3.0, "light": 1.0}  # new names: the flood's tokens are still in the window
-    path = _policy(stack, cfg, weights)
-    _worker(stack, cfg, path)
+def shares(stack: Stack, cfg: Config, path: Path) -> dict[str, Any]:
+    """On the flood's worker (the same tenants file)."""
+    weights = SHARES
     legato = _client(path)
     stack.set_latency(cfg.latency_ms)
     ids = [legato.submit(ONE_CALL, {"text": f"{t} {i}"}, tenant=t)
@@ -123,9 +125,8 @@ def shares(stack: Stack, cfg: Config) -> dict[str, Any]:
 
 
 def round_trips(stack: Stack, cfg: Config, tenants_file: Path | None) -> dict[str, Any]:
-    """Per run, one after another: every client's commands on Legato's database (producer,
-    worker, and the worker's sweeper passes meanwhile)."""
-    _worker(stack, cfg, tenants_file)
+    """Per run, one after another, on the flood's worker: every client's commands on Legato's
+    database (producer, worker, and the worker's sweeper passes meanwhile)."""
     legato = _client(tenants_file)
     stack.set_latency(0)
     legato.wait(legato.submit(ONE_CALL, {"text": "warm"}), timeout=60)  # scripts loaded
@@ -138,13 +139,13 @@ def round_trips(stack: Stack, cfg: Config, tenants_file: Path | None) -> dict[st
 
 
 def run(cfg: Config) -> dict[str, Any]:
-    with Stack() as stack:
-        fair = _policy(stack, cfg, {"a": 1.0, "b": 1.0})
+    with Stack() as stack:  # two worker starts: one without a tenants file, one with
+        fair = _policy(stack, cfg)
         out: dict[str, Any] = {"config": asdict(cfg), "load_before": os.getloadavg()}
         out["baseline"] = flood(stack, cfg, None)
-        out["fair"] = flood(stack, cfg, fair)
-        out["shares"] = shares(stack, cfg)
         out["rt_plain"] = round_trips(stack, cfg, None)
+        out["fair"] = flood(stack, cfg, fair)
+        out["shares"] = shares(stack, cfg, fair)
         out["rt_admitted"] = round_trips(stack, cfg, fair)
         out["load_after"] = os.getloadavg()
     return out

@@ -40,7 +40,7 @@ def test_bench_fairness_quick_produces_every_row(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LEGATO_", "BENCH_"))}
     out = tmp_path / "benchmarks.md"
     proc = subprocess.run([sys.executable, "-m", "bench.fairness", "--quick", "--out", str(out)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = out.read_text()
     assert "<!-- fairness:begin -->" in doc and "Failed runs: none" in doc, doc
