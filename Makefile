@@ -10,7 +10,7 @@ LINKED := $(VENV)/.linked
 FOLDERS := $(shell find pipeline tasks workers -type d ! -name __pycache__)
 STRICT  := --config-settings editable_mode=strict
 
-.PHONY: install demo test compose-test lint bench bench-retention clean
+.PHONY: install demo test compose-test lint bench bench-retention bench-fairness clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,12 @@ compose-test: install
 bench: install
 	$(BIN)/pip install -q -e '.[bench]' $(STRICT)
 	$(BIN)/python -m bench
+
+# Fair shares (~10 min, so not part of `bench`): tenant A floods 2,000 runs, tenant B 20; B's
+# wait beside no fairness, tokens served against weights, admission's round trips per run.
+bench-fairness: install
+	$(BIN)/pip install -q -e '.[bench]' $(STRICT)
+	$(BIN)/python -m bench.fairness
 
 # Retention (~20 min, so not part of `bench`): Redis bytes per finished run of each example
 # pipeline, and Redis memory under a steady stream of 20,000 runs with a short LEGATO_RUN_TTL;

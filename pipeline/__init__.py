@@ -28,6 +28,7 @@ from legato.spec import (
     Budget,
     Chain,
     Classifier,
+    Concurrency,
     Evaluate,
     Gate,
     Llm,
@@ -44,6 +45,7 @@ from legato.spec import (
     Vote,
     Wait,
 )
+from legato.tenants import Policies, TenantPolicy, load_policies
 from legato.tools import tool
 
 __all__ = [
@@ -56,6 +58,7 @@ __all__ = [
     "Chain",
     "Classifier",
     "Delivery",
+    "Concurrency",
     "Evaluate",
     "Gate",
     "GateFailed",
@@ -72,6 +75,7 @@ __all__ = [
     "PermanentError",
     "Pipeline",
     "PipelineStep",
+    "Policies",
     "Prices",
     "RateLimit",
     "Route",
@@ -82,11 +86,13 @@ __all__ = [
     "StepError",
     "StepRecord",
     "StepResult",
+    "TenantPolicy",
     "Tool",
     "TransientError",
     "Usage",
     "Vote",
     "Wait",
     "load_pipeline",
+    "load_policies",
     "tool",
 ]

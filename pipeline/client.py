@@ -25,6 +25,7 @@ from celery import Celery
 from pydantic import ValidationError
 
 from legato import callbacks, schema
+from legato.admission import Admission, send
 from legato.compile import Compiler
 from legato.consumers import QueueWatch, first_queues
 from legato.envelope import RESUMABLE, OnDone, RunRecord, StepRecord
@@ -34,6 +35,7 @@ from legato.settings import Settings, get_settings
 from legato.signals import SignalReply, send_signal
 from legato.spec import Pipeline
 from legato.store import RunStore
+from legato.tenants import check_submit, load_policies
 from legato.tools import load_tool_modules
 
 AppFactory = Callable[[Settings], Celery]
@@ -94,13 +96,16 @@ class Legato:
     def submit(self, pipeline: str | Pipeline, input: Any, *,
                idempotency_key: str | None = None, names_only: bool = False,
                on_done: OnDone | Mapping[str, Any] | None = None,
-               schedule: str | None = None) -> str:
+               schedule: str | None = None, tenant: str | None = None,
+               priority: int | None = None) -> str:
         """Validate, record and enqueue one run; return its id. Raises SpecError or InputError.
 
         `names_only`: `pipeline` is a name in the pipelines directory, never a file path (what
         `legato.submit` does for producers). `on_done`: whom to tell when the run finishes — a
         Celery task (and queue) and/or a webhook URL (pipeline/callbacks.py). `schedule`: the
-        schedule that made the run (set by `legato beat`)."""
+        schedule that made the run (set by `legato beat`). `tenant` ("default") and `priority`
+        (0; higher first within the tenant) matter with a tenants file: see legato.admission."""
+        tenant, priority = check_submit(tenant, priority)
         if names_only:
             spec = self.load_named(pipeline) if isinstance(pipeline, str) else \
                 _refuse_object(pipeline)
@@ -111,10 +116,14 @@ class Legato:
         digest = self.store.put_spec(spec)
         record = RunRecord(id=uuid.uuid4().hex, pipeline=spec.name, spec_hash=digest,
                            status="queued", input=input, created_at=time.time(),
-                           idempotency_key=idempotency_key, on_done=told, schedule=schedule)
+                           idempotency_key=idempotency_key, on_done=told, schedule=schedule,
+                           tenant=tenant, priority=priority)
         run_id = self.store.create_run(record)
         if run_id != record.id:  # the key was used before: that run is this job, if it is
             _same_job(self.store.get_run(run_id), spec.name, input, idempotency_key)
+            return run_id
+        if self.admission is not None:
+            self._admit(run_id, tenant, priority)
             return run_id
         self._send(spec, run_id, digest)
         return run_id
@@ -159,6 +168,33 @@ class Legato:
         self._watch.note(run_id, first_queues(canvas))  # "waiting for a worker on queue X"
 
     @functools.cached_property
+    def admission(self) -> Admission | None:
+        """Admission by fair share, when this producer has a tenants file (LEGATO_TENANTS_FILE)."""
+        path = self.settings.tenants_file
+        if not path:
+            return None
+        return self.store.admission(load_policies(path))
+
+    def _admit(self, run_id: str, tenant: str, priority: int) -> None:
+        """Hold the run for its turn; send what that released (this run, or others')."""
+        assert self.admission is not None
+        try:
+            admitted = self.admission.admit(run_id, tenant, priority)
+        except Exception as exc:
+            self.store.finish_run(run_id, "failed", error=f"could not enqueue: {exc}")
+            raise
+        if admitted.capped:
+            self.store.finish_run(run_id, "failed", error=f"spend cap reached: {admitted.capped}")
+            return
+        self.send_released(admitted.released)
+
+    def send_released(self, released: list[tuple[str, str]]) -> None:
+        """Send runs that admission released (legato.admission.send)."""
+        for run_id, canvas in send(self.app, self.store, released,
+                                   batch_size=self.settings.batch_size).items():
+            self._watch.note(run_id, first_queues(canvas))
+
+    @functools.cached_property
     def _watch(self) -> QueueWatch:
         """Which queues have live workers, as this producer last read (cached: legato.consumers)."""
         return QueueWatch(self.store)
@@ -169,6 +205,8 @@ class Legato:
         cancelled = callbacks.finish(self.store, self.app, run_id, "cancelled", error=reason)
         if cancelled:
             self.store.waits.forget(run_id)  # its parked steps are never to be resumed
+            if self.admission is not None:  # its slot, or its place in the queue
+                self.send_released(self.admission.settle(run_id))
         return cancelled
 
     def signal(self, run_id: str, step: str, data: Any = None, *,
@@ -218,8 +256,8 @@ class Legato:
         return self.store.get_steps(run_id)
 
     def runs(self, *, status: str | None = None, schedule: str | None = None,
-             limit: int = 20) -> list[RunRecord]:
-        return self.store.list_runs(status=status, schedule=schedule, limit=limit)
+             tenant: str | None = None, limit: int = 20) -> list[RunRecord]:
+        return self.store.list_runs(status=status, schedule=schedule, tenant=tenant, limit=limit)
 
 
 def check_input(spec: Pipeline, value: Any, *, max_bytes: int | None = None) -> None:

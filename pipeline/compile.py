@@ -95,7 +95,7 @@ class Compiler:
             path = paths.child(prefix, s.id)
             if s.id in targets:
                 flush()
-            if isinstance(s, Llm) and self.fuse:
+            if isinstance(s, Llm) and self.fuse and s.concurrency is None:
                 q = tree.inherit_queue(s, queue) or LLM
                 if run and q != run_queue:
                     flush()

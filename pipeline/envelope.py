@@ -225,6 +225,10 @@ class RunRecord(_Wire):
     on_done: OnDone | None = None  # whom to tell when it finishes
     deliveries: list[Delivery] = Field(default_factory=list)  # the tries at telling them
     schedule: str | None = None  # the schedule (schedules.yaml) that made this run
+    tenant: str = "default"  # whose share of the cluster it runs in (legato.tenants)
+    priority: int = 0  # higher first, among its tenant's runs waiting for admission
+    held: str | None = None  # why it waits for admission (legato.admission), while it does
+    admitted_at: float | None = None  # when admission released it (with a tenants file)
 
     @property
     def done(self) -> bool:

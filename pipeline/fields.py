@@ -33,12 +33,22 @@ class ModelCall(Strict):
     max_repairs: int = Field(2, ge=0, le=10, description="re-asks when output fails its schema")
 
 
+class Concurrency(Strict):
+    """At most `limit` steps with the same rendered `key` run at once, across the cluster
+    (legato.concurrency); one over it waits, holding no worker thread."""
+
+    key: str = Field(description="Jinja template over input and outputs, e.g. {{ input.account }}")
+    limit: int = Field(ge=1)
+
+
 class StepBase(Strict):
-    """What every step has: an id, optionally a queue (else its enclosing step's) and a gate."""
+    """What every step has: an id, optionally a queue (else its enclosing step's), a gate and
+    a concurrency key."""
 
     id: StepId
     queue: str | None = None
     gate: Gate | None = None
+    concurrency: Concurrency | None = None
 
 
 class FanOutPolicy(Strict):

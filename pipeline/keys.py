@@ -39,6 +39,19 @@ The model layer's shared state (pipeline/models/):
     <p>:budget:<id>            hash: a run's budget spent (calls, tokens, cost, started)
     <p>:cache:<digest>         a recorded model response (JSON)
 
+Admission and fair shares (pipeline/admission.py; the scripts build the per-tenant names):
+
+    <p>:adm:policy             hash: the tenants file, flat (`capacity`, `<tenant>|weight`, ...)
+    <p>:adm:running            hash: admitted runs in flight -> tenant
+    <p>:adm:count              hash: tenant -> its runs in flight
+    <p>:adm:tenants            set: tenants with held runs
+    <p>:adm:seq                counter: arrival order of held runs
+    <p>:adm:held:<tenant>      sorted set: a tenant's held runs, by priority then arrival
+    <p>:adm:used:<tenant>      hash: tokens and runs ended, per tenth of the sliding window
+    <p>:adm:spend:<tenant>:d:<yyyymmdd>|m:<yyyymm>   spend (from price tables) per day, month
+    <p>:conc:<key>             sorted set: "<run>|<path>" holding a concurrency key's slots
+    <p>:ratelimit:<alias>@<tenant>:requests|tokens  a tenant's own buckets on an alias
+
 Lua scripts touch a run's keys and the global lease keys together, so Legato wants one Redis
 (a primary, with replicas if you like), not Redis Cluster.
 """
@@ -120,6 +133,46 @@ class Keys:
 
     def cache(self, digest: str) -> str:
         return f"{self.prefix}:cache:{digest}"
+
+    # -- admission and fair shares (legato.admission, legato.concurrency) -----------------------
+
+    @property
+    def run_prefix(self) -> str:
+        """What a run's key is this plus `{<id>}` (for scripts that name runs they find)."""
+        return f"{self.prefix}:run:"
+
+    @property
+    def adm_base(self) -> str:
+        return f"{self.prefix}:adm:"
+
+    @property
+    def adm_policy(self) -> str:
+        return f"{self.adm_base}policy"
+
+    @property
+    def adm_running(self) -> str:
+        return f"{self.adm_base}running"
+
+    @property
+    def adm_count(self) -> str:
+        return f"{self.adm_base}count"
+
+    @property
+    def adm_tenants(self) -> str:
+        return f"{self.adm_base}tenants"
+
+    @property
+    def adm_seq(self) -> str:
+        return f"{self.adm_base}seq"
+
+    def adm_held(self, tenant: str) -> str:
+        return f"{self.adm_base}held:{tenant}"
+
+    def adm_used(self, tenant: str) -> str:
+        return f"{self.adm_base}used:{tenant}"
+
+    def concurrency(self, key: str) -> str:
+        return f"{self.prefix}:conc:{key}"
 
     @property
     def callbacks(self) -> str:

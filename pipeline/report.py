@@ -86,8 +86,12 @@ def run_summary(run: RunRecord) -> Group:
                           style="dim"))
     if run.schedule:
         lines.append(Text(clean(f"made by schedule {run.schedule}"), style="dim"))
+    if run.tenant != "default" or run.priority:
+        lines.append(Text(f"tenant {clean(run.tenant)}  priority {run.priority}", style="dim"))
     if run.waiting:
         lines.append(Text(run.waiting, style="yellow"))
+    if run.held and not run.done:
+        lines.append(Text(clean(run.held), style="yellow"))
     if run.error:
         lines.append(Text.assemble("error: ", data(run.error), style="red"))
     if run.status == "succeeded":
@@ -144,18 +148,20 @@ class RunsView:
     def __init__(self, runs: list[RunRecord]) -> None:
         self.runs = runs
 
-    def _rows(self) -> Iterator[tuple[str, str, str, str, str, str]]:
+    def _rows(self) -> Iterator[tuple[str, str, str, str, str, str, str]]:
         for r in self.runs:
             created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at))
             took = _seconds(r.started_at, r.finished_at) if r.finished_at else ""
             pipeline = ("↳ " if r.parent_run else "") + r.pipeline  # a child run, marked
             pipeline = f"{pipeline} ({r.schedule})" if r.schedule else pipeline
-            yield (clean(r.id, newlines=False), clean(pipeline, newlines=False), r.status,
-                   created, took, _preview(r.error or r.waiting or "", 200))
+            held = r.held if not r.done else None
+            yield (clean(r.id, newlines=False), clean(pipeline, newlines=False),
+                   clean(r.tenant, newlines=False), r.status, created, took,
+                   _preview(r.error or r.waiting or held or "", 200))
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         rows = list(self._rows())
-        heads = ("run", "pipeline", "status", "created", "took")
+        heads = ("run", "pipeline", "tenant", "status", "created", "took")
         fixed = [max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(heads)]
         # A column's cells and 3 characters between columns (rich's padding and rule).
         if sum(fixed) + 3 * len(heads) + self.ERROR_MIN <= options.max_width:
@@ -164,14 +170,14 @@ class RunsView:
                 table.add_column(head, no_wrap=True, min_width=width)
             table.add_column("error", overflow="fold", ratio=1)
             for row in rows:
-                table.add_row(Text(row[0]), Text(row[1]), status_text(row[2]), row[3], row[4],
-                              Text(row[5], style="red"))
+                table.add_row(Text(row[0]), Text(row[1]), Text(row[2]), status_text(row[3]),
+                              row[4], row[5], Text(row[6], style="red"))
             yield table
             return
-        for run_id, pipeline, status, created, took, error in rows:
+        for run_id, pipeline, tenant, status, created, took, error in rows:
             yield Text.assemble((run_id, "bold"), "  ", status_text(status), overflow="fold")
-            rest = Text.assemble(pipeline, "  ", (created, "dim"), (f"  took {took}" if took
-                                                                     else "", "dim"))
+            rest = Text.assemble(pipeline, "  ", tenant, "  ", (created, "dim"),
+                                 (f"  took {took}" if took else "", "dim"))
             if error:
                 rest.append_text(Text(f"  error: {error}", style="red"))
             yield Padding(rest, (0, 0, 0, 2), expand=False)

@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     max_output_bytes: int = 1024 * 1024  # a step output's JSON size; larger fails the step
     # How deep `pipeline` steps may nest child runs (a child of a child ... of a top run).
     max_pipeline_depth: int = Field(8, ge=1)
+    # The tenants file (legato.tenants): set, runs wait in Redis for their tenant's fair share
+    # (legato.admission). The same file on producers and workers; empty: every run is sent at once.
+    tenants_file: str = ""
     batch_size: int = 100  # a vote's members per task (run concurrently in it)
     batch_concurrency: int = 256  # a worker process's threads for those members
     # Control workers also consume Celery's default queue (`celery`), where producers that name

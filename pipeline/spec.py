@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, TypeAdapter
 
-from legato.fields import FanOutPolicy, Gate, ModelCall, StepBase, StepId, Strict
+from legato.fields import Concurrency, FanOutPolicy, Gate, ModelCall, StepBase, StepId, Strict
 from legato.kinds import KINDS, Step
 from legato.kinds.agent import Agent
 from legato.kinds.chain import Chain
@@ -28,9 +28,9 @@ from legato.models.config import Breaker, Budget, ModelConfig, Prices, RateLimit
 STEP_KINDS = tuple(KINDS)
 
 __all__ = [
-    "STEP_KINDS", "Agent", "Aggregate", "Breaker", "Budget", "Chain", "Classifier", "Evaluate",
-    "FanOutPolicy", "Gate", "Llm", "ModelCall", "ModelConfig", "Orchestrate", "Parallel",
-    "Pipeline", "PipelineSpec", "PipelineStep", "Prices", "RateLimit", "Route", "Step",
+    "STEP_KINDS", "Agent", "Aggregate", "Breaker", "Budget", "Chain", "Classifier", "Concurrency",
+    "Evaluate", "FanOutPolicy", "Gate", "Llm", "ModelCall", "ModelConfig", "Orchestrate",
+    "Parallel", "Pipeline", "PipelineSpec", "PipelineStep", "Prices", "RateLimit", "Route", "Step",
     "StepBase", "StepId", "Tool", "Vote", "Wait", "pipeline_from_json",
 ]
 

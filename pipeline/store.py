@@ -17,6 +17,8 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from legato.admission import Admission
+from legato.concurrency import ConcurrencyKeys
 from legato.envelope import (
     TERMINAL,
     Delivery,
@@ -33,6 +35,7 @@ from legato.keys import Keys, lease_member, split_member
 from legato.kinds.orchestrate import plan_path
 from legato.lua import lua_set
 from legato.spec import Pipeline, pipeline_from_json
+from legato.tenants import Policies
 from legato.voting import Ballot
 from legato.waits import Waits, signal_json
 
@@ -308,6 +311,7 @@ class RunStore:
         return _run_from_hash(raw)
 
     def list_runs(self, *, status: str | None = None, schedule: str | None = None,
+                  tenant: str | None = None,
                   limit: int = 20) -> list[RunRecord]:
         runs: list[RunRecord] = []
         start = 0
@@ -321,7 +325,8 @@ class RunStore:
                 pipe.hgetall(self.keys.run(run_id))
             for raw in pipe.execute():
                 if raw and "id" in raw and (status is None or raw.get("status") == status) and (
-                        schedule is None or raw.get("schedule") == schedule):
+                        schedule is None or raw.get("schedule") == schedule) and (
+                        tenant is None or (raw.get("tenant") or "default") == tenant):
                     runs.append(_run_from_hash(raw))
         return runs[:limit]
 
@@ -478,6 +483,18 @@ class RunStore:
         if fields:
             pipe.hset(self.keys.schedule(schedule), mapping=fields)
         pipe.execute()
+    def tenant_of(self, run_id: str) -> str:
+        return str(self.redis.hget(self.keys.run(run_id), "tenant") or "default")
+
+    # -- admission and concurrency keys (their own modules, over this store's client) ----------
+
+    def admission(self, policies: Policies) -> Admission:
+        """Admission by fair share under `policies` (legato.admission)."""
+        return Admission(self.redis, self.keys, policies)
+
+    def concurrency_keys(self) -> ConcurrencyKeys:
+        """Concurrency keys' slots (legato.concurrency)."""
+        return ConcurrencyKeys(self.redis, self.keys)
 
     # -- steps ---------------------------------------------------------------------------------
 
@@ -626,6 +643,10 @@ def _run_from_hash(raw: dict[str, str]) -> RunRecord:
         deliveries=[Delivery.model_validate(d)
                     for d in json.loads(raw.get("deliveries") or "[]")],
         schedule=raw.get("schedule") or None,
+        tenant=raw.get("tenant") or "default",
+        priority=int(raw.get("priority") or 0),
+        held=raw.get("held") or None,
+        admitted_at=num("admitted_at"),
         usage=Usage(
             prompt_tokens=int(raw.get("prompt_tokens", 0)),
             completion_tokens=int(raw.get("completion_tokens", 0)),

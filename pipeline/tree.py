@@ -48,9 +48,12 @@ def _visit(step: Any, where: str, path: str, publishes: tuple[str, ...],
 
 
 def templates(step: Any) -> Iterator[tuple[str, str, bool]]:
-    """(field, text, is an expression) for every template a step itself holds, gate included."""
+    """(field, text, is an expression) for every template a step itself holds, gate and
+    concurrency key included."""
     if step.gate is not None:
         yield "gate.check", step.gate.check, True
+    if step.concurrency is not None:
+        yield "concurrency.key", step.concurrency.key, False
     yield from kind_of(step).templates(step)
 
 

@@ -31,12 +31,14 @@ from celery.exceptions import Ignore, Reject, Retry
 from redis.exceptions import ConnectionError as RedisDown
 from redis.exceptions import TimeoutError as RedisTimeout
 
-from legato import graph
+from legato import graph, templates
+from legato.concurrency import MAX_KEY_CHARS
 from legato.context import Outcome, StepContext, check_gate
 from legato.envelope import StepInput, StepRecord, StepRef, StepResult
 from legato.errors import PermanentError, StepError, TransientError
 from legato.graph import Node
 from legato.journal import Begin
+from legato.keys import lease_member
 from legato.models.credentials import redact
 from legato.settings import Settings, get_settings
 from legato.spec import Pipeline
@@ -134,6 +136,16 @@ def journaled(task: Task, step: StepInput, kind: str, work: Work, *,
     if begin.state != "go":
         return _not_run(step, begin)
     record.attempt = begin.attempt
+    try:
+        waiting = _concurrency_slot(step, node, begin)
+    except PermanentError as exc:
+        waiting, work = None, _refused(exc)
+    if waiting is not None:  # back to the broker for a while, its lease let go
+        record.detail = {"waiting": waiting}
+        store.journal.end(step.run_id, record, (), token=token, now=time.time())
+        app.signature(lifeline.signature_json(task)).apply_async(
+            countdown=random.uniform(*CONCURRENCY_WAIT))
+        raise Ignore()
     keeper = resources.keeper()
     keeper.hold(step.run_id, step.path, token)
     try:  # a step that parks (legato.waits.Parked) ends here: no end record, its lease moved
@@ -212,6 +224,37 @@ def journaled_many(task: Task, steps: list[StepInput], kind: str,
 # A batch's ends are written at most END_BATCH at once, none left waiting over FLUSH_SECONDS.
 END_BATCH = 32
 FLUSH_SECONDS = 0.05
+# A step over its concurrency key's limit is sent again after this many seconds (at random).
+CONCURRENCY_WAIT = (0.3, 1.0)
+
+
+def _concurrency_slot(step: StepInput, node: Node, begin: Begin) -> str | None:
+    """Take a slot of the step's concurrency key (legato.concurrency): None when it has one
+    (or has no key), else why it waits. PermanentError if the key cannot be made."""
+    spec = node.step.concurrency
+    if spec is None:
+        return None
+    context = {"input": begin.input, "outputs": begin.outputs, "item": step.item,
+               "index": step.index}
+    try:
+        key = templates.render(spec.key, context)
+    except Exception as exc:
+        raise PermanentError(f"concurrency key failed: {type(exc).__name__}: {exc}") from None
+    if not key or len(key) > MAX_KEY_CHARS:
+        raise PermanentError(f"concurrency key {key[:40]!r}: 1 to {MAX_KEY_CHARS} characters")
+    used = resources.concurrency().acquire(key, lease_member(step.run_id, step.path),
+                                           spec.limit, now=time.time())
+    if used is None:
+        return None
+    return f"waiting for concurrency key {key!r}: {used} of {spec.limit} running"
+
+
+def _refused(exc: StepError) -> Work:
+    """Work that fails with `exc` (the step could not start)."""
+    def work(ctx: StepContext, node: Node, spec: Pipeline) -> Outcome:
+        raise exc
+
+    return work
 
 
 def _running(request: Any, step: StepInput, kind: str) -> StepRecord:

@@ -11,6 +11,7 @@ from typing import Any
 from celery import Task
 
 from legato import callbacks, templates
+from legato.admission import send
 from legato.envelope import StepResult, TerminalStatus
 from legato.workers import resources
 from legato.workers.app import app
@@ -18,8 +19,10 @@ from legato.workers.app import app
 
 def _finish(run_id: str, status: TerminalStatus, *, output: Any = None,
             error: str | None = None) -> dict[str, Any]:
-    """Finish the run, and send its completion callbacks if it has any (callbacks.py)."""
-    callbacks.finish(resources.store(), app, run_id, status, output=output, error=error)
+    """Finish the run, send its completion callbacks if it has any (callbacks.py), and settle
+    its tenant's share (admission.py)."""
+    if callbacks.finish(resources.store(), app, run_id, status, output=output, error=error):
+        settle(run_id)
     return {"run_id": run_id, "status": status}
 
 
@@ -42,6 +45,15 @@ def close_run(run_id: str, spec_hash: str, last: Any) -> dict[str, Any]:
     except Exception as exc:
         return _finish(run_id, "failed", error=f"output failed: {type(exc).__name__}: {exc}")
     return _finish(run_id, "succeeded", output=output)
+
+
+def settle(run_id: str) -> None:
+    """With admission (a tenants file): free the ended run's slot and send the runs that
+    releases. Lost if this worker dies here: the sweeper's reconcile does it then."""
+    admission = resources.admission()
+    if admission is not None:
+        send(app, resources.store(), admission.settle(run_id),
+             batch_size=resources.settings().batch_size)
 
 
 @app.task(name="legato.finalize", bind=True)

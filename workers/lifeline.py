@@ -9,7 +9,9 @@
   its step began), by sending the run's canvas again: completed steps are memoized, so only the
   missing work runs. After `max_recoveries` such attempts the run fails as stalled. It also
   sends `legato.deliver` for finished runs whose callbacks nobody is delivering (their finisher
-  died before sending it, or their deliverer before its next try: pipeline/callbacks.py).
+  died before sending it, or their deliverer before its next try: pipeline/callbacks.py), and,
+  with a tenants file, settles admitted runs that ended unsettled and sends what that releases
+  (legato.admission).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 from celery import Celery
 
 from legato import callbacks
+from legato.admission import Admission, send
 from legato.compile import Compiler
 from legato.envelope import RunRecord
 from legato.errors import RunNotFound
@@ -88,8 +91,10 @@ class Sweeper(_Loop):
     queue nobody serves."""
 
     def __init__(self, store: RunStore, app: Celery, settings: Settings, *,
-                 worker: str = "", queues: Callable[[], list[str]] = list) -> None:
+                 worker: str = "", queues: Callable[[], list[str]] = list,
+                 admission: Admission | None = None) -> None:
         super().__init__("legato-sweeper", settings.sweep_seconds)
+        self.admission = admission
         self.store = store
         self.app = app
         self.settings = settings
@@ -123,6 +128,9 @@ class Sweeper(_Loop):
         for run_id in self.store.claim_stalled(quiet_for=self.settings.stall_seconds):
             done[self._recover(run_id)] += 1
         done["pruned"] = self._prune()
+        if self.admission is not None:  # the backstop: slots of runs that ended unsettled
+            done["admitted"] = len(send(self.app, self.store, self.admission.reconcile(),
+                                        batch_size=self.settings.batch_size))
         return done
 
     def _prune(self) -> int:

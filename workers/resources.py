@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from legato.admission import Admission
+from legato.concurrency import ConcurrencyKeys
 from legato.models import Gateway, RunScope
 from legato.models.transport import Transport
 from legato.settings import Settings
@@ -54,6 +56,16 @@ def store() -> RunStore:
 def ballot() -> Ballot:
     """Vote tallies for quorum votes."""
     return runtime.current().ballot()
+
+
+def admission() -> Admission | None:
+    """Admission by fair share, when the worker has a tenants file (LEGATO_TENANTS_FILE)."""
+    return runtime.current().admission()
+
+
+def concurrency() -> ConcurrencyKeys:
+    """Concurrency keys' slots, over the process's Redis client."""
+    return runtime.current().concurrency()
 
 
 def batch_pool() -> ThreadPoolExecutor:

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from legato.admission import Admission
+from legato.concurrency import ConcurrencyKeys
 from legato.consumers import QueueWatch
 from legato.models import Gateway, RunScope
 from legato.models.credentials import Credentials
@@ -32,6 +34,7 @@ from legato.models.transport import HttpxTransport, LoopTransport, Transport
 from legato.settings import Settings, get_settings
 from legato.spec import Pipeline
 from legato.store import RunStore, connect
+from legato.tenants import load_policies
 from legato.tools import toolbox
 from legato.tools.toolbox import Toolbox
 from legato.voting import Ballot
@@ -59,6 +62,9 @@ class Runtime:
         self._sweeper: Sweeper | None = None
         self._client: Legato | None = None
         self._queue_watch: QueueWatch | None = None
+        self._admission: Admission | None = None
+        self._concurrency: ConcurrencyKeys | None = None
+        self._tenants: dict[str, str] = {}  # run id -> tenant, for tenants' rate limits
 
     # -- Redis -----------------------------------------------------------------------------------
 
@@ -91,7 +97,41 @@ class Runtime:
         started = None
         if spec.budget is not None and spec.budget.deadline_seconds is not None:
             started = self.store().get_run(run_id).created_at
-        return RunScope(run_id, spec.budget, spec.cache, started)
+        admission = self.admission()
+        if admission is None or not admission.policies.has_limits:
+            return RunScope(run_id, spec.budget, spec.cache, started)
+        tenant = self._tenant_of(run_id)
+        return RunScope(run_id, spec.budget, spec.cache, started, tenant=tenant,
+                        limits=admission.policies.rate_limits(tenant))
+
+    def _tenant_of(self, run_id: str) -> str:
+        """A run's tenant (it never changes: read once per run and process, kept a while)."""
+        tenant = self._tenants.get(run_id)
+        if tenant is None:
+            tenant = self.store().tenant_of(run_id)
+            if len(self._tenants) >= 10_000:
+                self._tenants.clear()
+            self._tenants[run_id] = tenant
+        return tenant
+
+    def admission(self) -> Admission | None:
+        """Admission by fair share (legato.admission), when there is a tenants file."""
+        if self._admission is not None or not self.settings.tenants_file:
+            return self._admission
+        with self._lock:
+            if self._admission is None:
+                self._admission = self.store().admission(
+                    load_policies(self.settings.tenants_file))
+            return self._admission
+
+    def concurrency(self) -> ConcurrencyKeys:
+        """Concurrency keys' slots (legato.concurrency)."""
+        if self._concurrency is not None:  # made: no lock on the hot path
+            return self._concurrency
+        with self._lock:
+            if self._concurrency is None:
+                self._concurrency = self.store().concurrency_keys()
+            return self._concurrency
 
     # -- model calls -----------------------------------------------------------------------------
 
@@ -167,7 +207,7 @@ class Runtime:
         with self._lock:
             if self._sweeper is None:
                 self._sweeper = Sweeper(self.store(), app, self.settings, worker=worker,
-                                        queues=queues)
+                                        queues=queues, admission=self.admission())
                 self._sweeper.start()
             return self._sweeper
 

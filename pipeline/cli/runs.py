@@ -102,6 +102,9 @@ def submit(
         "--on-done-url", metavar="URL",
         help="when the run finishes, POST its outcome here, signed (the host must be in "
              "LEGATO_WEBHOOK_HOSTS)")] = None,
+    tenant: Annotated[str | None, typer.Option(help="whose fair share it runs in")] = None,
+    priority: Annotated[int | None, typer.Option(
+        help="-1000..1000, higher first within its tenant")] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Submit one job; print its run id (or, with --wait, its outcome).
@@ -113,12 +116,12 @@ def submit(
     on_done = _on_done(on_done_task, on_done_url)
     if input.startswith("@") and input.endswith(".jsonl"):
         submit_batch(legato, pipeline, Path(input[1:]), wait, timeout, idempotency_key, as_json,
-                     on_done)
+                     on_done=on_done, tenant=tenant, priority=priority)
         return
     payload = read_input(input)
     try:
         run_id = legato.submit(pipeline, payload, idempotency_key=idempotency_key,
-                               on_done=on_done)
+                               on_done=on_done, tenant=tenant, priority=priority)
     except RecursionError:  # the input's depth is already bounded: the pipeline file is not
         fail(f"{pipeline}: the pipeline nests too deeply to load")
     except SpecError as exc:
@@ -148,8 +151,9 @@ def _on_done(task: str | None, url: str | None) -> dict[str, str] | None:
 
 
 def submit_batch(legato: Legato, pipeline: str, path: Path, wait: bool, timeout: float,
-                  key_prefix: str | None, as_json: bool,
-                  on_done: dict[str, str] | None = None) -> None:
+                  key_prefix: str | None, as_json: bool, *,
+                  on_done: dict[str, str] | None = None, tenant: str | None = None,
+                  priority: int | None = None) -> None:
     from legato.batch import read_jsonl, submit_batch, wait_all
     from legato.report import runs_table
 
@@ -169,7 +173,8 @@ def submit_batch(legato: Legato, pipeline: str, path: Path, wait: bool, timeout:
         fail(f"--input @{path}: cannot read it: {getattr(exc, 'strerror', None) or exc}")
     try:
         run_ids = submit_batch(legato, pipeline, inputs, console=err,
-                               idempotency_prefix=key_prefix, on_done=on_done)
+                               idempotency_prefix=key_prefix, on_done=on_done, tenant=tenant,
+                               priority=priority)
     except RecursionError:
         fail(f"{pipeline}: the pipeline nests too deeply to load")
     except SpecError as exc:
@@ -363,6 +368,7 @@ def runs(
     status: Annotated[str | None, typer.Option(help="only runs in this state")] = None,
     schedule: Annotated[str | None, typer.Option(
         help="only runs this schedule (schedules.yaml) made")] = None,
+    tenant: Annotated[str | None, typer.Option(help="only this tenant's runs")] = None,
     limit: int = 20,
     as_json: JsonFlag = False,
 ) -> None:
@@ -373,7 +379,7 @@ def runs(
 
     if status is not None and status not in RUN_STATUSES:
         fail(f"no run state {status!r}: one of {', '.join(sorted(RUN_STATUSES))}")
-    records = legato_client().runs(status=status, schedule=schedule, limit=limit)
+    records = legato_client().runs(status=status, schedule=schedule, tenant=tenant, limit=limit)
     if as_json:
         print_json([r.model_dump(mode="json") for r in records])
     else:

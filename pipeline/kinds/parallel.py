@@ -139,7 +139,7 @@ class ParallelKind(Kind):
         assert step.vote is not None
         vote, n, quorum = step.vote.step, step.vote.n, step.vote.quorum
         node, queue = paths.child(path, vote.id), vote.queue or queue or LLM
-        if quorum is not None:
+        if quorum is not None or vote.concurrency is not None:  # one task a member
             return [compiler.task("legato.llm", queue, node, path=paths.member(node, i), index=i,
                                   quorum=quorum) for i in range(n)]
         return compiler.members([compiler.envelope(node, path=paths.member(node, i), index=i)

@@ -24,8 +24,8 @@ configs given are the caller's own and are used as they are.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from legato.envelope import (
@@ -42,7 +42,7 @@ from legato.models import anthropic, openai_compat
 from legato.models.breaker import CircuitBreaker
 from legato.models.budget import BudgetMeter, Reservation, cost_of, estimated_cost
 from legato.models.cache import Mode, ResponseCache, cache_key
-from legato.models.config import Budget, ModelConfig
+from legato.models.config import Budget, ModelConfig, RateLimit
 from legato.models.credentials import Credentials, for_process
 from legato.models.openai_compat import Completion
 from legato.models.ratelimit import RateLimiter, estimate_tokens
@@ -61,6 +61,8 @@ class RunScope:
     budget: Budget | None = None
     cache: Mode | None = None  # None: the gateway's default (LEGATO_CACHE)
     started_at: float | None = None  # when the run was created: its deadline counts from here
+    tenant: str | None = None  # whose run it is (legato.tenants)...
+    limits: Mapping[str, RateLimit] = field(default_factory=dict)  # ...and its limits per alias
 
 
 class Gateway:
@@ -112,18 +114,45 @@ class Gateway:
             reservation = self.budgets.check(run.run_id, run.budget, started_at=run.started_at,
                                              tokens=estimate,
                                              cost=estimated_cost(primary, estimate))
+        first = len(tried_models)  # the entry of the first model tried (for a tenant's wait)
+        tenant_limit = self._tenant_limit(run, alias, checked, {**primary.params, **(params or {})})
         try:
             completion = self._complete(models, alias, checked, schema, params, tag,
                                         tried_models)
         except BaseException:
             if reservation is not None and self.budgets is not None:
                 self.budgets.release(reservation)
+            if tenant_limit is not None:
+                tenant_limit(0, tried_models[first:first + 1])
             raise
         if reservation is not None and self.budgets is not None:
             self.budgets.charge(reservation, completion.usage)
+        if tenant_limit is not None:
+            tenant_limit(completion.usage.total_tokens, tried_models[first:first + 1])
         if digest is not None and self.cache is not None:
             self.cache.put(digest, completion)
         return completion
+
+    def _tenant_limit(self, run: RunScope | None, alias: str, checked: list[Message],
+                      params: dict[str, Any]
+                      ) -> Callable[[int, list[ModelAttempt]], None] | None:
+        """Wait for the run's tenant's own buckets on `alias` (`<alias>@<tenant>`, beside the
+        alias's cluster-wide ones). Returns what, after the call, reconciles the tokens charged
+        with those used and adds the wait to the first model entry's `rate_limited`; or None."""
+        limit = run.limits.get(alias) if run is not None and run.tenant else None
+        if limit is None or self.limiter is None or run is None:
+            return None
+        bucket, limiter = f"{alias}@{run.tenant}", self.limiter
+        estimate = estimate_tokens(checked, params)
+        waited = limiter.acquire(bucket, limit, estimate)
+
+        def after(used: int, entries: list[ModelAttempt]) -> None:
+            limiter.reconcile(bucket, limit, estimate, used)
+            for entry in entries:
+                if waited:
+                    entry.rate_limited = round((entry.rate_limited or 0) + waited, 3)
+
+        return after
 
     def _complete(self, models: dict[str, ModelConfig], alias: str, checked: list[Message],
                   schema: dict[str, Any] | None, params: dict[str, Any] | None,

@@ -30,3 +30,23 @@ def test_bench_quick_produces_every_row_the_doc_and_the_chart(tmp_path: Path) ->
     assert "Failed jobs: none" in doc, doc
     if importlib.util.find_spec("matplotlib"):  # the chart needs the bench extra
         assert (tmp_path / "benchmarks.png").stat().st_size > 1000
+
+
+def test_bench_fairness_quick_produces_every_row(tmp_path: Path) -> None:
+    import json
+
+    from bench.fairness import ROWS as FAIRNESS_ROWS
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LEGATO_", "BENCH_"))}
+    out = tmp_path / "benchmarks.md"
+    proc = subprocess.run([sys.executable, "-m", "bench.fairness", "--quick", "--out", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = out.read_text()
+    assert "<!-- fairness:begin -->" in doc and "Failed runs: none" in doc, doc
+    assert all(name in doc for name in FAIRNESS_ROWS)
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    rt_on, rt_off = res["rt_admitted"], res["rt_plain"]
+    assert rt_on["per_run"] > rt_off["per_run"] > 0  # admission costs round trips, counted
+    assert rt_on["by_command"]["EVALSHA"] > rt_off["by_command"]["EVALSHA"]
+    assert all(n > 0 for n in res["shares"]["tokens"].values())

@@ -1,0 +1,155 @@
+"""Admission's policy on a real Redis, step by step: who is released when a run ends.
+
+No workers here: runs are recorded, admitted and ended by hand (each ended run charged a fixed
+number of tokens), so the order of release is exact. The same scripts run under real workers in
+test_fair_shares.py.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+
+from legato.admission import Admission
+from legato.envelope import RunRecord
+from legato.local.redis_server import RedisServer
+from legato.store import RunStore, connect
+from legato.tenants import Policies, SpendCap, TenantPolicy
+
+_prefixes = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    with RedisServer() as server:
+        yield server.url
+
+
+@pytest.fixture
+def store(redis_url: str) -> RunStore:
+    return RunStore(connect(redis_url), f"adm{next(_prefixes)}")
+
+
+def _run(store: RunStore, tenant: str, priority: int = 0) -> str:
+    record = RunRecord(id=uuid.uuid4().hex, pipeline="p", spec_hash="h", status="queued",
+                       created_at=time.time(), tenant=tenant, priority=priority)
+    return store.create_run(record)
+
+
+def _end(store: RunStore, admission: Admission, run_id: str, *, tokens: int = 100,
+         cost: float = 0.0) -> list[str]:
+    """The run succeeds having used `tokens`; returns the runs that released."""
+    store.redis.hset(store.keys.run(run_id), mapping={"prompt_tokens": tokens, "cost": cost})
+    assert store.finish_run(run_id, "succeeded")
+    return [run for run, _ in admission.settle(run_id)]
+
+
+def _admit(store: RunStore, admission: Admission, tenant: str, priority: int = 0
+           ) -> tuple[str, list[str]]:
+    run_id = _run(store, tenant, priority)
+    admitted = admission.admit(run_id, tenant, priority)
+    assert admitted.capped is None
+    return run_id, [run for run, _ in admitted.released]
+
+
+def test_a_flooding_tenant_waits_behind_a_newcomer(store):
+    admission = Admission(store.redis, store.keys, Policies(capacity=2))
+    flood = [_admit(store, admission, "a") for _ in range(10)]
+    running = [r for _, released in flood for r in released]
+    assert running == [flood[0][0], flood[1][0]]  # free slots: released at once
+    for _ in range(4):  # A's flood goes on alone for a while, using tokens
+        running += _end(store, admission, running.pop(0))
+    newcomer = [_admit(store, admission, "b") for _ in range(3)]
+    assert all(not released for _, released in newcomer)
+    held = store.get_run(newcomer[0][0]).held
+    assert held == "waiting for admission: the cluster runs 2 at once, shared by weight"
+    order: list[str] = []
+    while running:
+        released = _end(store, admission, running.pop(0))
+        order += released
+        running += released
+    b_ids = {run_id for run_id, _ in newcomer}
+    assert set(order[:3]) == b_ids, "B's runs go first: A has used tokens, B none"
+    assert len(order) == 4 + 3
+    assert admission.in_flight() == {}
+    assert store.redis.hlen(store.keys.adm_count) == 0
+
+
+def test_releases_follow_the_weights_in_tokens(store):
+    policies = Policies(capacity=4, tenants={"a": TenantPolicy(weight=3),
+                                             "b": TenantPolicy(weight=1)})
+    admission = Admission(store.redis, store.keys, policies)
+    running: list[str] = []
+    for _ in range(150):
+        for tenant in ("a", "b"):
+            running += _admit(store, admission, tenant)[1]
+    served: Counter[str] = Counter()
+    for _ in range(200):  # every run uses the same tokens: shares of runs are shares of tokens
+        run_id = running.pop(0)
+        served[store.get_run(run_id).tenant] += 100
+        running += _end(store, admission, run_id)
+    share = served["a"] / (served["a"] + served["b"])
+    assert abs(share - 0.75) <= 0.05, served  # weights 3:1, within 5 points
+
+
+def test_priority_first_within_a_tenant_then_arrival(store):
+    admission = Admission(store.redis, store.keys,
+                          Policies(tenants={"p": TenantPolicy(max_concurrent_runs=1)}))
+    first, _ = _admit(store, admission, "p")
+    queued = [_admit(store, admission, "p", priority)[0] for priority in (0, 5, 0, 9, 5)]
+    assert store.get_run(queued[0]).held == \
+        "waiting for admission: tenant p has 1 of 1 runs in flight"
+    order, running = [], first
+    for _ in queued:
+        (running,) = _end(store, admission, running)
+        order.append(running)
+    assert order == [queued[3], queued[1], queued[4], queued[0], queued[2]]
+
+
+def test_a_spend_cap_fails_or_holds_new_runs(store):
+    cap = {"day": 1.0}
+    policies = Policies(tenants={"f": TenantPolicy(spend_cap=SpendCap(**cap, on_cap="fail")),
+                                 "h": TenantPolicy(spend_cap=SpendCap(**cap, on_cap="hold"))})
+    admission = Admission(store.redis, store.keys, policies)
+    for tenant in ("f", "h"):
+        spender, released = _admit(store, admission, tenant)
+        assert released == [spender]
+        _end(store, admission, spender, cost=1.5)
+    refused = _run(store, "f")
+    assert admission.admit(refused, "f", 0).capped == \
+        "tenant f reached its daily spend cap (1.5000 of 1.0000)"
+    held, released = _admit(store, admission, "h")
+    assert released == []
+    assert store.get_run(held).held == "held: tenant h reached its daily spend cap " \
+        "(1.5000 of 1.0000)"
+    assert admission.settle() == []  # still capped
+    tomorrow = time.time() + 86400
+    assert [r for r, _ in admission.settle(now=tomorrow)] == [held]
+
+
+def test_a_run_cancelled_while_held_is_never_released(store):
+    admission = Admission(store.redis, store.keys,
+                          Policies(tenants={"c": TenantPolicy(max_concurrent_runs=1)}))
+    first, _ = _admit(store, admission, "c")
+    cancelled, _ = _admit(store, admission, "c")
+    kept, _ = _admit(store, admission, "c")
+    assert store.finish_run(cancelled, "cancelled")
+    assert admission.settle(cancelled) == []
+    assert _end(store, admission, first) == [kept]
+    assert store.redis.zcard(store.keys.adm_held("c")) == 0
+
+
+def test_reconcile_frees_the_slot_of_a_run_ended_without_settling(store):
+    admission = Admission(store.redis, store.keys, Policies(capacity=1))
+    first, _ = _admit(store, admission, "r")
+    second, released = _admit(store, admission, "r")
+    assert released == []
+    store.finish_run(first, "failed", error="its worker died before settling it")
+    assert [r for r, _ in admission.reconcile()] == [second]
+    assert admission.reconcile() == []  # repeated: nothing more
+    assert int(store.redis.hget(store.keys.run(second), "admissions")) == 1
