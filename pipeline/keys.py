@@ -18,7 +18,10 @@
     <p>:poisoned               hash: poison messages set aside, by reason (and `total`)
     <p>:run:{<id>}:attempts    hash: step path -> attempts begun
     <p>:run:{<id>}:vote:<node>:votes|reached    quorum tallies (voting.py)
-    <p>:run:{<id>}:keys        set: the run's keys not named above (its votes'), for retention
+    <p>:run:{<id>}:mcp         hash: MCP server -> its tool list, pinned by the run's first use
+    <p>:run:{<id>}:toolcalls   hash: idempotency key -> a journaled tool call's result (MCP)
+    <p>:run:{<id>}:keys        set: the run's keys not named above (its votes', MCP's), for
+                               retention
 
 The model layer's shared state (pipeline/models/):
 
@@ -26,6 +29,11 @@ The model layer's shared state (pipeline/models/):
     <p>:ratelimit:<alias>:requests|tokens       token buckets of an alias's rate limits
     <p>:budget:<id>            hash: a run's budget spent (calls, tokens, cost, started)
     <p>:cache:<digest>         a recorded model response (JSON)
+
+Evals (pipeline/evals/):
+
+    <p>:eval:<id>:runs         set: the run ids an eval submitted (its arms' runs and judges')
+    <p>:evals                  sorted set: eval ids by when they started
 
 Lua scripts touch a run's keys and the global lease keys together, so Legato wants one Redis
 (a primary, with replicas if you like), not Redis Cluster.
@@ -71,6 +79,12 @@ class Keys:
         return [self.run(run_id), self.steps(run_id), self.outputs(run_id),
                 self.attempts(run_id), self.budget(run_id), self.run_extras(run_id)]
 
+    def mcp_tools(self, run_id: str) -> str:
+        return f"{self.run(run_id)}:mcp"
+
+    def tool_calls(self, run_id: str) -> str:
+        return f"{self.run(run_id)}:toolcalls"
+
     def votes(self, run_id: str, node: str) -> str:
         return f"{self.run(run_id)}:vote:{node}:votes"
 
@@ -95,6 +109,13 @@ class Keys:
 
     def cache(self, digest: str) -> str:
         return f"{self.prefix}:cache:{digest}"
+
+    def eval_runs(self, eval_id: str) -> str:
+        return f"{self.prefix}:eval:{eval_id}:runs"
+
+    @property
+    def evals(self) -> str:
+        return f"{self.prefix}:evals"
 
     @property
     def runs(self) -> str:

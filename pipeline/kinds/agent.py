@@ -19,7 +19,8 @@ from legato.fields import StepBase
 from legato.kinds.base import Kind, call_templates
 from legato.models import Gateway
 from legato.queues import LLM
-from legato.tools import get_tool
+from legato.tools import ToolSpec, get_tool, mcp
+from legato.tools import toolbox as toolboxes
 from legato.tools.runner import call_tool, idempotency_key
 
 if TYPE_CHECKING:
@@ -49,8 +50,9 @@ def agent_turn(step: Agent, ctx: StepContext, turn: int,
     parallel and their results (or errors, which the model gets to see) join the transcript.
     Output: `{"messages": transcript, "final": answer or None, "tool_calls": n}`."""
     messages = list(transcript or _opening(step, ctx))
-    specs = [get_tool(name) for name in step.tools]
-    params = {**step.params, "tools": [s.openai() for s in specs]} if specs else step.params
+    specs = _tool_specs(step, ctx)
+    params = {**step.params, "tools": [s.openai() for s in specs.values()]} if specs \
+        else step.params
     gateway = ctx.gateway or Gateway(ctx.http)
     trace: list[ModelAttempt] = []
     reply = gateway.complete(ctx.models, step.model, messages, params=params,
@@ -67,7 +69,8 @@ def agent_turn(step: Agent, ctx: StepContext, turn: int,
             name=c.name, arguments=json.dumps(c.arguments))) for c in calls]).wire())
     allowed, refused = calls[:step.max_tool_calls_per_turn], calls[step.max_tool_calls_per_turn:]
     with ThreadPoolExecutor(max_workers=min(8, len(allowed))) as pool:
-        results = list(pool.map(lambda c: _use_tool(step, c, ctx), allowed))
+        results = list(pool.map(lambda ic: _use_tool(specs, ic[1], ctx, ic[0]),
+                                enumerate(allowed)))
     over = json.dumps({"error": f"not run: a turn may make at most "
                                 f"{step.max_tool_calls_per_turn} tool calls"})
     results += [over] * len(refused)
@@ -84,15 +87,40 @@ def _opening(step: Agent, ctx: StepContext) -> list[dict[str, Any]]:
     return [*messages, {"role": "user", "content": ctx.render(step.prompt)}]
 
 
-def _use_tool(step: Agent, call: ToolCall, ctx: StepContext) -> str:
+def _tool_specs(step: Agent, ctx: StepContext) -> dict[str, ToolSpec]:
+    """The agent's tools by the name models see: registered ones, and MCP servers' tools from
+    the run's pinned lists (the first turn to ask pins them)."""
+    found: dict[str, ToolSpec] = {}
+    for name in step.tools:
+        if not mcp.is_ref(name):
+            found[name] = get_tool(name)
+            continue
+        box = ctx.tools or toolboxes.installed()
+        if ctx.store is None or box is None:
+            raise PermanentError("MCP tools run on a worker (they need its run store)")
+        found.update((s.name, s) for s in mcp.specs(name, ctx.store, ctx.step.run_id, box))
+    return found
+
+
+def _use_tool(specs: dict[str, ToolSpec], call: ToolCall, ctx: StepContext,
+              position: int) -> str:
     """A tool's result for the transcript; a refusal or failure is reported to the model. The
-    idempotency key is the agent step's (`ctx.node`), the same on every retry of the turn."""
+    idempotency key is the agent step's (`ctx.node`), the same on every retry of the turn; a
+    journaled (MCP) tool's is the call's place in this turn, name and arguments — so a retried
+    turn whose model asks for the same call again gets the recorded result, whatever id the
+    model gave the call."""
     name = call.name
     try:
-        if name not in step.tools:
+        spec = specs.get(name)
+        if spec is None:
             raise PermanentError(f"tool {name!r} is not one of this agent's tools")
-        value = call_tool(get_tool(name), call.arguments, tools=ctx.tools,
-                          key=idempotency_key(ctx.step.run_id, ctx.node, call.id or ""))
+        if spec.journaled:
+            key = mcp.call_key(ctx.step.run_id, ctx.step.path, position, name, call.arguments)
+            value = mcp.call_journaled(spec, call.arguments, key=key, store=ctx.store,
+                                       run_id=ctx.step.run_id, tools=ctx.tools)
+        else:
+            value = call_tool(spec, call.arguments, tools=ctx.tools,
+                              key=idempotency_key(ctx.step.run_id, ctx.node, call.id or ""))
         return json.dumps({"tool": name, "result": value}, ensure_ascii=False, default=str)
     except StepError as exc:
         return json.dumps({"tool": name, "error": str(exc)}, ensure_ascii=False)

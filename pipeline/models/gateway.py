@@ -97,9 +97,11 @@ class Gateway:
         digest = None
         if mode != "off" and self.cache is not None:
             digest = cache_key(primary, checked, schema=schema, params=params)
-            hit = self.cache.get(digest)
-            if hit is not None:  # no call made: nothing used, nothing charged
-                tried_models.append(ModelAttempt(model=alias, cached=digest[:16], outcome="ok"))
+            found = self.cache.lookup(digest)
+            if found is not None:  # no call made: nothing used, nothing charged
+                hit, seconds = found
+                tried_models.append(ModelAttempt(model=alias, cached=digest[:16], outcome="ok",
+                                                 saved_usage=hit.usage, saved_seconds=seconds))
                 return Completion(hit.text, Usage(), hit.finish_reason, hit.tool_calls)
             if mode == "replay":
                 tried_models.append(ModelAttempt(model=alias, cached=digest[:16],
@@ -112,6 +114,7 @@ class Gateway:
             reservation = self.budgets.check(run.run_id, run.budget, started_at=run.started_at,
                                              tokens=estimate,
                                              cost=estimated_cost(primary, estimate))
+        before = len(tried_models)  # this call's attempts follow (a repair's trace is shared)
         try:
             completion = self._complete(models, alias, checked, schema, params, tag,
                                         tried_models)
@@ -122,7 +125,8 @@ class Gateway:
         if reservation is not None and self.budgets is not None:
             self.budgets.charge(reservation, completion.usage)
         if digest is not None and self.cache is not None:
-            self.cache.put(digest, completion)
+            seconds = sum(a.seconds for m in tried_models[before:] for a in m.attempts or ())
+            self.cache.put(digest, completion, seconds)
         return completion
 
     def _complete(self, models: dict[str, ModelConfig], alias: str, checked: list[Message],
