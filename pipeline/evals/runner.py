@@ -104,8 +104,9 @@ def arm_specs(legato: Legato, pipeline: str | Pipeline,
     return [(name, spec.model_copy(update={"cache": "read-write"})) for name, spec in named]
 
 
-def run_eval(legato: Legato, pipeline: str | Pipeline, items: list[Item], arms: list[Arm], scorer: Scorer,
-             *, eval_id: str | None = None, timeout: float = 600.0) -> tuple[str, list[ArmResult]]:
+def run_eval(legato: Legato, pipeline: str | Pipeline, items: list[Item], arms: list[Arm],
+             scorer: Scorer, *, eval_id: str | None = None,
+             timeout: float = 600.0) -> tuple[str, list[ArmResult]]:
     """Run the baseline and the arms over `items`, score them; (eval id, results, baseline
     first). Bad input (a spec, an arm, an item, a missing `expected`) raises before any run."""
     specs = arm_specs(legato, pipeline, arms)

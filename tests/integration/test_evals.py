@@ -64,3 +64,64 @@ def test_an_arm_calls_only_the_step_it_changed_and_what_depends_on_it(legato: Le
     assert all(i["passed"] for a in report["arms"] for i in a["items"])
     assert sorted(legato.store.eval_runs(eval_id)) == sorted(
         i.run_id for a in results for i in a.items)
+
+
+def cli(stack_env, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "legato.cli", *args], cwd=ROOT,
+                          env={**os.environ, **stack_env, "COLUMNS": "200"}, capture_output=True,
+                          text=True, timeout=180)
+
+
+def test_the_cli_reports_exits_1_on_a_regression_and_cleans_up(legato: Legato, stack_env,
+                                                               tmp_path):
+    tag = uuid.uuid4().hex[:8]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"input": {"text": f"Legato journals {tag} {i}."}}) + "\n"
+                            for i in range(2)))
+    (tmp_path / "terse.yaml").write_text("steps:\n  headline: {prompt: 'Say nothing.'}\n")
+    (tmp_path / "tokens.yaml").write_text("steps:\n  headline: {params: {max_tokens: 40}}\n")
+    out, page = tmp_path / "report.json", tmp_path / "report.html"
+    ran = cli(stack_env, "eval", "summarize", "--dataset", str(data),
+              "--arm", f"tokens={tmp_path / 'tokens.yaml'}",
+              "--arm", f"terse={tmp_path / 'terse.yaml'}", "--scorer", "regex:headline",
+              "--json", str(out), "--html", str(page))
+    assert ran.returncode == 1, ran.stdout + ran.stderr  # `terse` lost its headlines
+    assert "regressed past 0: terse" in ran.stdout
+    for column in ("calls made", "calls saved", "pass rate"):
+        assert column in ran.stdout
+    report = json.loads(out.read_text())
+    arms = {a["name"]: a for a in report["arms"]}
+    assert report["regressed"] == ["terse"]
+    assert arms["baseline"]["pass_rate"] == 1 and arms["terse"]["pass_rate"] == 0
+    assert arms["baseline"]["calls_made"] == 4
+    assert (arms["tokens"]["calls_made"], arms["tokens"]["calls_saved"]) == (2, 2)
+    assert 'data-arm="terse"' in page.read_text()
+
+    eval_id = report["eval"]
+    again = from_runs(legato.store, f"eval={eval_id},pipeline=summarize")
+    assert len(again) == 6 and all(i.has_expected for i in again)
+    assert cli(stack_env, "eval", "summarize", "--from-runs", f"eval={eval_id},limit=2",
+               "--scorer", "json").returncode == 0  # its own outputs as expected: all pass
+
+    assert cli(stack_env, "eval", "--clean", eval_id).returncode == 0
+    assert legato.store.eval_runs(eval_id) == []
+    assert clean(legato.store, eval_id) == (0, 0)
+    for arm in report["arms"]:
+        for item in arm["items"]:
+            assert legato.store.get_steps(item["run"]) == []
+
+    bad = cli(stack_env, "eval", "summarize", "--dataset", str(data), "--arm", "x=nowhere.yaml")
+    assert bad.returncode == 2 and "arm 'x': cannot read" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_a_model_judge_gives_each_item_a_verdict(legato: Legato, fake, fake_model):
+    fake.script({"rules": [{"match": {"contains": "Judge an answer"},
+                            "reply": {"pass": True, "score": 0.75, "reason": "on topic"}}]})
+    judge = parse_scorer("judge:small", rubric="Is the headline about the text?")
+    eval_id, results = run_eval(legato, priced(fake_model), items(2), [], judge, timeout=120)
+    verdicts = [i.verdict for i in results[0].items]
+    assert [(v.score, v.passed, v.reason) for v in verdicts if v] == [(0.75, True, "on topic")] * 2
+    runs = [legato.status(r) for r in legato.store.eval_runs(eval_id)]
+    assert sorted(r.pipeline for r in runs) == ["eval-judge", "eval-judge", "evaluated",
+                                                "evaluated"]
