@@ -41,6 +41,7 @@ import asyncio
 import hashlib
 import json
 import re
+import sys
 import threading
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
@@ -177,10 +178,13 @@ class McpHub:
         from legato.models.credentials import expand  # the worker's own environment, now
 
         if cfg.command is not None:
-            from mcp import StdioServerParameters
+            from mcp import StdioServerParameters, stdio_client
 
-            return StdioServerParameters(command=cfg.command[0], args=cfg.command[1:],
-                                         env={k: expand(v) for k, v in cfg.env.items()} or None)
+            params = StdioServerParameters(command=cfg.command[0], args=cfg.command[1:],
+                                           env={k: expand(v) for k, v in cfg.env.items()} or None)
+            # The server's stderr goes to the process's own (a worker's sys.stderr is Celery's
+            # logging proxy, which has no file descriptor to hand a child).
+            return stdio_client(params, errlog=sys.__stderr__ or sys.stderr)
         if not cfg.headers:
             return cfg.url
         import httpx2
