@@ -8,7 +8,9 @@ models.yaml), a stdio command or a streamable-HTTP URL each:
         command: [python, -m, notes_server]
         env: {NOTES_TOKEN: "${NOTES_TOKEN}"}      # expanded by the worker, when it connects
         timeout: 20                               # seconds a call may take (default 30)
+        connect_timeout: 30                       # to start or reach it (default 60)
         retries: 1                                # transient failures retried (default 0)
+        approval: required                        # an agent waits for a person (default none)
       search:
         url: https://mcp.example.com/mcp
         headers: {Authorization: "Bearer ${SEARCH_TOKEN}"}
@@ -45,7 +47,7 @@ import sys
 import threading
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -71,7 +73,9 @@ class McpServer(BaseModel):
     env: dict[str, str] = Field(default_factory=dict)
     headers: dict[str, str] = Field(default_factory=dict)
     timeout: float = Field(30.0, gt=0)
+    connect_timeout: float = Field(60.0, gt=0)  # starting (stdio) or reaching it, and its hello
     retries: int = Field(0, ge=0, le=10)
+    approval: Literal["none", "required"] = "none"  # required: an agent waits for a person
 
     @model_validator(mode="after")
     def _one_transport(self) -> McpServer:
@@ -95,6 +99,11 @@ def parse_ref(name: str) -> tuple[str, str | None]:
         raise ValueError(f"{name!r} is not mcp:<server> or mcp:<server>/<tool> (letters, digits, "
                          f"_ and -)")
     return match.group(1), match.group(2)
+
+
+def is_model_name(name: str) -> bool:
+    """Whether a tool name a model gave is an MCP tool's (`<server>__<tool>`)."""
+    return _SEP in name
 
 
 def model_name(server: str, tool: str) -> str:
@@ -231,12 +240,20 @@ class McpHub:
         if stop is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(stop.set)
 
+    def _connect(self, name: str) -> Any:
+        """The server's open session, opened now if need be (within its connect_timeout)."""
+        try:
+            return self._run(self._client(name), self.server(name).connect_timeout)
+        except TransientError:
+            self._drop(name)
+            raise
+
     def list_tools(self, name: str) -> list[dict[str, Any]]:
         """The server's tools now: name, description, input schema (sorted by name)."""
         cfg = self.server(name)
+        client = self._connect(name)
 
         async def listing() -> list[dict[str, Any]]:
-            client = await self._client(name)
             tools, cursor = [], None
             while True:
                 page = await client.list_tools(cursor=cursor, cache_mode="refresh")
@@ -254,9 +271,9 @@ class McpHub:
 
     def call(self, name: str, tool: str, args: dict[str, Any], key: str) -> Any:
         cfg = self.server(name)
+        client = self._connect(name)
 
         async def calling() -> Any:
-            client = await self._client(name)
             return await client.call_tool(tool, args, read_timeout_seconds=cfg.timeout,
                                           meta={META_KEY: key})
 
@@ -316,8 +333,8 @@ def _spec(server: str, listed: dict[str, Any], cfg: McpServer, hub: McpHub) -> T
     return ToolSpec(name=model_name(server, tool), fn=call,
                     description=listed.get("description") or f"{tool} (MCP server {server})",
                     parameters=listed.get("input_schema") or {"type": "object"},
-                    timeout=cfg.timeout + 2, retries=cfg.retries, wants_idempotency_key=True,
-                    journaled=True)
+                    timeout=cfg.connect_timeout + cfg.timeout + 2, retries=cfg.retries,
+                    wants_idempotency_key=True, journaled=True, approval=cfg.approval)
 
 
 def call_key(run_id: str, path: str, position: int, name: str, args: dict[str, Any]) -> str:

@@ -57,7 +57,7 @@ def mcp_worker(mcp_env, tmp_path_factory):
     def start(name: str) -> processes.Service:
         service = processes.worker(f"{name}-{uuid.uuid4().hex[:6]}", [QUEUE], env=mcp_env,
                                    concurrency=8, log_dir=logs)
-        started.append(service.start())
+        started.append(service.start(timeout=120))  # a loaded machine starts slowly
         return service
 
     start("notes")
@@ -153,17 +153,40 @@ def test_a_runs_tool_list_is_pinned_when_first_resolved(legato, tmp_path):
         after.close()
 
 
+def test_an_mcp_tool_that_needs_approval_waits_then_runs_once(legato, fake, mcp_worker,
+                                                              notes_log):
+    note = f"approved {uuid.uuid4().hex[:6]}"
+    script_agent(fake, note)
+    agent = Agent(id="keeper", model="small", queue=QUEUE, max_turns=4,
+                  tools=[{"name": "mcp:notes/add_note", "approval": "required"},
+                         "mcp:notes/list_notes"],
+                  prompt="File this note, then list the notes: {{ input.note }}")
+    run_id = legato.submit(Pipeline(name="mcp_approval", steps=[agent]), {"note": note})
+    deadline = time.monotonic() + 60
+    while legato.status(run_id).status != "waiting":
+        assert time.monotonic() < deadline, legato.status(run_id)
+        time.sleep(0.1)
+    assert legato.status(run_id).awaiting == f'approval of notes__add_note({{"text": "{note}"}})'
+    assert calls(notes_log, tool="add_note", text=note) == []  # not called before approval
+    legato.signal(run_id, "keeper", {"decision": "approve"}, by="ana")
+
+    run = legato.wait(run_id, timeout=60)
+    assert run.status == "succeeded", run.error
+    assert len(calls(notes_log, tool="add_note", text=note)) == 1
+    assert legato.store.get_step(run_id, "keeper/approval[0]").detail["approval"]["by"] == "ana"
+
+
 def test_a_completed_mcp_call_is_not_sent_again_when_its_turn_runs_again(
         legato, fake, mcp_worker, notes_log):
     start, started = mcp_worker
-    victim = started[0]  # the only worker of QUEUE: it takes the turn
+    victim = started[0]  # the only worker of QUEUE (`notes-...`): it takes the turn
     note = f"once {uuid.uuid4().hex[:6]}"
     seconds = 20.0 + (uuid.uuid4().int % 1000) / 1000  # a nap no other test took
     script_agent(fake, note, extra=[{"name": "notes__nap", "arguments": {"seconds": seconds}}])
     agent = Agent(id="keeper", model="small", tools=["mcp:notes"], queue=QUEUE, max_turns=4,
                   prompt="File this note, then list the notes: {{ input.note }}")
     run_id = legato.submit(Pipeline(name="mcp_once", steps=[agent]), {"note": note})
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120  # a bound, not a measure: this machine may be loaded
     while not (calls(notes_log, tool="add_note", text=note)
                and calls(notes_log, tool="nap", seconds=seconds)):
         assert time.monotonic() < deadline, "the turn's calls never reached the server"
@@ -175,6 +198,7 @@ def test_a_completed_mcp_call_is_not_sent_again_when_its_turn_runs_again(
     run = legato.wait(run_id, timeout=60)
     assert run.status == "succeeded", run.error
     turn = legato.store.get_step(run_id, "keeper/turn[0]")
-    assert turn.attempt == 2  # the turn ran again, on the rescuer
+    assert turn.attempt >= 2 and turn.worker.startswith("rescuer"), turn  # ran again
     assert len(calls(notes_log, tool="add_note", text=note)) == 1  # never re-sent
-    assert len(calls(notes_log, tool="nap", seconds=seconds)) == 2  # not completed: sent again
+    transcript = legato.store.get_step(run_id, "keeper/turn[0]").output["messages"]
+    assert len(calls(notes_log, tool="nap", seconds=seconds)) == 2, transcript  # sent again
