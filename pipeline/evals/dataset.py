@@ -3,7 +3,8 @@
     {"input": {"text": "..."}, "expected": "..."}     one line each; `expected` is optional
 
 `--from-runs` takes a filter, comma-separated `key=value`: `pipeline=NAME`, `status=succeeded`,
-`eval=ID` (the runs of an earlier eval), `since=` / `until=` (ISO time, or seconds ago: `3600`,
+`eval=ID` (the runs of an earlier eval), `tag=KEY:VALUE` (runs tagged so at submit, where
+runs carry tags), `since=` / `until=` (ISO time, or seconds ago: `3600`,
 `2h`), `limit=N` (default 100). A recorded run's output becomes the item's `expected` unless
 `expected=none`.
 """
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from legato.store import RunStore
 
 _MISSING: Any = object()
-_FILTERS = ("pipeline", "status", "eval", "since", "until", "limit", "expected")
+_FILTERS = ("pipeline", "status", "eval", "tag", "since", "until", "limit", "expected")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -109,6 +110,10 @@ def from_runs(store: RunStore, text: str, *, now: float | None = None) -> list[I
             continue
         if filters.get("status") not in (None, run.status):
             continue
+        if "tag" in filters:
+            key, _, value = filters["tag"].partition(":")
+            if getattr(run, "tags", {}).get(key) != value:  # tags on runs: the console's
+                continue
         if (since is not None and run.created_at < since) or \
                 (until is not None and run.created_at > until):
             continue
