@@ -3,7 +3,8 @@ example pipeline `notes_keeper.yaml` and the MCP tests. Run: `python notes_serve
 `python notes_server.py http PORT` (streamable HTTP at /mcp).
 
 Every call is appended to NOTES_LOG (JSON Lines: tool, arguments, the idempotency key from
-`_meta`, a digest of the NOTES_TOKEN it was started with), so a test can count what reached it.
+`_meta`, a digest of the NOTES_TOKEN it was started with and, over HTTP, of the request's
+X-Notes-Token header), so a test can count what reached it and see its credential arrived.
 Without NOTES_TOKEN it refuses every call: the token is the credential the worker passes it.
 NOTES_EXTRA=1 adds a tool (`shout`), to change the tool list between runs.
 """
@@ -30,8 +31,11 @@ def _journal(tool: str, ctx: Context, **args: Any) -> None:
     if not TOKEN:
         raise ToolError("NOTES_TOKEN is not set: refused")
     meta = ctx.request_context.meta or {}
+    request = ctx.request_context.request  # over HTTP: the request, with the client's headers
+    header = request.headers.get("x-notes-token") if request is not None else None
     entry = {"tool": tool, "args": args, "key": meta.get("legato/idempotency_key"),
-             "token": hashlib.sha256(TOKEN.encode()).hexdigest()[:16], "pid": os.getpid()}
+             "token": hashlib.sha256(TOKEN.encode()).hexdigest()[:16], "pid": os.getpid(),
+             "header": hashlib.sha256(header.encode()).hexdigest()[:16] if header else None}
     with LOG.open("a") as f:
         f.write(json.dumps(entry) + "\n")
 

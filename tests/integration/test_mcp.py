@@ -1,14 +1,17 @@
 """MCP tools under Legato's tool rules, with the shipped notes server (tests/examples/) started
 by workers of this module from an mcp.yaml: the example agent files a note through it; a `tool`
-step calls one MCP tool with its idempotency key in `_meta`; a run's tool list is pinned when it
-is first resolved; a completed call is never sent again when its turn runs again on another
-worker; the server's credential reaches it and never Redis."""
+step calls one MCP tool with its idempotency key in `_meta`; a streamable-HTTP server gets its
+header; a run's tool list is pinned when it is first resolved; a call that needs approval waits
+for it; a completed call is never sent again when its turn runs again on another worker; the
+server's credential reaches it and never Redis."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -18,7 +21,7 @@ import pytest
 
 from legato import Legato, Pipeline, Tool
 from legato.errors import SpecError
-from legato.local import processes
+from legato.local import net, processes
 from legato.spec import Agent
 from legato.tools.mcp import McpHub, McpServer, pinned
 from legato.tools.runner import idempotency_key
@@ -151,6 +154,28 @@ def test_a_runs_tool_list_is_pinned_when_first_resolved(legato, tmp_path):
     finally:
         before.close()
         after.close()
+
+
+def test_a_streamable_http_server_gets_its_header_and_the_key(tmp_path, monkeypatch):
+    log = tmp_path / "http.jsonl"
+    port = net.free_port()
+    server = subprocess.Popen([sys.executable, str(SERVER), "http", str(port)],
+                              env={**os.environ, "NOTES_TOKEN": "t", "NOTES_LOG": str(log)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    monkeypatch.setenv("NOTES_HEADER_SECRET", SECRET)  # the calling process's environment
+    hub = McpHub({"notes": McpServer(url=f"http://127.0.0.1:{port}/mcp",
+                                     headers={"X-Notes-Token": "${NOTES_HEADER_SECRET}"})})
+    try:
+        net.wait_for_port("127.0.0.1", port, 60)
+        assert [t["name"] for t in hub.list_tools("notes")] == ["add_note", "list_notes", "nap"]
+        assert hub.call("notes", "add_note", {"text": "over http"}, "key-1") == "1 notes"
+        [entry] = calls(log, tool="add_note")
+        assert entry["key"] == "key-1"
+        assert entry["header"] == hashlib.sha256(SECRET.encode()).hexdigest()[:16]
+    finally:
+        hub.close()
+        server.terminate()
+        server.wait(10)
 
 
 def test_an_mcp_tool_that_needs_approval_waits_then_runs_once(legato, fake, mcp_worker,
