@@ -1,10 +1,11 @@
 """What a step's work is handed (`StepContext`) and gives back (`Outcome`): plain Python, no
-Celery, no Redis. The task base (legato.tasks.base) builds the context; kinds do the work."""
+Celery, and Redis only through the run store handed in (MCP tools pin and journal there). The
+task base (legato.tasks.base) builds the context; kinds do the work."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from legato import templates
 from legato.envelope import ModelAttempt, StepRef, Usage
@@ -14,6 +15,9 @@ from legato.models import Completion, Gateway, RunScope, ask
 from legato.models.config import ModelConfig
 from legato.models.transport import Client
 from legato.tools.toolbox import Toolbox
+
+if TYPE_CHECKING:
+    from legato.store import RunStore
 
 
 @dataclass
@@ -36,6 +40,7 @@ class StepContext:
     gateway: Gateway | None = None  # the process's; None: a bare one (no Redis policies)
     run: RunScope | None = None
     tools: Toolbox | None = None  # the process's; None: the installed one (tools/toolbox.py)
+    store: RunStore | None = None  # the process's run store: MCP's pinned tools and journal
     lease: str = ""  # the token of the journal lease this delivery holds (a wait parks with it)
 
     def __post_init__(self) -> None:

@@ -343,6 +343,9 @@ class ModelAttempt(_Record):
     attempts: list[HttpAttempt] | None = None  # None: no call was made (a cache hit or miss)
     rate_limited: float | None = None  # seconds waited for the alias's rate limit
     outcome: ModelOutcome | None = None  # None only while the call is in progress
+    # A cache hit: what the recorded call had used and how long it had taken (what was saved).
+    saved_usage: Usage | None = None
+    saved_seconds: float | None = None
 
 
 class Repair(_Record):

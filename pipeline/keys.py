@@ -21,7 +21,10 @@
     <p>:run:{<id>}:attempts    hash: step path -> attempts begun
     <p>:run:{<id>}:vote:<node>:votes|reached    quorum tallies (voting.py)
     <p>:run:{<id>}:children    hash: a `pipeline` step's path -> the child run it started
-    <p>:run:{<id>}:keys        set: the run's keys not named above (its votes'), for retention
+    <p>:run:{<id>}:mcp         hash: MCP server -> its tool list, pinned by the run's first use
+    <p>:run:{<id>}:toolcalls   hash: idempotency key -> a journaled tool call's result (MCP)
+    <p>:run:{<id>}:keys        set: the run's keys not named above (its votes', MCP's), for
+                               retention
     <p>:run:{<id>}:signals     hash: step path -> the signal that arrived for it (JSON), kept once
     <p>:run:{<id>}:parked      hash: step path -> what a parked step waits for, since, deadline
     <p>:park:sig               hash: "<run>|<path>" -> a parked step's signature, to resume it
@@ -51,6 +54,10 @@ Admission and fair shares (pipeline/admission.py; the scripts build the per-tena
     <p>:adm:spend:<tenant>:d:<yyyymmdd>|m:<yyyymm>   spend (from price tables) per day, month
     <p>:conc:<key>             sorted set: "<run>|<path>" holding a concurrency key's slots
     <p>:ratelimit:<alias>@<tenant>:requests|tokens  a tenant's own buckets on an alias
+Evals (pipeline/evals/):
+
+    <p>:eval:<id>:runs         set: the run ids an eval submitted (its arms' runs and judges')
+    <p>:evals                  sorted set: eval ids by when they started
 
 Lua scripts touch a run's keys and the global lease keys together, so Legato wants one Redis
 (a primary, with replicas if you like), not Redis Cluster.
@@ -108,6 +115,12 @@ class Keys:
         return [self.run(run_id), self.steps(run_id), self.outputs(run_id),
                 self.attempts(run_id), self.budget(run_id), self.signals(run_id),
                 self.parked(run_id), self.children(run_id), self.run_extras(run_id)]
+
+    def mcp_tools(self, run_id: str) -> str:
+        return f"{self.run(run_id)}:mcp"
+
+    def tool_calls(self, run_id: str) -> str:
+        return f"{self.run(run_id)}:toolcalls"
 
     def votes(self, run_id: str, node: str) -> str:
         return f"{self.run(run_id)}:vote:{node}:votes"
@@ -186,6 +199,12 @@ class Keys:
     def schedule_tick(self, name: str, tick: str) -> str:
         """a schedule's tick, claimed by the one beat that fires it"""
         return f"{self.schedule(name)}:tick:{tick}"
+    def eval_runs(self, eval_id: str) -> str:
+        return f"{self.prefix}:eval:{eval_id}:runs"
+
+    @property
+    def evals(self) -> str:
+        return f"{self.prefix}:evals"
 
     @property
     def runs(self) -> str:

@@ -23,7 +23,7 @@ from legato.kinds import wait as wait_kind
 from legato.kinds.chain import Chain
 from legato.models.config import ModelConfig
 from legato.spec import Pipeline
-from legato.tools import get_tool
+from legato.tools import get_tool, mcp
 from legato.tools.registry import ToolNotFound
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -279,8 +279,11 @@ def resolve(pipeline: Pipeline, models: dict[str, ModelConfig], *, source: str =
                 raise SpecError(str(exc), source=source, path=f"{where}.{field}") from None
         for field, name in kind.tools(visit.step):
             try:
-                get_tool(name)
-            except ToolNotFound as exc:
+                if mcp.is_ref(name):  # the producer never talks to MCP servers: a name only
+                    mcp.parse_ref(name)
+                else:
+                    get_tool(name)
+            except (ToolNotFound, ValueError) as exc:
                 raise SpecError(exc.args[0], source=source, path=f"{where}.{field}") from None
     chains = [("steps", pipeline.steps)] + [(f"{v.where}.steps", v.step.steps) for v in visits
                                             if isinstance(v.step, Chain)]

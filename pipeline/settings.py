@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     broker_url: str = ""  # empty: same as redis_url
     pipelines_dir: Path = Path("pipelines")
     models_file: str = ""  # empty: <pipelines_dir>/models.yaml
+    mcp_file: str = ""  # the MCP servers tool workers call; empty: <pipelines_dir>/mcp.yaml
     key_prefix: str = "legato"
     http_timeout: float = 60.0
     http_max_connections: int = 256
@@ -197,6 +198,10 @@ class Settings(BaseSettings):
     def schedules_path(self) -> Path:
         return (Path(self.schedules_file) if self.schedules_file
                 else self.pipelines_dir / "schedules.yaml")
+
+    @property
+    def mcp_path(self) -> Path:
+        return Path(self.mcp_file) if self.mcp_file else self.pipelines_dir / "mcp.yaml"
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: Any,

@@ -580,6 +580,54 @@ class RunStore:
         raw = self.redis.hgetall(self.keys.outputs(run_id))
         return {k: json.loads(v) for k, v in raw.items()}
 
+    # -- MCP tools: the lists a run pinned, the calls it journaled (pipeline/tools/mcp.py) -----
+
+    def pinned_tools(self, run_id: str, server: str) -> str | None:
+        return self.redis.hget(self.keys.mcp_tools(run_id), server)
+
+    def pin_tools(self, run_id: str, server: str, listing: str) -> str:
+        """Pin `listing` as the run's tool list of `server` unless one is pinned; the pinned."""
+        key = self.keys.mcp_tools(run_id)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hsetnx(key, server, listing)
+        pipe.sadd(self.keys.run_extras(run_id), key)  # expires with the run
+        pipe.hget(key, server)
+        return str(pipe.execute()[-1])
+
+    def tool_call(self, run_id: str, key: str) -> str | None:
+        return self.redis.hget(self.keys.tool_calls(run_id), key)
+
+    def record_tool_call(self, run_id: str, key: str, entry: str) -> None:
+        journal = self.keys.tool_calls(run_id)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(journal, key, entry)
+        pipe.sadd(self.keys.run_extras(run_id), journal)
+        pipe.execute()
+
+    # -- evals: the runs an eval made (pipeline/evals/) ----------------------------------------
+
+    def add_eval_run(self, eval_id: str, run_id: str) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zadd(self.keys.evals, {eval_id: time.time()}, nx=True)
+        pipe.sadd(self.keys.eval_runs(eval_id), run_id)
+        pipe.execute()
+
+    def eval_runs(self, eval_id: str) -> list[str]:
+        return sorted(self.redis.smembers(self.keys.eval_runs(eval_id)))
+
+    def delete_eval_run(self, eval_id: str, run_id: str) -> None:
+        """Delete a finished run of an eval with every key of its, and its index entries."""
+        extras = self.redis.smembers(self.keys.run_extras(run_id))
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.delete(*self.keys.of_run(run_id), *extras)
+        for index in (self.keys.runs, self.keys.active, self.keys.waiting):
+            pipe.zrem(index, run_id)
+        pipe.srem(self.keys.eval_runs(eval_id), run_id)
+        pipe.execute()
+
+    def forget_eval(self, eval_id: str) -> None:
+        self.redis.zrem(self.keys.evals, eval_id)
+
     # -- waiting -------------------------------------------------------------------------------
 
     def wait(self, run_id: str, timeout: float | None = None) -> RunRecord:

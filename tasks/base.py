@@ -325,7 +325,7 @@ def _work(record: StepRecord, work: Work, node: Node, spec: Pipeline, step: Step
                       step=StepRef(run_id=step.run_id, path=step.path), node=step.node,
                       item=step.item, index=step.index,
                       gateway=resources.gateway(), run=resources.run_scope(step.run_id, spec),
-                      tools=resources.tools(), lease=token)
+                      tools=resources.tools(), store=resources.store(), lease=token)
     error: StepError | None = None
     try:
         with observability.in_step(step.run_id, step.path):

@@ -50,7 +50,7 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.pid = os.getpid()  # the process that made it: only it may close what it holds
-        self.tools = Toolbox(hosts=settings.http_tool_hosts)
+        self.tools = Toolbox(hosts=settings.http_tool_hosts, mcp_file=settings.mcp_path)
         self._lock = threading.RLock()
         self._redis: Any = None
         self._store: RunStore | None = None

@@ -7,7 +7,12 @@ in the step's `tools`) is not called when the model asks: the turn ends with the
 `pending`, and `<step>/approval[i]` waits (parked, holding no task) for a signal to the agent
 step — `{"decision": "approve"}`, `{"decision": "reject", "reason": "..."}` (the reason is the
 tool's result the model sees) or `{"decision": "edit", "arguments": {...}}` (checked against
-the tool's arguments). Who decided, when and what is in that step's record."""
+the tool's arguments). Who decided, when and what is in that step's record.
+
+MCP servers' tools (`mcp:<server>` or `mcp:<server>/<tool>` in `tools`, pipeline/tools/mcp.py)
+come from the run's pinned list and are journaled: a call made once is answered from the record
+on every retry of its turn. They need approval when their entry says so (`{name: mcp:notes,
+approval: required}`: every tool of the server) or the worker's mcp.yaml does for the server."""
 
 from __future__ import annotations
 
@@ -26,7 +31,8 @@ from legato.fields import StepBase, Strict
 from legato.kinds.base import Kind, call_templates
 from legato.models import Gateway
 from legato.queues import LLM
-from legato.tools import get_tool
+from legato.tools import ToolSpec, get_tool, mcp
+from legato.tools import toolbox as toolboxes
 from legato.tools.runner import call_tool, idempotency_key
 
 if TYPE_CHECKING:
@@ -61,10 +67,16 @@ class Agent(StepBase):
     def tool_names(self) -> list[str]:
         return [t if isinstance(t, str) else t.name for t in self.tools]
 
-    def needs_approval(self, name: str) -> bool:
-        listed = any(isinstance(t, AgentTool) and t.name == name and t.approval == "required"
+    def needs_approval(self, name: str, spec: ToolSpec | None = None) -> bool:
+        """Whether a call of `name` (as the model names it) waits for a person: its entry says
+        so (an MCP tool's: `mcp:<server>` or `mcp:<server>/<tool>`), or the tool itself does."""
+        entries = {name}
+        if spec is not None and spec.journaled:  # an MCP tool, seen as <server>__<tool>
+            server, _, tool = name.partition("__")
+            entries = {f"mcp:{server}", f"mcp:{server}/{tool}"}
+        listed = any(isinstance(t, AgentTool) and t.name in entries and t.approval == "required"
                      for t in self.tools)
-        return listed or get_tool(name).approval == "required"
+        return listed or (spec or get_tool(name)).approval == "required"
 
 
 def agent_turn(step: Agent, ctx: StepContext, turn: int,
@@ -73,8 +85,9 @@ def agent_turn(step: Agent, ctx: StepContext, turn: int,
     parallel and their results (or errors, which the model gets to see) join the transcript.
     Output: `{"messages": transcript, "final": answer or None, "tool_calls": n}`."""
     messages = list(transcript or _opening(step, ctx))
-    specs = [get_tool(name) for name in step.tool_names]
-    params = {**step.params, "tools": [s.openai() for s in specs]} if specs else step.params
+    specs = tool_specs(step, ctx)
+    params = {**step.params, "tools": [s.openai() for s in specs.values()]} if specs \
+        else step.params
     gateway = ctx.gateway or Gateway(ctx.http)
     trace: list[ModelAttempt] = []
     reply = gateway.complete(ctx.models, step.model, messages, params=params,
@@ -90,9 +103,10 @@ def agent_turn(step: Agent, ctx: StepContext, turn: int,
         MessageToolCall(id=c.id or "", function=FunctionCall(
             name=c.name, arguments=json.dumps(c.arguments))) for c in calls]).wire())
     allowed, refused = calls[:step.max_tool_calls_per_turn], calls[step.max_tool_calls_per_turn:]
-    pending = [c for c in allowed if c.name in step.tool_names and step.needs_approval(c.name)]
+    pending = [c for c in allowed
+               if c.name in specs and step.needs_approval(c.name, specs[c.name])]
     now = [c for c in allowed if c not in pending]
-    results = run_tools(step, now, ctx)
+    results = run_tools(step, now, ctx, specs)
     over = json.dumps({"error": f"not run: a turn may make at most "
                                 f"{step.max_tool_calls_per_turn} tool calls"})
     results += [over] * len(refused)
@@ -106,12 +120,29 @@ def agent_turn(step: Agent, ctx: StepContext, turn: int,
     return Outcome(output, reply.usage, detail)
 
 
-def run_tools(step: Agent, calls: list[ToolCall], ctx: StepContext) -> list[str]:
+def run_tools(step: Agent, calls: list[ToolCall], ctx: StepContext,
+              specs: dict[str, ToolSpec] | None = None) -> list[str]:
     """The calls' results for the transcript, run in parallel."""
     if not calls:
         return []
+    known = specs if specs is not None else tool_specs(step, ctx)
     with ThreadPoolExecutor(max_workers=min(8, len(calls))) as pool:
-        return list(pool.map(lambda c: _use_tool(step, c, ctx), calls))
+        return list(pool.map(lambda ic: _use_tool(known, ic[1], ctx, ic[0]), enumerate(calls)))
+
+
+def tool_specs(step: Agent, ctx: StepContext) -> dict[str, ToolSpec]:
+    """The agent's tools by the name models see: registered ones, and MCP servers' tools from
+    the run's pinned lists (the first turn to ask pins them)."""
+    found: dict[str, ToolSpec] = {}
+    for name in step.tool_names:
+        if not mcp.is_ref(name):
+            found[name] = get_tool(name)
+            continue
+        box = ctx.tools or toolboxes.installed()
+        if ctx.store is None or box is None:
+            raise PermanentError("MCP tools run on a worker (they need its run store)")
+        found.update((s.name, s) for s in mcp.specs(name, ctx.store, ctx.step.run_id, box))
+    return found
 
 
 APPROVAL_SCHEMA: dict[str, Any] = {
@@ -142,6 +173,8 @@ def check_decision(pending: list[ToolCall], data: Any, where: str) -> dict[str, 
         if len(pending) != 1:
             raise SignalRefused(f"approval for {where} refused: an edit needs one pending call "
                                 f"({len(pending)} are)")
+        if mcp.is_model_name(pending[0].name):  # the MCP server checks its own arguments
+            return dict(data)
         try:
             schema.validate(get_tool(pending[0].name).parameters, data["arguments"])
         except (ValidationError, schema.SchemaProblem) as exc:
@@ -187,15 +220,25 @@ def _opening(step: Agent, ctx: StepContext) -> list[dict[str, Any]]:
     return [*messages, {"role": "user", "content": ctx.render(step.prompt)}]
 
 
-def _use_tool(step: Agent, call: ToolCall, ctx: StepContext) -> str:
+def _use_tool(specs: dict[str, ToolSpec], call: ToolCall, ctx: StepContext,
+              position: int) -> str:
     """A tool's result for the transcript; a refusal or failure is reported to the model. The
-    idempotency key is the agent step's (`ctx.node`), the same on every retry of the turn."""
+    idempotency key is the agent step's (`ctx.node`), the same on every retry of the turn; a
+    journaled (MCP) tool's is the call's place in this step, name and arguments — so a retried
+    turn whose model asks for the same call again gets the recorded result, whatever id the
+    model gave the call."""
     name = call.name
     try:
-        if name not in step.tool_names:
+        spec = specs.get(name)
+        if spec is None:
             raise PermanentError(f"tool {name!r} is not one of this agent's tools")
-        value = call_tool(get_tool(name), call.arguments, tools=ctx.tools,
-                          key=idempotency_key(ctx.step.run_id, ctx.node, call.id or ""))
+        if spec.journaled:
+            key = mcp.call_key(ctx.step.run_id, ctx.step.path, position, name, call.arguments)
+            value = mcp.call_journaled(spec, call.arguments, key=key, store=ctx.store,
+                                       run_id=ctx.step.run_id, tools=ctx.tools)
+        else:
+            value = call_tool(spec, call.arguments, tools=ctx.tools,
+                              key=idempotency_key(ctx.step.run_id, ctx.node, call.id or ""))
         return json.dumps({"tool": name, "result": value}, ensure_ascii=False, default=str)
     except StepError as exc:
         return json.dumps({"tool": name, "error": str(exc)}, ensure_ascii=False)

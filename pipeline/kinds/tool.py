@@ -12,7 +12,8 @@ from legato.errors import PermanentError
 from legato.fields import StepBase
 from legato.kinds.base import Kind
 from legato.queues import TOOLS
-from legato.tools import ToolNotFound, get_tool
+from legato.tools import ToolNotFound, get_tool, mcp
+from legato.tools import toolbox as toolboxes
 from legato.tools.runner import call_tool, idempotency_key
 
 if TYPE_CHECKING:
@@ -28,16 +29,28 @@ class Tool(StepBase):
 
 
 def run(step: Tool, ctx: StepContext) -> Outcome:
+    args = {k: ctx.render(v) if isinstance(v, str) else v for k, v in step.args.items()}
+    key = idempotency_key(ctx.step.run_id, ctx.step.path, "0")
+    if mcp.is_ref(step.tool):  # one tool of an MCP server, from the run's pinned list
+        if mcp.parse_ref(step.tool)[1] is None:
+            raise PermanentError(f"a tool step names one tool: mcp:<server>/<tool>, not "
+                                 f"{step.tool!r}")
+        store, box = ctx.store, ctx.tools or toolboxes.installed()
+        if store is None or box is None:
+            raise PermanentError("MCP tools run on a worker (they need its run store)")
+        spec = mcp.specs(step.tool, store, ctx.step.run_id, box)[0]
+        return Outcome(mcp.call_journaled(spec, args, key=key, store=store,
+                                          run_id=ctx.step.run_id, tools=box))
     try:
         spec = get_tool(step.tool)
     except ToolNotFound as exc:
         raise PermanentError(exc.args[0]) from None
-    args = {k: ctx.render(v) if isinstance(v, str) else v for k, v in step.args.items()}
-    key = idempotency_key(ctx.step.run_id, ctx.step.path, "0")
     return Outcome(call_tool(spec, args, key=key, tools=ctx.tools))
 
 
 def _own_queue(name: str) -> str | None:
+    if mcp.is_ref(name):  # the tools queue (or the step's own), where mcp.yaml is read
+        return None
     try:
         return get_tool(name).queue
     except ToolNotFound:

@@ -3,7 +3,8 @@
 The key is a hash of what decides a response: protocol, model, messages, params (after the
 deterministic defaults), schema and tools. Modes: `off`; `read-write` (a hit answers, a miss is
 called and stored); `replay` (a hit answers, a miss is an error: nothing reaches a model).
-Key: `<prefix>:cache:<sha256>` (JSON: text, usage, finish_reason, tool_calls).
+Key: `<prefix>:cache:<sha256>` (JSON: text, usage, finish_reason, tool_calls, and `seconds`: how
+long the recorded call took, so a hit can say what it saved).
 """
 
 from __future__ import annotations
@@ -45,17 +46,23 @@ class ResponseCache:
         return self.keys.cache(digest)
 
     def get(self, digest: str) -> Completion | None:
+        hit = self.lookup(digest)
+        return hit[0] if hit is not None else None
+
+    def lookup(self, digest: str) -> tuple[Completion, float] | None:
+        """The recorded response and how many seconds the recorded call took."""
         raw = self.redis.get(self._key(digest))
         if raw is None:
             return None
         data = json.loads(raw)
-        return Completion(text=data["text"], usage=Usage.model_validate(data["usage"]),
-                          finish_reason=data.get("finish_reason"),
-                          tool_calls=tuple(ToolCall.model_validate(c)
-                                           for c in data.get("tool_calls") or ()))
+        completion = Completion(text=data["text"], usage=Usage.model_validate(data["usage"]),
+                                finish_reason=data.get("finish_reason"),
+                                tool_calls=tuple(ToolCall.model_validate(c)
+                                                 for c in data.get("tool_calls") or ()))
+        return completion, float(data.get("seconds") or 0.0)
 
-    def put(self, digest: str, completion: Completion) -> None:
+    def put(self, digest: str, completion: Completion, seconds: float = 0.0) -> None:
         data = {"text": completion.text, "usage": completion.usage.model_dump(),
-                "finish_reason": completion.finish_reason,
+                "finish_reason": completion.finish_reason, "seconds": round(seconds, 6),
                 "tool_calls": [c.model_dump(mode="json") for c in completion.tool_calls]}
         self.redis.set(self._key(digest), json.dumps(data, ensure_ascii=False), ex=self.ttl)

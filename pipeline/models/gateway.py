@@ -99,9 +99,11 @@ class Gateway:
         digest = None
         if mode != "off" and self.cache is not None:
             digest = cache_key(primary, checked, schema=schema, params=params)
-            hit = self.cache.get(digest)
-            if hit is not None:  # no call made: nothing used, nothing charged
-                tried_models.append(ModelAttempt(model=alias, cached=digest[:16], outcome="ok"))
+            found = self.cache.lookup(digest)
+            if found is not None:  # no call made: nothing used, nothing charged
+                hit, seconds = found
+                tried_models.append(ModelAttempt(model=alias, cached=digest[:16], outcome="ok",
+                                                 saved_usage=hit.usage, saved_seconds=seconds))
                 return Completion(hit.text, Usage(), hit.finish_reason, hit.tool_calls)
             if mode == "replay":
                 tried_models.append(ModelAttempt(model=alias, cached=digest[:16],
@@ -114,7 +116,9 @@ class Gateway:
             reservation = self.budgets.check(run.run_id, run.budget, started_at=run.started_at,
                                              tokens=estimate,
                                              cost=estimated_cost(primary, estimate))
-        first = len(tried_models)  # the entry of the first model tried (for a tenant's wait)
+        # The call's attempts follow (a repair's trace is shared); the first is the entry a
+        # tenant's wait is added to.
+        first = len(tried_models)
         tenant_limit = self._tenant_limit(run, alias, checked, {**primary.params, **(params or {})})
         try:
             completion = self._complete(models, alias, checked, schema, params, tag,
@@ -130,7 +134,8 @@ class Gateway:
         if tenant_limit is not None:
             tenant_limit(completion.usage.total_tokens, tried_models[first:first + 1])
         if digest is not None and self.cache is not None:
-            self.cache.put(digest, completion)
+            seconds = sum(a.seconds for m in tried_models[first:] for a in m.attempts or ())
+            self.cache.put(digest, completion, seconds)
         return completion
 
     def _tenant_limit(self, run: RunScope | None, alias: str, checked: list[Message],

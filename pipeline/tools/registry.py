@@ -32,6 +32,7 @@ class ToolSpec:
     retries: int = 0
     queue: str | None = None
     wants_idempotency_key: bool = False
+    journaled: bool = False  # each call's result recorded in the run, never made twice (MCP)
     approval: Literal["none", "required"] = "none"  # required: an agent waits for a person
 
     def openai(self) -> dict[str, Any]:

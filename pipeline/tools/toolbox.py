@@ -19,19 +19,26 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from contextvars import ContextVar
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import httpx
+
+if TYPE_CHECKING:
+    from legato.tools.mcp import McpHub
 
 MAX_ABANDONED = 32  # timed-out calls of one tool still running in a process, at most
 
 
 class Toolbox:
-    def __init__(self, *, hosts: Iterable[str] = (), max_abandoned: int = MAX_ABANDONED) -> None:
+    def __init__(self, *, hosts: Iterable[str] = (), max_abandoned: int = MAX_ABANDONED,
+                 mcp_file: Path | None = None) -> None:
         self.hosts = tuple(h.strip().lower() for h in hosts if h.strip())
         self.max_abandoned = max_abandoned
+        self.mcp_file = mcp_file
         self._abandoned: Counter[str] = Counter()
         self._http: httpx.Client | None = None
+        self._mcp: McpHub | None = None
         self._lock = threading.Lock()
 
     def abandoned(self, name: str) -> int:
@@ -62,12 +69,30 @@ class Toolbox:
                 self._http = httpx.Client(follow_redirects=False)
             return self._http
 
+    @property
+    def mcp(self) -> McpHub:
+        """The MCP sessions of this process, over the servers of its mcp.yaml (read once)."""
+        from legato.errors import PermanentError, SpecError
+        from legato.tools.mcp import McpHub, load_servers
+
+        with self._lock:
+            if self._mcp is None:
+                try:
+                    servers = load_servers(self.mcp_file) if self.mcp_file else {}
+                except SpecError as exc:
+                    raise PermanentError(f"this worker's MCP servers: {exc}") from None
+                self._mcp = McpHub(servers)
+            return self._mcp
+
     def close(self) -> None:
-        """Close the client (a call still running finishes on its own thread)."""
+        """Close the clients and MCP sessions (a call still running finishes on its thread)."""
         with self._lock:
             client, self._http = self._http, None
+            hub, self._mcp = self._mcp, None
         if client is not None:
             client.close()
+        if hub is not None:
+            hub.close()
 
 
 class Call:
