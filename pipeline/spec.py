@@ -9,7 +9,7 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import Field, TypeAdapter
+from pydantic import Field, PrivateAttr, TypeAdapter
 
 from legato.fields import Concurrency, FanOutPolicy, Gate, ModelCall, StepBase, StepId, Strict
 from legato.kinds import KINDS, Step
@@ -57,8 +57,21 @@ class Pipeline(Strict):
         """Hash of the canonical JSON: a run is pinned to exactly this content."""
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:32]
 
+    # A pinned spec's canonical JSON, made once (`pin`): the graph's index is keyed by it, and
+    # every step looks its node up there.
+    _canonical: str | None = PrivateAttr(None)
+
     def canonical_json(self) -> str:
+        if self._canonical is not None:
+            return self._canonical
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def pin(self) -> Pipeline:
+        """Keep this spec's canonical JSON from now on: for a spec that no longer changes (one
+        read back from the store, which is content-addressed)."""
+        self._canonical = None
+        self._canonical = self.canonical_json()
+        return self
 
 
 PipelineSpec = Pipeline

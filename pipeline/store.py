@@ -660,7 +660,7 @@ def _cached_spec(client: Any, key: str) -> Pipeline:
     raw = client.get(key)
     if raw is None:
         raise KeyError(f"no pinned spec at {key}")
-    return pipeline_from_json(raw)
+    return pipeline_from_json(raw).pin()
 
 
 def _run_from_hash(raw: dict[str, str]) -> RunRecord:
