@@ -46,7 +46,8 @@ def _progress(console: Console) -> Progress:
 
 
 def submit_batch(legato: Legato, pipeline: str, inputs: list[Any], *,
-                 console: Console, idempotency_prefix: str | None = None) -> list[str]:
+                 console: Console, idempotency_prefix: str | None = None,
+                 tags: dict[str, str] | None = None) -> list[str]:
     spec = legato.load(pipeline)
     for number, item in enumerate(inputs, start=1):
         try:
@@ -60,7 +61,7 @@ def submit_batch(legato: Legato, pipeline: str, inputs: list[Any], *,
                                 total=len(inputs))
         for number, item in enumerate(inputs, start=1):
             key = f"{idempotency_prefix}-{number}" if idempotency_prefix else None
-            run_ids.append(legato.submit(spec, item, idempotency_key=key))
+            run_ids.append(legato.submit(spec, item, idempotency_key=key, tags=tags))
             progress.advance(bar)
     return run_ids
 

@@ -16,7 +16,7 @@ import importlib
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +29,11 @@ from legato.consumers import QueueWatch, first_queues
 from legato.envelope import RESUMABLE, RunRecord, StepRecord
 from legato.errors import InputError, RunNotFound, SpecError, StepError
 from legato.loader import find_pipeline, load_models, load_pipeline, resolve
+from legato.search import RunQuery, find_runs
 from legato.settings import Settings, get_settings
 from legato.spec import Pipeline
 from legato.store import RunStore
+from legato.tags import check_tags
 from legato.tools import load_tool_modules
 
 AppFactory = Callable[[Settings], Celery]
@@ -85,11 +87,14 @@ class Legato:
             raise _without_server_paths(exc, path, models_file) from None
 
     def submit(self, pipeline: str | Pipeline, input: Any, *,
-               idempotency_key: str | None = None, names_only: bool = False) -> str:
+               idempotency_key: str | None = None, names_only: bool = False,
+               tags: Mapping[str, str] | None = None) -> str:
         """Validate, record and enqueue one run; return its id. Raises SpecError or InputError.
 
         `names_only`: `pipeline` is a name in the pipelines directory, never a file path (what
-        `legato.submit` does for producers)."""
+        `legato.submit` does for producers). `tags`: labels stored on the run and searched by
+        (`runs(tags=...)`; limits in legato.tags)."""
+        checked_tags = check_tags(tags)
         if names_only:
             spec = self.load_named(pipeline) if isinstance(pipeline, str) else \
                 _refuse_object(pipeline)
@@ -99,7 +104,7 @@ class Legato:
         digest = self.store.put_spec(spec)
         record = RunRecord(id=uuid.uuid4().hex, pipeline=spec.name, spec_hash=digest,
                            status="queued", input=input, created_at=time.time(),
-                           idempotency_key=idempotency_key)
+                           idempotency_key=idempotency_key, tags=checked_tags)
         run_id = self.store.create_run(record)
         if run_id != record.id:  # the key was used before: that run is this job, if it is
             _same_job(self.store.get_run(run_id), spec.name, input, idempotency_key)
@@ -161,8 +166,16 @@ class Legato:
     def steps(self, run_id: str) -> list[StepRecord]:
         return self.store.get_steps(run_id)
 
-    def runs(self, *, status: str | None = None, limit: int = 20) -> list[RunRecord]:
-        return self.store.list_runs(status=status, limit=limit)
+    def runs(self, *, status: str | None = None, limit: int = 20, pipeline: str | None = None,
+             tags: Mapping[str, str] | None = None, since: float | None = None,
+             until: float | None = None, text: str | None = None) -> list[RunRecord]:
+        """Runs, newest first: in a state, of a pipeline, with all these tags, created in
+        [since, until), holding `text` in their input, output or error (legato.search)."""
+        if pipeline is None and not tags and since is None and until is None and not text:
+            return self.store.list_runs(status=status, limit=limit)
+        query = RunQuery(status=status, limit=limit, pipeline=pipeline, tags=dict(tags or {}),
+                         since=since, until=until, text=text)
+        return find_runs(self.store, query).runs
 
 
 def check_input(spec: Pipeline, value: Any, *, max_bytes: int | None = None) -> None:

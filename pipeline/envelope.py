@@ -129,6 +129,7 @@ class RunRecord(_Wire):
     resumes: int = 0
     waiting_for: str | None = None  # a queue no live worker serves, a step of the run sent there
     waiting_since: float | None = None
+    tags: dict[str, str] = Field(default_factory=dict)  # labels given at submit (tags.py)
 
     @property
     def done(self) -> bool:

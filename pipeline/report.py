@@ -80,6 +80,8 @@ def run_summary(run: RunRecord) -> Group:
     cost = f"  cost {u.cost:.6g}" if u.cost else ""  # from the models' `prices`
     lines.append(Text(f"took {took}  calls {u.calls}  tokens {u.prompt_tokens} in / "
                       f"{u.completion_tokens} out{cost}", style="dim"))
+    if run.tags:
+        lines.append(Text(f"tags {tags_line(run.tags)}", style="dim"))
     if run.waiting:
         lines.append(Text(run.waiting, style="yellow"))
     if run.error:
@@ -87,6 +89,11 @@ def run_summary(run: RunRecord) -> Group:
     if run.status == "succeeded":
         lines.append(Text.assemble("output: ", data(run.output)))
     return Group(*lines)
+
+
+def tags_line(tags: dict[str, str]) -> str:
+    """`k=v k2=v2` (tags are plain ASCII by construction; escaped all the same)."""
+    return clean(" ".join(f"{k}={v}" for k, v in tags.items()), newlines=False)
 
 
 def tree_order(steps: list[StepRecord]) -> list[StepRecord]:
@@ -116,16 +123,20 @@ class RunsView:
     def __init__(self, runs: list[RunRecord]) -> None:
         self.runs = runs
 
-    def _rows(self) -> Iterator[tuple[str, str, str, str, str, str]]:
+    def _rows(self) -> Iterator[tuple[str, ...]]:
+        tagged = any(r.tags for r in self.runs)
         for r in self.runs:
             created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at))
             took = _seconds(r.started_at, r.finished_at) if r.finished_at else ""
+            tags = (tags_line(r.tags),) if tagged else ()
             yield (clean(r.id, newlines=False), clean(r.pipeline, newlines=False), r.status,
-                   created, took, _preview(r.error or r.waiting or "", 200))
+                   created, took, *tags, _preview(r.error or r.waiting or "", 200))
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         rows = list(self._rows())
-        heads = ("run", "pipeline", "status", "created", "took")
+        heads: tuple[str, ...] = ("run", "pipeline", "status", "created", "took")
+        if any(r.tags for r in self.runs):
+            heads += ("tags",)
         fixed = [max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(heads)]
         # A column's cells and 3 characters between columns (rich's padding and rule).
         if sum(fixed) + 3 * len(heads) + self.ERROR_MIN <= options.max_width:
@@ -134,14 +145,17 @@ class RunsView:
                 table.add_column(head, no_wrap=True, min_width=width)
             table.add_column("error", overflow="fold", ratio=1)
             for row in rows:
-                table.add_row(Text(row[0]), Text(row[1]), status_text(row[2]), row[3], row[4],
-                              Text(row[5], style="red"))
+                table.add_row(Text(row[0]), Text(row[1]), status_text(row[2]),
+                              *map(Text, row[3:-1]), Text(row[-1], style="red"))
             yield table
             return
-        for run_id, pipeline, status, created, took, error in rows:
+        for row in rows:
+            run_id, pipeline, status, created, took, error = (*row[:5], row[-1])
             yield Text.assemble((run_id, "bold"), "  ", status_text(status), overflow="fold")
             rest = Text.assemble(pipeline, "  ", (created, "dim"), (f"  took {took}" if took
                                                                      else "", "dim"))
+            if len(row) == 7 and row[5]:
+                rest.append_text(Text(f"  tags {row[5]}", style="dim"))
             if error:
                 rest.append_text(Text(f"  error: {error}", style="red"))
             yield Padding(rest, (0, 0, 0, 2), expand=False)

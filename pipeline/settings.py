@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
 ModelTransport = Literal["aiohttp", "httpx"]
@@ -111,6 +111,14 @@ class Settings(BaseSettings):
     # The OpenAI-compatible API the example models.yaml points at (read there as
     # `${LEGATO_MODEL_BASE_URL}`); `legato demo` uses it instead of starting a model.
     model_base_url: str = ""
+    # `legato serve` (the console, pipeline/console/): a bearer token, or a user and password
+    # for basic auth; one is required unless it is started with --no-auth.
+    console_token: SecretStr | None = None
+    console_user: str = ""
+    console_password: SecretStr | None = None
+    # Origins whose pages may call the console's API from a browser (comma-separated); empty:
+    # CORS off, only the console's own pages.
+    console_cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
     # The OpenTelemetry SDK's own names (no LEGATO_ prefix), read here with the rest.
     otel_service_name: str = Field(
         "legato", validation_alias=AliasChoices("otel_service_name", "OTEL_SERVICE_NAME"))
@@ -139,6 +147,11 @@ class Settings(BaseSettings):
     @field_validator("tool_modules", mode="before")
     @classmethod
     def _modules(cls, value: Any) -> Any:
+        return _comma_list(value)
+
+    @field_validator("console_cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: Any) -> Any:
         return _comma_list(value)
 
     @field_validator("http_tool_hosts", mode="before")

@@ -228,7 +228,7 @@ class RunStore:
         raw = self.redis.hgetall(self.keys.run(run_id))
         if not raw or "id" not in raw:  # none, or fields a late writer left after it expired
             raise RunNotFound(f"no run {run_id!r}")
-        return _run_from_hash(raw)
+        return run_from_hash(raw)
 
     def list_runs(self, *, status: str | None = None, limit: int = 20) -> list[RunRecord]:
         runs: list[RunRecord] = []
@@ -243,8 +243,25 @@ class RunStore:
                 pipe.hgetall(self.keys.run(run_id))
             for raw in pipe.execute():
                 if raw and (status is None or raw.get("status") == status):
-                    runs.append(_run_from_hash(raw))
+                    runs.append(run_from_hash(raw))
         return runs[:limit]
+
+    def runs_by_time(self, high: str, low: str, *, start: int, num: int
+                     ) -> list[tuple[dict[str, str], float]]:
+        """Run records newest first, created in [low, high] (ZRANGEBYSCORE bounds: `(` for an
+        open end, `-inf`), from the `start`th on, at most `num`, each with its creation time
+        in the index; a run gone meanwhile is an empty record. Two round trips."""
+        entries = self.redis.zrevrangebyscore(self.keys.runs, high, low, start=start, num=num,
+                                              withscores=True)
+        pipe = self.redis.pipeline(transaction=False)
+        for run_id, _ in entries:
+            pipe.hgetall(self.keys.run(run_id))
+        return list(zip(pipe.execute(), (float(s) for _, s in entries), strict=True)) \
+            if entries else []
+
+    def done_channel(self, run_id: str) -> str:
+        """The pub/sub channel a run's completion is announced on (`wait` listens there)."""
+        return self.keys.done(run_id)
 
     def run_ids_with_prefix(self, prefix: str, *, limit: int = 10) -> list[str]:
         """Ids in the runs index that start with `prefix` (at most `limit`; a scan of the
@@ -311,9 +328,11 @@ class RunStore:
 
     @staticmethod
     def _run_fields(record: RunRecord) -> dict[str, str]:
-        data = record.model_dump(exclude={"usage", "input", "output"}, exclude_none=True)
+        data = record.model_dump(exclude={"usage", "input", "output", "tags"}, exclude_none=True)
         out = {k: (repr(v) if isinstance(v, float) else str(v)) for k, v in data.items()}
         out["input"] = _dumps(record.input)
+        if record.tags:
+            out["tags"] = _dumps(record.tags)
         return out
 
     # -- steps ---------------------------------------------------------------------------------
@@ -435,7 +454,7 @@ def _cached_spec(client: Any, key: str) -> Pipeline:
     return pipeline_from_json(raw)
 
 
-def _run_from_hash(raw: dict[str, str]) -> RunRecord:
+def run_from_hash(raw: dict[str, str]) -> RunRecord:
     def num(name: str) -> float | None:
         return float(raw[name]) if raw.get(name) else None
 
@@ -454,6 +473,7 @@ def _run_from_hash(raw: dict[str, str]) -> RunRecord:
         resumes=int(raw.get("resumes", 0)),
         waiting_for=raw.get("waiting_for") or None,
         waiting_since=num("waiting_since"),
+        tags=json.loads(raw["tags"]) if raw.get("tags") else {},
         usage=Usage(
             prompt_tokens=int(raw.get("prompt_tokens", 0)),
             completion_tokens=int(raw.get("completion_tokens", 0)),

@@ -3,9 +3,11 @@
     send_task("legato.submit", kwargs={"pipeline": "summarize", "input": {...}})
     send_task("legato.status", kwargs={"run_id": "..."})
 
-`legato.submit` returns `{"run_id": ...}`. The pipeline is a *name* in the worker's pipelines
-directory, never a file path (producers are less trusted than workers: docs/security.md). In a
-chain, the previous task's result becomes the input when no `input` is given
+`legato.submit` returns `{"run_id": ...}`; kwargs `idempotency_key` and `tags` (an object of
+`key: value` strings, checked as `legato.tags` says) are optional. The pipeline is a *name* in
+the worker's pipelines directory, never a file path (producers are less trusted than workers:
+docs/security.md). In a chain, the previous task's result becomes the input when no `input` is
+given
 (`chain(fetch.s(), submit.s(pipeline="summarize"))`). A bad pipeline or input fails the task with
 SpecError or InputError, and nothing is written. The failure a client sees carries the error's
 one line and no traceback: no server path, file content or listing.
@@ -50,7 +52,7 @@ def _legato() -> Legato:
 
 @app.task(name="legato.submit", bind=True, ignore_result=False)
 def submit(self: Task, previous: Any = _NO_INPUT, *, pipeline: str, input: Any = _NO_INPUT,
-           idempotency_key: str | None = None) -> dict[str, str]:
+           idempotency_key: str | None = None, tags: Any = None) -> dict[str, str]:
     try:
         if input is _NO_INPUT:
             if previous is _NO_INPUT:
@@ -58,7 +60,7 @@ def submit(self: Task, previous: Any = _NO_INPUT, *, pipeline: str, input: Any =
                                  "whose result is the input")
             input = previous
         run_id = _legato().submit(pipeline, input, idempotency_key=idempotency_key,
-                                  names_only=True)
+                                  names_only=True, tags=tags)
     except LegatoError as exc:
         logger.warning("refused a job: run=- pipeline=%s: %s: %s", _one_line(repr(pipeline), 200),
                        type(exc).__name__, _one_line(str(exc), 500))

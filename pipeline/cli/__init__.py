@@ -254,4 +254,4 @@ def main() -> None:
         sys.exit(EXIT_INTERNAL)
 
 
-from legato.cli import runs, stack  # noqa: E402, F401  (register the commands)
+from legato.cli import runs, serve, stack  # noqa: E402, F401  (register the commands)

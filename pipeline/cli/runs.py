@@ -33,6 +33,18 @@ from legato.errors import InputError, RunNotFound, SpecError
 from legato.report import clean
 
 RunId = Annotated[str, typer.Argument(help="a run id, or a unique prefix of one")]
+TagOption = Annotated[list[str] | None, typer.Option(
+    "--tag", help="key=value; repeat for more (letters, digits and _ . - / in keys)")]
+
+
+def tags_of(pairs: list[str] | None) -> dict[str, str]:
+    """--tag options as checked tags; exit 2 naming a bad one."""
+    from legato.tags import parse_tags
+
+    try:
+        return parse_tags(pairs or [])
+    except InputError as exc:
+        fail(str(exc))
 MODELS_FILES = ("models.yaml", "models.yml")
 
 
@@ -90,6 +102,7 @@ def submit(
     timeout: Annotated[float, typer.Option(
         help="seconds to wait; then exit 3 (the run goes on)")] = 600.0,
     idempotency_key: Annotated[str | None, typer.Option(help="same key, same run")] = None,
+    tag: TagOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Submit one job; print its run id (or, with --wait, its outcome).
@@ -97,13 +110,15 @@ def submit(
     Exit codes: 0 ok (with --wait: succeeded); 1 the run failed or was cancelled;
     2 refused (bad pipeline or input); 3 --wait timed out (the run goes on).
     """
+    tags = tags_of(tag)
     legato = legato_client()
     if input.startswith("@") and input.endswith(".jsonl"):
-        submit_batch(legato, pipeline, Path(input[1:]), wait, timeout, idempotency_key, as_json)
+        submit_batch(legato, pipeline, Path(input[1:]), wait, timeout, idempotency_key, as_json,
+                     tags)
         return
     payload = read_input(input)
     try:
-        run_id = legato.submit(pipeline, payload, idempotency_key=idempotency_key)
+        run_id = legato.submit(pipeline, payload, idempotency_key=idempotency_key, tags=tags)
     except RecursionError:  # the input's depth is already bounded: the pipeline file is not
         fail(f"{pipeline}: the pipeline nests too deeply to load")
     except SpecError as exc:
@@ -120,7 +135,7 @@ def submit(
 
 
 def submit_batch(legato: Legato, pipeline: str, path: Path, wait: bool, timeout: float,
-                  key_prefix: str | None, as_json: bool) -> None:
+                  key_prefix: str | None, as_json: bool, tags: dict[str, str]) -> None:
     from legato.batch import read_jsonl, submit_batch, wait_all
     from legato.report import runs_table
 
@@ -140,7 +155,7 @@ def submit_batch(legato: Legato, pipeline: str, path: Path, wait: bool, timeout:
         fail(f"--input @{path}: cannot read it: {getattr(exc, 'strerror', None) or exc}")
     try:
         run_ids = submit_batch(legato, pipeline, inputs, console=err,
-                               idempotency_prefix=key_prefix)
+                               idempotency_prefix=key_prefix, tags=tags)
     except RecursionError:
         fail(f"{pipeline}: the pipeline nests too deeply to load")
     except SpecError as exc:
@@ -276,6 +291,11 @@ def replay(
 @app.command()
 def runs(
     status: Annotated[str | None, typer.Option(help="only runs in this state")] = None,
+    pipeline: Annotated[str | None, typer.Option(help="only runs of this pipeline")] = None,
+    tag: Annotated[list[str] | None, typer.Option(
+        "--tag", help="only runs with this key=value tag; repeat: all of them")] = None,
+    search: Annotated[str | None, typer.Option(
+        help="only runs with this text in their input, output or error (any case)")] = None,
     limit: int = 20,
     as_json: JsonFlag = False,
 ) -> None:
@@ -285,7 +305,10 @@ def runs(
 
     if status is not None and status not in RUN_STATUSES:
         fail(f"no run state {status!r}: one of {', '.join(sorted(RUN_STATUSES))}")
-    records = legato_client().runs(status=status, limit=limit)
+    if limit < 1:
+        fail(f"--limit {limit}: at least 1")
+    records = legato_client().runs(status=status, limit=limit, pipeline=pipeline,
+                                   tags=tags_of(tag), text=search)
     if as_json:
         print_json([r.model_dump(mode="json") for r in records])
     else:

@@ -133,3 +133,16 @@ def flower(port: int, *, env: dict[str, str], basic_auth: str | None = None,
         env = {**env, "FLOWER_BASIC_AUTH": basic_auth}
     return Service("flower", argv, env=env, ready=r"Visit me at|Registered tasks",
                    log_dir=log_dir)
+
+
+def console(port: int, *, env: dict[str, str], token: str | None = None, no_auth: bool = False,
+            log_dir: Path | None = None) -> Service:
+    """`legato serve` on 127.0.0.1:`port`; the token (LEGATO_CONSOLE_TOKEN) goes in its
+    environment, never on its command line."""
+    argv = [sys.executable, "-m", "legato.cli", "serve", "--port", str(port)]
+    if no_auth:
+        argv.append("--no-auth")
+    if token:
+        env = {**env, "LEGATO_CONSOLE_TOKEN": token}
+    return Service("console", argv, env=env, ready=r"Uvicorn running on (http://\S+)",
+                   log_dir=log_dir)

@@ -47,4 +47,5 @@ def test_mypy_sees_real_types_in_legato_tasks_and_workers(tmp_path: Path) -> Non
     # Celery itself is untyped (Any); the parameter is Legato's own type.
     assert create_app.startswith("def (settings: legato.settings.Settings | None =)")
     assert submit == ("def (pipeline: str | legato.spec.Pipeline, input: Any, *, "
-                      "idempotency_key: str | None =, names_only: bool =) -> str")
+                      "idempotency_key: str | None =, names_only: bool =, "
+                      "tags: typing.Mapping[str, str] | None =) -> str")
