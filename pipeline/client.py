@@ -16,14 +16,14 @@ import importlib
 import json
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from celery import Celery
 from pydantic import ValidationError
 
-from legato import schema
+from legato import events, schema
 from legato.compile import Compiler
 from legato.consumers import QueueWatch, first_queues
 from legato.envelope import RESUMABLE, RunRecord, StepRecord
@@ -162,6 +162,13 @@ class Legato:
         if record.status != "succeeded":
             raise StepError(f"run {run_id} {record.status}: {record.error}")
         return record.output
+
+    def stream(self, run_id: str, last_id: str | None = None, *,
+               follow: bool = True) -> Iterator[events.Event]:
+        """The run's events (legato.events), from after `last_id` (the start if None), as they
+        come; ends with the run (a `RunFinished` event). `follow=False`: what is there now."""
+        self.store.get_run(run_id)  # RunNotFound for an unknown id
+        return self.store.events(run_id, last_id=last_id, follow=follow)
 
     def steps(self, run_id: str) -> list[StepRecord]:
         return self.store.get_steps(run_id)

@@ -18,6 +18,7 @@
     <p>:poisoned               hash: poison messages set aside, by reason (and `total`)
     <p>:run:{<id>}:attempts    hash: step path -> attempts begun
     <p>:run:{<id>}:vote:<node>:votes|reached    quorum tallies (voting.py)
+    <p>:run:{<id>}:events      stream: the run's events (step lifecycle, model tokens; events.py)
     <p>:run:{<id>}:keys        set: the run's keys not named above (its votes'), for retention
 
 The model layer's shared state (pipeline/models/):
@@ -61,6 +62,10 @@ class Keys:
     def attempts(self, run_id: str) -> str:
         return f"{self.run(run_id)}:attempts"
 
+    def events(self, run_id: str) -> str:
+        """stream: the run's events, model tokens among them (legato.events)"""
+        return f"{self.run(run_id)}:events"
+
     def run_extras(self, run_id: str) -> str:
         """set: the run's keys whose names are not fixed (its votes'), so they expire with it"""
         return f"{self.run(run_id)}:keys"
@@ -69,7 +74,8 @@ class Keys:
         """Every key a run owns by a fixed name, the run hash first and its extras set (which
         lists the rest) last."""
         return [self.run(run_id), self.steps(run_id), self.outputs(run_id),
-                self.attempts(run_id), self.budget(run_id), self.run_extras(run_id)]
+                self.attempts(run_id), self.budget(run_id), self.events(run_id),
+                self.run_extras(run_id)]
 
     def votes(self, run_id: str, node: str) -> str:
         return f"{self.run(run_id)}:vote:{node}:votes"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import ssl
 import time
+from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
 
@@ -15,6 +16,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from legato import events
 from legato.envelope import TERMINAL, RunRecord, StepRecord, TerminalStatus, Usage
 from legato.errors import RunNotFound
 from legato.journal import Journal
@@ -52,8 +54,9 @@ end
 """
 
 # KEYS: active, waiting, then the run's keys (Keys.of_run: the run hash first, the extras set
-# last). ARGV: channel, status, run id, ttl (0: keep), idempotency key prefix, field/value
-# pairs... Terminal states are final; a finished run's keys expire after the ttl.
+# last, its event stream just before). ARGV: channel, status, run id, ttl (0: keep), idempotency
+# key prefix, field/value pairs... Terminal states are final; a finished run's keys expire after
+# the ttl; a run that streamed events gets a last one, `run_finished`.
 _FINISH = lua_set("TERMINAL", TERMINAL) + _EACH_KEY + """
 local status = redis.call('HGET', KEYS[3], 'status')
 if not status or TERMINAL[status] then
@@ -64,6 +67,15 @@ redis.call('HDEL', KEYS[3], 'waiting_for', 'waiting_since')
 redis.call('ZREM', KEYS[1], ARGV[3])
 redis.call('ZREM', KEYS[2], ARGV[3])
 redis.call('PUBLISH', ARGV[1], ARGV[2])
+local events = KEYS[#KEYS - 1]  -- the run's event stream: watchers stop at this entry
+if redis.call('EXISTS', events) == 1 then
+  local err = redis.call('HGET', KEYS[3], 'error')
+  if err then
+    redis.call('XADD', events, '*', 'type', 'run_finished', 'status', ARGV[2], 'error', err)
+  else
+    redis.call('XADD', events, '*', 'type', 'run_finished', 'status', ARGV[2])
+  end
+end
 local ttl = tonumber(ARGV[4])
 if ttl > 0 then
   each_key(function(k) redis.call('EXPIRE', k, ttl) end, 3, ARGV[5])
@@ -414,6 +426,16 @@ class RunStore:
         raw = self.redis.hgetall(self.keys.steps(run_id))
         records = [StepRecord.model_validate_json(v) for v in raw.values()]
         return sorted(records, key=lambda r: (r.started_at or 0, r.path))
+
+    def events(self, run_id: str, *, last_id: str | None = None,
+               follow: bool = True) -> Iterator[events.Event]:
+        """The run's event stream (legato.events) after `last_id`, ending with the run."""
+        def finished() -> str | None:
+            status = self.get_run(run_id).status
+            return status if status in TERMINAL else None
+
+        return events.read(self.redis, self.keys, run_id, last_id=last_id, finished=finished,
+                           follow=follow)
 
     def get_outputs(self, run_id: str) -> dict[str, Any]:
         raw = self.redis.hgetall(self.keys.outputs(run_id))

@@ -1,5 +1,5 @@
-"""Commands about jobs and runs: submit, status, show, report, cancel, resume, replay, runs,
-validate."""
+"""Commands about jobs and runs: submit, status, show, watch, report, cancel, resume, replay,
+runs, validate."""
 
 from __future__ import annotations
 
@@ -359,3 +359,34 @@ def prune(older_than: Annotated[str, typer.Option(
     rather than when LEGATO_RUN_TTL expires them."""
     gone = legato_client().store.prune(older_than=_duration(older_than))
     out.print(f"pruned {gone} run{'s' if gone != 1 else ''}")
+
+
+@app.command()
+def watch(
+    run_id: RunId,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="print each event as a JSON line instead of the live view")] = False,
+    after: Annotated[str | None, typer.Option(
+        "--after", help="start after this event id (resume a watch)")] = None,
+) -> None:
+    """Follow a run live: each step's model text as it streams, aborted attempts marked; ends
+    when the run ends (exit 1 if it did not succeed)."""
+    from rich.live import Live
+
+    from legato.watch import RunView
+
+    legato = legato_client()
+    run_id = resolve_run(legato, run_id)
+    view = RunView()
+    if as_json:
+        for event in legato.stream(run_id, after):
+            view.apply(event)
+            out.print_json(event.model_dump_json(), highlight=False, indent=None)
+    else:
+        with Live(view.render(), console=out, refresh_per_second=8,
+                  transient=False) as live:
+            for event in legato.stream(run_id, after):
+                view.apply(event)
+                live.update(view.render())
+    if view.status != "succeeded":
+        raise typer.Exit(EXIT_RUN_FAILED)

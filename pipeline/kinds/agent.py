@@ -18,6 +18,7 @@ from legato.errors import PermanentError, StepError
 from legato.fields import StepBase
 from legato.kinds.base import Kind, call_templates
 from legato.models import Gateway
+from legato.publisher import answering
 from legato.queues import LLM
 from legato.tools import get_tool
 from legato.tools.runner import call_tool, idempotency_key
@@ -53,8 +54,9 @@ def agent_turn(step: Agent, ctx: StepContext, turn: int,
     params = {**step.params, "tools": [s.openai() for s in specs]} if specs else step.params
     gateway = ctx.gateway or Gateway(ctx.http)
     trace: list[ModelAttempt] = []
-    reply = gateway.complete(ctx.models, step.model, messages, params=params,
-                             step=ctx.step, run=ctx.run, trace=trace)
+    with answering(ctx.stream):
+        reply = gateway.complete(ctx.models, step.model, messages, params=params,
+                                 step=ctx.step, run=ctx.run, trace=trace, stream=ctx.stream)
     detail: dict[str, Any] = {"model_calls": trace}
     if not reply.tool_calls:
         messages.append(Message(role="assistant", content=reply.text).wire())
