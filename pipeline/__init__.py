@@ -15,6 +15,7 @@ from legato.errors import (
     OutputInvalid,
     PermanentError,
     RunNotFound,
+    SignalRefused,
     SpecError,
     StepError,
     TransientError,
@@ -40,6 +41,7 @@ from legato.spec import (
     Route,
     Tool,
     Vote,
+    Wait,
 )
 from legato.tools import tool
 
@@ -71,6 +73,7 @@ __all__ = [
     "Route",
     "RunNotFound",
     "RunRecord",
+    "SignalRefused",
     "SpecError",
     "StepError",
     "StepRecord",
@@ -79,6 +82,7 @@ __all__ = [
     "TransientError",
     "Usage",
     "Vote",
+    "Wait",
     "load_pipeline",
     "tool",
 ]

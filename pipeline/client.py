@@ -31,6 +31,7 @@ from legato.errors import InputError, RunNotFound, SpecError, StepError
 from legato.loader import find_pipeline, load_models, load_pipeline, resolve
 from legato.search import RunQuery, find_runs
 from legato.settings import Settings, get_settings
+from legato.signals import SignalReply, send_signal
 from legato.spec import Pipeline
 from legato.store import RunStore
 from legato.tags import check_tags
@@ -126,7 +127,18 @@ class Legato:
     def cancel(self, run_id: str, reason: str = "cancelled") -> bool:
         """Stop a run: steps not yet begun will not run. False if it had already finished."""
         self.store.get_run(run_id)  # RunNotFound for an unknown id
-        return self.store.finish_run(run_id, "cancelled", error=reason)
+        cancelled = self.store.finish_run(run_id, "cancelled", error=reason)
+        if cancelled:
+            self.store.waits.forget(run_id)  # its parked steps are never to be resumed
+        return cancelled
+
+    def signal(self, run_id: str, step: str, data: Any = None, *,
+               by: str | None = None) -> SignalReply:
+        """Signal the wait step `step` (id or path) of a run: `data` (checked against the
+        step's schema) becomes its output, and the run goes on. Sent before the run reaches the
+        step, the signal is kept until it does. Refused (SignalRefused, nothing changed): no
+        such step, not a wait, a finished run, a payload off the schema, already signalled."""
+        return send_signal(self.store, self.app, run_id, step, data, by=by)
 
     def resume(self, run_id: str) -> None:
         """Continue a failed or cancelled run: its completed steps are reused, the rest run."""

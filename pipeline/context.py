@@ -38,6 +38,7 @@ class StepContext:
     run: RunScope | None = None
     tools: Toolbox | None = None  # the process's; None: the installed one (tools/toolbox.py)
     stream: StepStream | None = None  # the run's event stream, for this attempt (None: off)
+    lease: str = ""  # the token of the journal lease this delivery holds (a wait parks with it)
 
     def __post_init__(self) -> None:
         self.node = self.node or self.step.path

@@ -21,9 +21,10 @@ from typing import Any, ClassVar, Literal, TypeAlias, get_args
 from pydantic import BaseModel, ConfigDict, Field, model_serializer
 from pydantic.functional_serializers import SerializerFunctionWrapHandler
 
-StepStatus = Literal["running", "succeeded", "failed", "skipped"]
+StepStatus = Literal["running", "waiting", "succeeded", "failed", "skipped"]
 TerminalStatus = Literal["succeeded", "failed", "cancelled"]
-RunStatus = Literal["queued", "running", TerminalStatus]
+# `waiting`: a step of the run is parked (pipeline/waits.py), holding no task and no worker slot.
+RunStatus = Literal["queued", "running", "waiting", TerminalStatus]
 
 STEP_STATUSES: frozenset[str] = frozenset(get_args(StepStatus))
 RUN_STATUSES: frozenset[str] = frozenset(get_args(RunStatus))
@@ -129,6 +130,8 @@ class RunRecord(_Wire):
     resumes: int = 0
     waiting_for: str | None = None  # a queue no live worker serves, a step of the run sent there
     waiting_since: float | None = None
+    awaiting: str | None = None  # while `waiting`: what a parked step waits for (waits.py)
+    awaiting_since: float | None = None
     tags: dict[str, str] = Field(default_factory=dict)  # labels given at submit (tags.py)
 
     @property
@@ -138,8 +141,15 @@ class RunRecord(_Wire):
     @property
     def waiting(self) -> str | None:
         """"waiting for a worker on queue X since T", while a step of the run sits in a queue
-        that no live worker consumes (the sweeper fails the run after LEGATO_UNSERVED_SECONDS)."""
-        if self.done or not self.waiting_for:
+        that no live worker consumes (the sweeper fails the run after LEGATO_UNSERVED_SECONDS);
+        "waiting for a signal to step S since T" while a step of it is parked."""
+        if self.done:
+            return None
+        if self.status == "waiting" and self.awaiting:
+            since = time.strftime("%H:%M:%S",
+                                  time.localtime(self.awaiting_since or self.created_at))
+            return f"waiting for {self.awaiting} since {since}"
+        if not self.waiting_for:
             return None
         since = time.strftime("%H:%M:%S", time.localtime(self.waiting_since or self.created_at))
         return f"waiting for a worker on queue {self.waiting_for} since {since}"

@@ -6,6 +6,8 @@ run-time error is retried is decided by its *type*::
     LegatoError
     ├── SpecError            bad pipeline definition (file + path inside it + reason)
     ├── InputError           job input does not match the pipeline's input schema
+    │   └── SignalRefused    a signal for no such step, a step not waiting, a finished run,
+    │                        a payload off its schema, or one already signalled
     ├── RunNotFound          no run with that id
     └── StepError            something failed while running
         ├── TransientError   retry with backoff (HTTP 429/5xx, timeouts, connection errors)
@@ -59,6 +61,10 @@ class SpecError(LegatoError):
 
 class InputError(LegatoError):
     """A job input was refused before anything was enqueued."""
+
+
+class SignalRefused(InputError):
+    """A signal was refused, and nothing changed (legato.signals)."""
 
 
 class RunNotFound(LegatoError):

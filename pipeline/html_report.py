@@ -30,7 +30,7 @@ def escape(text: str) -> str:
     return _html_escape(clean(str(text)))
 
 COLOURS = {"succeeded": "#2e9d4f", "failed": "#d0343b", "running": "#e0a800", "queued": "#3b82c4",
-            "cancelled": "#a040a0", "skipped": "#9aa0a6"}
+           "cancelled": "#a040a0", "skipped": "#9aa0a6", "waiting": "#6a5acd"}
 _ROW, _LABEL, _CHART = 26, 260, 820
 
 CSS = """
@@ -171,7 +171,9 @@ def run_header(run: RunRecord) -> str:
                f'{took} · {u.calls} model calls · {u.prompt_tokens} tokens in / '
                f'{u.completion_tokens} out{f" · cost {u.cost:.6g}" if u.cost else ""} · spec '
                f'{escape(run.spec_hash[:12])}</p>')
-    result = (f'<p class="error">{escape(run.error)}</p>' if run.error else
+    waiting = f'<p class="waiting" id="run-waiting">{escape(run.waiting)}</p>' \
+        if run.status == "waiting" and run.waiting else ""
+    result = waiting + (f'<p class="error">{escape(run.error)}</p>' if run.error else
               f'<div class="label">output</div><pre id="run-output">{escape(_json(run.output))}'
               f'</pre>' if run.done or run.output is not None else "")
     tags = "".join(f'<span class="tag">{escape(k)}={escape(v)}</span> '

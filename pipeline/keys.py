@@ -20,6 +20,11 @@
     <p>:run:{<id>}:vote:<node>:votes|reached    quorum tallies (voting.py)
     <p>:run:{<id>}:events      stream: the run's events (step lifecycle, model tokens; events.py)
     <p>:run:{<id>}:keys        set: the run's keys not named above (its votes'), for retention
+    <p>:run:{<id>}:signals     hash: step path -> the signal that arrived for it (JSON), kept once
+    <p>:run:{<id>}:parked      hash: step path -> what a parked step waits for, since, deadline
+    <p>:park:sig               hash: "<run>|<path>" -> a parked step's signature, to resume it
+    <p>:park:deadlines         sorted set: "<run>|<path>" of parked steps with a timeout, by it
+    <p>:park:resuming          sorted set: "<run>|<path>" signalled, re-send not yet confirmed
 
 The model layer's shared state (pipeline/models/):
 
@@ -70,12 +75,20 @@ class Keys:
         """set: the run's keys whose names are not fixed (its votes'), so they expire with it"""
         return f"{self.run(run_id)}:keys"
 
+    def signals(self, run_id: str) -> str:
+        """hash: step path -> the signal stored for it (pipeline/waits.py)"""
+        return f"{self.run(run_id)}:signals"
+
+    def parked(self, run_id: str) -> str:
+        """hash: step path -> what the parked step waits for (JSON: for, since, deadline)"""
+        return f"{self.run(run_id)}:parked"
+
     def of_run(self, run_id: str) -> list[str]:
         """Every key a run owns by a fixed name, the run hash first and its extras set (which
         lists the rest) last."""
         return [self.run(run_id), self.steps(run_id), self.outputs(run_id),
                 self.attempts(run_id), self.budget(run_id), self.events(run_id),
-                self.run_extras(run_id)]
+                self.signals(run_id), self.parked(run_id), self.run_extras(run_id)]
 
     def votes(self, run_id: str, node: str) -> str:
         return f"{self.run(run_id)}:vote:{node}:votes"
@@ -140,6 +153,20 @@ class Keys:
     @property
     def lease_sig(self) -> str:
         return f"{self.prefix}:lease:sig"
+
+    @property
+    def park_sig(self) -> str:
+        """hash: "<run>|<path>" -> the parked step's own signature (its continuation)"""
+        return f"{self.prefix}:park:sig"
+
+    @property
+    def park_deadlines(self) -> str:
+        return f"{self.prefix}:park:deadlines"
+
+    @property
+    def park_resuming(self) -> str:
+        """sorted set: parked steps signalled whose re-send is not yet confirmed, by when"""
+        return f"{self.prefix}:park:resuming"
 
 
 def lease_member(run_id: str, path: str) -> str:

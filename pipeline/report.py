@@ -24,6 +24,7 @@ from legato.envelope import RunRecord, StepRecord
 # Every run and step state (envelope.py lists them; a test checks none is missing).
 STATUS_STYLE: dict[str, str] = {
     "succeeded": "green", "failed": "red", "running": "yellow", "queued": "cyan",
+    "waiting": "blue",
     "cancelled": "magenta", "skipped": "dim"}
 
 

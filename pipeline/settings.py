@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     lease_seconds: float = 15.0
     heartbeat_seconds: float = 5.0
     sweep_seconds: float = 5.0
+    # A parked step that was signalled but whose re-send was never confirmed (its sender died
+    # between storing the signal and sending) is sent again by the sweeper after this long.
+    resume_grace_seconds: float = 30.0
     # A finished run's keys (record, journal, outputs, attempts, votes, budget, idempotency key)
     # expire after this many seconds; 0 keeps them. `legato prune` deletes earlier on demand.
     run_ttl: float = 7 * 24 * 3600

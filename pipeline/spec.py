@@ -21,6 +21,7 @@ from legato.kinds.orchestrate import Orchestrate
 from legato.kinds.parallel import Aggregate, Parallel, Vote
 from legato.kinds.route import Classifier, Route
 from legato.kinds.tool import Tool
+from legato.kinds.wait import Wait
 from legato.models.config import Breaker, Budget, ModelConfig, Prices, RateLimit
 
 STEP_KINDS = tuple(KINDS)
@@ -29,7 +30,7 @@ __all__ = [
     "STEP_KINDS", "Agent", "Aggregate", "Breaker", "Budget", "Chain", "Classifier", "Evaluate",
     "FanOutPolicy", "Gate", "Llm", "ModelCall", "ModelConfig", "Orchestrate", "Parallel",
     "Pipeline", "PipelineSpec", "Prices", "RateLimit", "Route", "Step", "StepBase", "StepId",
-    "Tool", "Vote", "pipeline_from_json",
+    "Tool", "Vote", "Wait", "pipeline_from_json",
 ]
 
 

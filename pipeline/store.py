@@ -25,6 +25,7 @@ from legato.kinds.orchestrate import plan_path
 from legato.lua import lua_set
 from legato.spec import Pipeline, pipeline_from_json
 from legato.voting import Ballot
+from legato.waits import Waits
 
 # KEYS: run, idem key (or the run key again), runs index, active. ARGV: id, created_at, fields...
 _CREATE = """
@@ -63,7 +64,7 @@ if not status or TERMINAL[status] then
   return 0
 end
 redis.call('HSET', KEYS[3], 'status', ARGV[2], unpack(ARGV, 6))
-redis.call('HDEL', KEYS[3], 'waiting_for', 'waiting_since')
+redis.call('HDEL', KEYS[3], 'waiting_for', 'waiting_since', 'awaiting', 'awaiting_since')
 redis.call('ZREM', KEYS[1], ARGV[3])
 redis.call('ZREM', KEYS[2], ARGV[3])
 redis.call('PUBLISH', ARGV[1], ARGV[2])
@@ -105,7 +106,8 @@ local status = redis.call('HGET', KEYS[2], 'status')
 if not status then return 'missing' end
 if not string.find(' ' .. ARGV[3] .. ' ', ' ' .. status .. ' ', 1, true) then return status end
 redis.call('HSET', KEYS[2], 'status', 'running')
-redis.call('HDEL', KEYS[2], 'error', 'finished_at', 'output', 'waiting_for', 'waiting_since')
+redis.call('HDEL', KEYS[2], 'error', 'finished_at', 'output', 'waiting_for', 'waiting_since',
+           'awaiting', 'awaiting_since')
 redis.call('HINCRBY', KEYS[2], 'resumes', 1)
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 each_key(function(k) redis.call('PERSIST', k) end, 2, ARGV[4])
@@ -196,6 +198,7 @@ class RunStore:
         self.run_ttl = int(run_ttl)  # a finished run's keys expire after this (0: never)
         self.journal = Journal(client, self.keys)
         self.ballot = Ballot(client, self.keys)  # quorum votes' tallies
+        self.waits = Waits(client, self.keys)  # parked steps and their signals
         self._create = client.register_script(_CREATE)
         self._finish = client.register_script(_FINISH)
         self._reopen = client.register_script(_REOPEN)
@@ -495,6 +498,8 @@ def run_from_hash(raw: dict[str, str]) -> RunRecord:
         resumes=int(raw.get("resumes", 0)),
         waiting_for=raw.get("waiting_for") or None,
         waiting_since=num("waiting_since"),
+        awaiting=raw.get("awaiting") or None,
+        awaiting_since=num("awaiting_since"),
         tags=json.loads(raw["tags"]) if raw.get("tags") else {},
         usage=Usage(
             prompt_tokens=int(raw.get("prompt_tokens", 0)),

@@ -139,8 +139,8 @@ def journaled(task: Task, step: StepInput, kind: str, work: Work, *,
     stream = _stream(step, begin.attempt)
     keeper = resources.keeper()
     keeper.hold(step.run_id, step.path, token)
-    try:
-        error = _work(record, work, node, spec, step, begin, final, stream)
+    try:  # a step that parks (legato.waits.Parked) ends here: no end record, its lease moved
+        error = _work(record, work, node, spec, step, begin, final, token, stream)
     finally:
         keeper.release(step.run_id, step.path)
     retry_in = _hold_for_retry(task, record, error, settings)
@@ -186,7 +186,8 @@ def journaled_many(task: Task, steps: list[StepInput], kind: str,
             streams[i] = _stream(steps[i], begin.attempt)
             keeper.hold(run_id, steps[i].path, token)
             future = resources.batch_pool().submit(_work, records[i], work, nodes[i], spec,
-                                                   steps[i], begin, False, streams[i])
+                                                   steps[i], begin, False, token,
+                                                   streams[i])
             running[future] = i
     retry_in: float | None = None
     pending, first_done = set(running), 0.0
@@ -311,15 +312,17 @@ def _retry_in(task: Task, error: StepError | None, settings: Settings) -> float 
 
 
 def _work(record: StepRecord, work: Work, node: Node, spec: Pipeline, step: StepInput,
-          begin: Begin, final: bool, stream: StepStream | None = None) -> StepError | None:
-    """Do the work into `record`; every exception becomes a failed record. Returns the step
-    error it failed with (retry is decided by its type), if any."""
+          begin: Begin, final: bool, token: str, stream: StepStream | None = None
+          ) -> StepError | None:
+    """Do the work into `record`; every exception but Celery's Ignore (a step that parked)
+    becomes a failed record. Returns the step error it failed with (retry is decided by its
+    type), if any."""
     ctx = StepContext(input=begin.input, outputs=begin.outputs, models=spec.models,
                       http=resources.transport(),
                       step=StepRef(run_id=step.run_id, path=step.path), node=step.node,
                       item=step.item, index=step.index,
                       gateway=resources.gateway(), run=resources.run_scope(step.run_id, spec),
-                      tools=resources.tools(), stream=stream)
+                      tools=resources.tools(), stream=stream, lease=token)
     error: StepError | None = None
     try:
         with observability.in_step(step.run_id, step.path):
@@ -329,6 +332,8 @@ def _work(record: StepRecord, work: Work, node: Node, spec: Pipeline, step: Step
             check_gate(node.step.gate, outcome.output, ctx)
         record.status, record.output = "succeeded", outcome.output
         record.usage, record.detail = outcome.usage, outcome.detail
+    except Ignore:  # parked (legato.waits): the step is not over
+        raise
     except StepError as exc:
         record.status, record.error, record.error_type = "failed", _redacted(str(exc)), \
             type(exc).__name__

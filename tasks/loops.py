@@ -14,13 +14,14 @@ from celery import Task
 from legato import graph, paths
 from legato.compile import Compiler
 from legato.context import Outcome, StepContext
-from legato.envelope import StepInput
+from legato.envelope import StepInput, ToolCall
 from legato.errors import BudgetExceeded
 from legato.graph import Node
-from legato.kinds.agent import Agent, agent_turn
+from legato.kinds.agent import Agent, agent_turn, awaiting_approval, decide, turn_path
 from legato.kinds.evaluate import Evaluate, evaluate_round, next_move
 from legato.spec import Pipeline, Step
 from legato.tasks.base import StepTask, journaled, step_task, upstream_failure
+from legato.tasks.waiting import park_or_take
 from legato.workers import resources
 from legato.workers.app import app
 
@@ -38,11 +39,13 @@ def _loop_step(envelope: StepInput) -> Step:
     return graph.node(resources.store().get_spec(envelope.spec_hash), envelope.node).step
 
 
-def _go_on(task: Task, envelope: StepInput, label: str) -> NoReturn:
-    """Become the next iteration, on the queue this one came from."""
-    i = (envelope.index or 0) + 1
+def _go_on(task: Task, envelope: StepInput, label: str, *, step: int = 1,
+           item: Any = None) -> NoReturn:
+    """Become the next iteration (`step` 0: this iteration's `label` part), on the queue this
+    one came from."""
+    i = (envelope.index or 0) + step
     following = envelope.model_copy(update={"path": paths.part(envelope.node, label, i),
-                                            "index": i})
+                                            "index": i, "item": item})
     compiler = Compiler(app, envelope.run_id, envelope.spec_hash)
     raise task.replace(compiler.again(task.name, following, task.request))
 
@@ -86,7 +89,9 @@ def agent(self: StepTask, prev: Any = None, *, step: StepInput) -> dict[str, Any
     if failed := upstream_failure(prev):
         return failed
     turn = step.index or 0
-    last = _previous(step, "turn")
+    if isinstance(step.item, dict) and step.item.get("approval"):
+        return _approval(self, step, turn)
+    last = _previous(step, "approval") or _previous(step, "turn")  # approved calls' results
     transcript = last["messages"] if last else None
 
     def work(ctx: StepContext, node: Node, _: Pipeline) -> Outcome:
@@ -99,6 +104,8 @@ def agent(self: StepTask, prev: Any = None, *, step: StepInput) -> dict[str, Any
     spec_agent = _loop_step(step)
     assert isinstance(spec_agent, Agent)
     answer = result.output["final"]
+    if result.output.get("pending"):  # a call waits for a person: `<step>/approval[turn]`
+        _go_on(self, step, "approval", step=0, item={"approval": True})
     if answer is None and turn + 1 < spec_agent.max_turns:
         _go_on(self, step, "turn")
 
@@ -109,3 +116,30 @@ def agent(self: StepTask, prev: Any = None, *, step: StepInput) -> dict[str, Any
         return Outcome(answer, detail={"turns": turn + 1, "tool_calls": calls})
 
     return _close(self, step, "agent", close)
+
+
+def _approval(task: Task, step: StepInput, turn: int) -> dict[str, Any]:
+    """Wait (parked) for the approver's decision on the turn's pending calls, carry it out,
+    then go on to the next turn (or close the step, at the last)."""
+    proposed = resources.store().get_step(step.run_id, turn_path(step.node, turn))
+    assert proposed is not None and proposed.output is not None
+    pending = [ToolCall.model_validate(c) for c in proposed.output["pending"]]
+
+    def work(ctx: StepContext, node: Node, _: Pipeline) -> Outcome:
+        assert isinstance(node.step, Agent)
+        signal = park_or_take(ctx, "approval", awaiting_approval(pending), timeout=None,
+                              detail={"proposed": [c.model_dump() for c in pending]})
+        return decide(node.step, pending, signal, ctx, proposed.output["messages"])
+
+    result = journaled(task, step, "approval", work, final=False)
+    if not result.ok:
+        return result.wire()
+    spec_agent = _loop_step(step)
+    assert isinstance(spec_agent, Agent)
+    if turn + 1 < spec_agent.max_turns:
+        _go_on(task, step.model_copy(update={"item": None}), "turn")
+    return _close(task, step, "agent", lambda: _out_of_turns(turn))
+
+
+def _out_of_turns(turn: int) -> Outcome:
+    raise BudgetExceeded(f"the agent used its {turn + 1} turns without a final answer")

@@ -93,3 +93,9 @@ def process_id() -> int:
 def leaky() -> str:
     """A tool whose error echoes a credential, as a careless client library's might."""
     raise RuntimeError("upstream said 401 for Authorization: Bearer sk-live-0123456789abcdefXYZ")
+
+
+@tool(approval="required")
+def refund(order: int, amount: float) -> str:
+    """Refunds an order: a person approves each call first."""
+    return f"refunded {amount:g} on order {order}"

@@ -55,7 +55,8 @@ from legato.workers import broker, observability, runtime, tls, unserved
 from legato.workers.backend import backend_url
 from legato.workers.celery_config import WIRE_AND_DELIVERY
 
-TASK_MODULES = tuple(f"legato.tasks.{m}" for m in ("steps", "flow", "loops", "finish", "submit"))
+TASK_MODULES = tuple(f"legato.tasks.{m}" for m in ("steps", "flow", "loops", "waiting",
+                                                     "finish", "submit"))
 
 
 class LegatoApp(Celery):

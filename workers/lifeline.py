@@ -25,6 +25,7 @@ from legato.envelope import RunRecord
 from legato.errors import RunNotFound
 from legato.keys import split_member
 from legato.settings import Settings
+from legato.signals import send_timeout
 from legato.store import RunStore
 
 log = logging.getLogger("legato.lifeline")
@@ -113,7 +114,8 @@ class Sweeper(_Loop):
         """One pass; returns what it did."""
         self._advertise()
         done = {"redispatched": self._redispatch(), "recovered": 0, "failed": 0, "finished": 0,
-                "unserved": self._unserved()}
+                "unserved": self._unserved(), "timed_out": self._timeouts(),
+                "resumed": self._resumes(), "waiting": 0}
         for run_id in self.store.claim_stalled(quiet_for=self.settings.stall_seconds):
             done[self._recover(run_id)] += 1
         done["pruned"] = self._prune()
@@ -182,6 +184,27 @@ class Sweeper(_Loop):
             self.store.bump(run_id, "redispatches")
         return len(claimed)
 
+    def _timeouts(self) -> int:
+        """End the waits whose timeout passed, through the same atomic claim as a signal."""
+        fired = 0
+        for run_id, path in self.store.waits.claim_deadlines(
+                now=time.time(), retry_in=max(30.0, 2 * self.settings.sweep_seconds)):
+            if send_timeout(self.store, self.app, run_id, path) is not None:
+                fired += 1
+        return fired
+
+    def _resumes(self) -> int:
+        """Send again the parked steps that were signalled but whose sender died before it
+        confirmed the send (a second delivery is harmless: the journal memo)."""
+        claimed = self.store.waits.claim_resumes(
+            now=time.time(), grace_seconds=self.settings.resume_grace_seconds)
+        for run_id, path, signature in claimed:
+            log.warning("step %s of run %s was signalled but not resumed: sending it", path,
+                        run_id)
+            self.app.signature(signature).apply_async()
+            self.store.waits.confirm(run_id, path)
+        return len(claimed)
+
     def _recover(self, run_id: str) -> str:
         try:
             run = self.store.get_run(run_id)
@@ -190,6 +213,9 @@ class Sweeper(_Loop):
             return "failed"
         if run.done:  # it reached a terminal state (envelope.TERMINAL) since it was claimed
             return "finished"
+        if run.status == "waiting":  # parked for a signal: quiet on purpose (legato.waits)
+            self.store.forget_active(run_id)
+            return "waiting"
         if self.store.bump(run_id, "recoveries") > self.settings.max_recoveries:
             quiet = int(self.settings.stall_seconds)
             why = f" ({run.waiting})" if run.waiting else ""

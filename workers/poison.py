@@ -136,7 +136,8 @@ def _check_arguments(task: Any, args: list[Any], kwargs: dict[str, Any]) -> None
 @lru_cache(maxsize=256)
 def _signature_of(task: Any) -> tuple[inspect.Signature, dict[str, TypeAdapter[Any]]]:
     """The task's call signature (without `self` for bound tasks) and a validator per argument:
-    the step envelope for `step`/`steps`, else the annotation, if it has one."""
+    the step envelope for `step`/`steps` of a step task, else the annotation, if it has one
+    (`legato.signal`'s `step` is a step's name, a str)."""
     run = task.run
     signature = inspect.signature(run)
     try:
@@ -145,7 +146,7 @@ def _signature_of(task: Any) -> tuple[inspect.Signature, dict[str, TypeAdapter[A
         hints = {}
     adapters: dict[str, TypeAdapter[Any]] = {}
     for name in signature.parameters:
-        if name in _ENVELOPES:
+        if name in _ENVELOPES and "StepInput" in str(hints.get(name, "StepInput")):
             adapters[name] = _ENVELOPES[name]
         elif name in hints:
             try:

@@ -84,18 +84,19 @@ def say(message: str, style: str = "") -> None:
     out.print(Text(clean(message), style=style), highlight=False, soft_wrap=True)
 
 
-def read_input(value: str) -> Any:
+def read_input(value: str, flag: str = "--input") -> Any:
+    """JSON given on the command line, or `@file`; exit 2 naming `flag` if it is not."""
     if value.startswith("@"):
         path = Path(value[1:])
         try:
             text = path.read_text()
         except FileNotFoundError:
-            fail(f"--input {value}: no such file")
+            fail(f"{flag} {value}: no such file")
         except (OSError, UnicodeDecodeError) as exc:
-            fail(f"--input {value}: cannot read it: {getattr(exc, 'strerror', None) or exc}")
-        where = f"--input {value}"
+            fail(f"{flag} {value}: cannot read it: {getattr(exc, 'strerror', None) or exc}")
+        where = f"{flag} {value}"
     else:
-        text, where = value, "--input"
+        text, where = value, flag
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

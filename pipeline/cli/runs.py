@@ -1,5 +1,5 @@
-"""Commands about jobs and runs: submit, status, show, watch, report, cancel, resume, replay,
-runs, validate."""
+"""Commands about jobs and runs: submit, status, show, watch, report, cancel, resume, signal,
+replay, runs, validate."""
 
 from __future__ import annotations
 
@@ -261,6 +261,26 @@ def resume(
     print_run(record, False)
     if record.status != "succeeded":
         raise typer.Exit(EXIT_RUN_FAILED)
+
+
+@app.command()
+def signal(
+    run_id: RunId,
+    step: Annotated[str, typer.Argument(help="the wait step (its id or path)")],
+    data: Annotated[str, typer.Option("--data", help="the payload: JSON, or @file")] = "null",
+    by: Annotated[str | None, typer.Option(help="who sends it (kept in the step record)")] = None,
+) -> None:
+    """Send a signal to a waiting step: its payload (checked against the step's schema) becomes
+    the step's output and the run goes on. Sent early, it is kept until the run gets there."""
+    payload = read_input(data, "--data")
+    legato = legato_client()
+    run_id = resolve_run(legato, run_id)
+    try:
+        reply = legato.signal(run_id, step, payload, by=by)
+    except (RunNotFound, InputError) as exc:
+        fail(str(exc))
+    say(f"signalled {run_id} step {reply.path}: " + (
+        "resumed" if reply.state == "resumed" else "kept until the run reaches it"))
 
 
 @app.command()

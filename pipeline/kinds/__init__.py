@@ -12,7 +12,7 @@ from typing import Annotated, Any, Union
 
 from pydantic import Field
 
-from legato.kinds import agent, chain, evaluate, llm, orchestrate, parallel, route, tool
+from legato.kinds import agent, chain, evaluate, llm, orchestrate, parallel, route, tool, wait
 from legato.kinds.base import Kind
 
 KINDS: dict[str, Kind] = {k.name: k for k in (
@@ -24,13 +24,14 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     orchestrate.OrchestrateKind(),
     evaluate.EvaluateKind(),
     agent.AgentKind(),
+    wait.WaitKind(),
 )}
 
 # Every step spec, tagged by its literal `kind`.
 Step = Annotated[
     Union[  # noqa: UP007
         llm.Llm, tool.Tool, chain.Chain, route.Route, parallel.Parallel,
-        orchestrate.Orchestrate, evaluate.Evaluate, agent.Agent,
+        orchestrate.Orchestrate, evaluate.Evaluate, agent.Agent, wait.Wait,
     ],
     Field(discriminator="kind"),
 ]

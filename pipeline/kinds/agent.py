@@ -1,6 +1,13 @@
 """`agent`: a model that calls tools until it answers — one task per turn at
 `<step>/turn[i]`, the turn's tool calls in parallel, at most `max_turns` turns (and the run's
-budget). A turn's output is its transcript so far; the turn that answers closes the step."""
+budget). A turn's output is its transcript so far; the turn that answers closes the step.
+
+A tool that needs approval (`@tool(approval="required")`, or `{name: x, approval: required}`
+in the step's `tools`) is not called when the model asks: the turn ends with the call
+`pending`, and `<step>/approval[i]` waits (parked, holding no task) for a signal to the agent
+step — `{"decision": "approve"}`, `{"decision": "reject", "reason": "..."}` (the reason is the
+tool's result the model sees) or `{"decision": "edit", "arguments": {...}}` (checked against
+the tool's arguments). Who decided, when and what is in that step's record."""
 
 from __future__ import annotations
 
@@ -9,13 +16,13 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 
-from legato import paths
+from legato import paths, schema
 from legato.context import Outcome, StepContext
 from legato.envelope import FunctionCall, Message, MessageToolCall, ModelAttempt, ToolCall
-from legato.errors import PermanentError, StepError
-from legato.fields import StepBase
+from legato.errors import PermanentError, SignalRefused, StepError
+from legato.fields import StepBase, Strict
 from legato.kinds.base import Kind, call_templates
 from legato.models import Gateway
 from legato.publisher import answering
@@ -29,6 +36,13 @@ if TYPE_CHECKING:
     from legato.compile import Compiler
 
 
+class AgentTool(Strict):
+    """A tool in an agent's list, with what it needs before each call."""
+
+    name: str
+    approval: Literal["none", "required"] = "none"
+
+
 class Agent(StepBase):
     """A model that calls tools until it answers: one task per turn, the turn's tool calls in
     parallel, at most `max_turns` turns (and the run's budget)."""
@@ -37,11 +51,21 @@ class Agent(StepBase):
     model: str
     prompt: str
     system: str | None = None
-    tools: list[str] = Field(default_factory=list, description="registered tool names")
+    tools: list[str | AgentTool] = Field(
+        default_factory=list, description="registered tool names, or {name, approval}")
     max_turns: int = Field(6, ge=1, le=50)
     max_tool_calls_per_turn: int = Field(
         16, ge=1, le=256, description="calls a turn may run; the model is told of the rest")
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def tool_names(self) -> list[str]:
+        return [t if isinstance(t, str) else t.name for t in self.tools]
+
+    def needs_approval(self, name: str) -> bool:
+        listed = any(isinstance(t, AgentTool) and t.name == name and t.approval == "required"
+                     for t in self.tools)
+        return listed or get_tool(name).approval == "required"
 
 
 def agent_turn(step: Agent, ctx: StepContext, turn: int,
@@ -50,7 +74,7 @@ def agent_turn(step: Agent, ctx: StepContext, turn: int,
     parallel and their results (or errors, which the model gets to see) join the transcript.
     Output: `{"messages": transcript, "final": answer or None, "tool_calls": n}`."""
     messages = list(transcript or _opening(step, ctx))
-    specs = [get_tool(name) for name in step.tools]
+    specs = [get_tool(name) for name in step.tool_names]
     params = {**step.params, "tools": [s.openai() for s in specs]} if specs else step.params
     gateway = ctx.gateway or Gateway(ctx.http)
     trace: list[ModelAttempt] = []
@@ -68,17 +92,96 @@ def agent_turn(step: Agent, ctx: StepContext, turn: int,
         MessageToolCall(id=c.id or "", function=FunctionCall(
             name=c.name, arguments=json.dumps(c.arguments))) for c in calls]).wire())
     allowed, refused = calls[:step.max_tool_calls_per_turn], calls[step.max_tool_calls_per_turn:]
-    with ThreadPoolExecutor(max_workers=min(8, len(allowed))) as pool:
-        results = list(pool.map(lambda c: _use_tool(step, c, ctx), allowed))
+    pending = [c for c in allowed if c.name in step.tool_names and step.needs_approval(c.name)]
+    now = [c for c in allowed if c not in pending]
+    results = run_tools(step, now, ctx)
     over = json.dumps({"error": f"not run: a turn may make at most "
                                 f"{step.max_tool_calls_per_turn} tool calls"})
     results += [over] * len(refused)
     if refused:
         detail["refused_tool_calls"] = len(refused)
-    for call, result in zip(calls, results, strict=True):
+    for call, result in zip(now + refused, results, strict=True):
         messages.append(Message(role="tool", tool_call_id=call.id, content=result).wire())
-    return Outcome({"messages": messages, "final": None, "tool_calls": len(allowed)},
-                   reply.usage, detail)
+    output: dict[str, Any] = {"messages": messages, "final": None, "tool_calls": len(now)}
+    if pending:  # their results come after the approval (`<step>/approval[turn]`)
+        output["pending"] = [c.model_dump() for c in pending]
+    return Outcome(output, reply.usage, detail)
+
+
+def run_tools(step: Agent, calls: list[ToolCall], ctx: StepContext) -> list[str]:
+    """The calls' results for the transcript, run in parallel."""
+    if not calls:
+        return []
+    with ThreadPoolExecutor(max_workers=min(8, len(calls))) as pool:
+        return list(pool.map(lambda c: _use_tool(step, c, ctx), calls))
+
+
+APPROVAL_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["decision"], "additionalProperties": False,
+    "properties": {"decision": {"enum": ["approve", "reject", "edit"]},
+                   "reason": {"type": "string", "maxLength": 2000},
+                   "arguments": {"type": "object"}}}
+
+
+def awaiting_approval(pending: list[ToolCall]) -> str:
+    """What the run shows while an approval waits: the proposed calls and their arguments."""
+    shown = "; ".join(f"{c.name}({json.dumps(c.arguments, ensure_ascii=False)[:200]})"
+                      for c in pending)
+    return f"approval of {shown}"
+
+
+def check_decision(pending: list[ToolCall], data: Any, where: str) -> dict[str, Any]:
+    """An approver's signal, checked (SignalRefused naming the field): a decision, a reason
+    for a rejection, arguments for an edit (of the one pending call, against its schema)."""
+    try:
+        schema.validate(APPROVAL_SCHEMA, data)
+    except ValidationError as exc:
+        raise SignalRefused(f"approval for {where} refused: {schema.describe(exc)}") from None
+    if data["decision"] == "edit":
+        if "arguments" not in data:
+            raise SignalRefused(f"approval for {where} refused: arguments: an edit gives the "
+                                f"call's new arguments")
+        if len(pending) != 1:
+            raise SignalRefused(f"approval for {where} refused: an edit needs one pending call "
+                                f"({len(pending)} are)")
+        try:
+            schema.validate(get_tool(pending[0].name).parameters, data["arguments"])
+        except (ValidationError, schema.SchemaProblem) as exc:
+            why = schema.describe(exc) if isinstance(exc, ValidationError) else str(exc)
+            raise SignalRefused(f"approval for {where} refused: arguments of "
+                                f"{pending[0].name}: {why}") from None
+    elif "arguments" in data:
+        raise SignalRefused(f"approval for {where} refused: arguments: only an edit gives them")
+    return dict(data)
+
+
+def decide(step: Agent, pending: list[ToolCall], signal: dict[str, Any], ctx: StepContext,
+           messages: list[dict[str, Any]]) -> Outcome:
+    """The approval's outcome: the pending calls run (as proposed or edited) or are refused
+    with the reason; their results join the transcript; the record says who, when, what."""
+    decision = signal.get("data") or {}
+    verdict = decision.get("decision")
+    record: dict[str, Any] = {"decision": verdict, "at": signal.get("at"),
+                              "proposed": [c.model_dump() for c in pending]}
+    if "by" in signal:
+        record["by"] = signal["by"]
+    if verdict == "reject":
+        reason = decision.get("reason") or "no reason given"
+        record["reason"] = reason
+        results = [json.dumps({"tool": c.name, "error": f"the call was rejected by a person: "
+                                                        f"{reason}"}, ensure_ascii=False)
+                   for c in pending]
+        ran = 0
+    else:
+        if verdict == "edit":
+            pending = [pending[0].model_copy(update={"arguments": decision["arguments"]})]
+            record["arguments"] = decision["arguments"]
+        results, ran = run_tools(step, pending, ctx), len(pending)
+    messages = list(messages)
+    for call, result in zip(pending, results, strict=True):
+        messages.append(Message(role="tool", tool_call_id=call.id, content=result).wire())
+    return Outcome({"messages": messages, "final": None, "tool_calls": ran},
+                   detail={"approval": record})
 
 
 def _opening(step: Agent, ctx: StepContext) -> list[dict[str, Any]]:
@@ -91,7 +194,7 @@ def _use_tool(step: Agent, call: ToolCall, ctx: StepContext) -> str:
     idempotency key is the agent step's (`ctx.node`), the same on every retry of the turn."""
     name = call.name
     try:
-        if name not in step.tools:
+        if name not in step.tool_names:
             raise PermanentError(f"tool {name!r} is not one of this agent's tools")
         value = call_tool(get_tool(name), call.arguments, tools=ctx.tools,
                           key=idempotency_key(ctx.step.run_id, ctx.node, call.id or ""))
@@ -102,6 +205,10 @@ def _use_tool(step: Agent, call: ToolCall, ctx: StepContext) -> str:
 
 def turn_path(node: str, turn: int) -> str:
     return paths.part(node, "turn", turn)
+
+
+def approval_path(node: str, turn: int) -> str:
+    return paths.part(node, "approval", turn)
 
 
 class AgentKind(Kind):
@@ -115,8 +222,8 @@ class AgentKind(Kind):
         yield "model", step.model
 
     def tools(self, step: Agent) -> Iterator[tuple[str, str]]:
-        for i, name in enumerate(step.tools):
-            yield f"tools[{i}]", name
+        for i, name in enumerate(step.tool_names):
+            yield f"tools[{i}]" if isinstance(step.tools[i], str) else f"tools[{i}].name", name
 
     def compile(self, step: Agent, path: str, queue: str | None, compiler: Compiler) -> Signature:
         return compiler.task("legato.agent", queue or LLM, path, path=turn_path(path, 0),

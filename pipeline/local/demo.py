@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
 import signal
 import sys
 import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.panel import Panel
@@ -72,10 +74,14 @@ def _warn_unserved(legato: Legato, names: list[str], console: Console) -> None:
 def _submit_all(legato: Legato, names: list[str], pipelines_dir: Path, console: Console,
                 timeout: float) -> list[RunRecord]:
     runs: dict[str, str] = {}
+    to_signal: dict[str, list[tuple[str, Any]]] = {}  # a wait step's signal, sent once it waits
     for name in names:
         example = pipelines_dir / f"{name}.input.json"
         payload = json.loads(example.read_text()) if example.exists() else {}
         runs[name] = legato.submit(name, payload)
+        signals = pipelines_dir / f"{name}.signals.json"
+        if signals.exists():
+            to_signal[name] = list(json.loads(signals.read_text()).items())
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
     done: dict[str, RunRecord] = {}
@@ -84,11 +90,21 @@ def _submit_all(legato: Legato, names: list[str], pipelines_dir: Path, console: 
         bar = progress.add_task("running the example pipelines", total=len(runs))
         while len(done) < len(runs) and time.monotonic() < deadline:
             for name, run_id in runs.items():
-                if name not in done and (record := legato.status(run_id)).done:
+                record = legato.status(run_id)
+                if record.status == "waiting" and to_signal.get(name):
+                    _approve(legato, run_id, *to_signal[name].pop(0), console)
+                if name not in done and record.done:
                     done[name] = record
                     progress.advance(bar)
             time.sleep(0.2)
     return [done.get(name) or legato.status(run_id) for name, run_id in runs.items()]
+
+
+def _approve(legato: Legato, run_id: str, step: str, data: Any, console: Console) -> None:
+    """Send the signal a person would, saying the command that does the same."""
+    legato.signal(run_id, step, data, by="demo")
+    command = f"legato signal {run_id} {step} --data {shlex.quote(json.dumps(data))} --by demo"
+    console.print(f"run {run_id} waited at {step}; the demo approved it: {command}")
 
 
 def _show(console: Console, records: list[RunRecord]) -> None:

@@ -15,7 +15,7 @@ import importlib
 import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ConfigDict, TypeAdapter, create_model, validate_call
 
@@ -32,6 +32,7 @@ class ToolSpec:
     retries: int = 0
     queue: str | None = None
     wants_idempotency_key: bool = False
+    approval: Literal["none", "required"] = "none"  # required: an agent waits for a person
 
     def openai(self) -> dict[str, Any]:
         """The tool as OpenAI's function-calling API describes it."""
@@ -61,15 +62,19 @@ def _parameters(fn: Callable[..., Any]) -> dict[str, Any]:
 
 
 def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None,
-         timeout: float | None = None, retries: int = 0, queue: str | None = None) -> Any:
-    """Register `fn` as a tool under `name` (default: the function's name)."""
+         timeout: float | None = None, retries: int = 0, queue: str | None = None,
+         approval: Literal["none", "required"] = "none") -> Any:
+    """Register `fn` as a tool under `name` (default: the function's name). `approval=
+    "required"`: an agent that wants to call it pauses until a person approves, rejects or edits
+    the call (`legato signal RUN AGENT_STEP --data '{"decision": "approve"}'`)."""
 
     def register(f: Callable[..., Any]) -> Callable[..., Any]:
         params = inspect.signature(f).parameters
         spec = ToolSpec(
             name=name or f.__name__, fn=validate_call(f),
             description=inspect.getdoc(f) or "", parameters=_parameters(f), timeout=timeout,
-            retries=retries, queue=queue, wants_idempotency_key=IDEMPOTENCY_PARAM in params)
+            retries=retries, queue=queue, wants_idempotency_key=IDEMPOTENCY_PARAM in params,
+            approval=approval)
         _TOOLS[spec.name] = spec
         return f
 

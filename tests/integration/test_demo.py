@@ -35,6 +35,10 @@ def test_demo_with_the_fake_model_runs_everything_and_stops_on_ctrl_c(tmp_path):
         shown = re.findall(r"│ run ([0-9a-f]{32}) +│", text)
         assert len(set(shown)) == len(examples), text
         assert re.search(r"Flower: http://127\.0\.0\.1:\d+ \(user demo, password \S+\)", text)
+        # the approval flow waited for a person: the demo approved it, saying how
+        approved = (r"waited at approve; the demo approved it: legato signal [0-9a-f]{32} approve "
+                    r"--data '\{\"approved\": true, \"reviewer\": \"demo\"\}' --by demo")
+        assert re.search(approved, " ".join(text.split())), text
         redis_port = int(re.search(r"redis: redis://127\.0\.0\.1:(\d+)/0", text).group(1))
         flower_port = int(re.search(r"Flower: http://127\.0\.0\.1:(\d+)", text).group(1))
         assert port_open("127.0.0.1", redis_port) and port_open("127.0.0.1", flower_port)

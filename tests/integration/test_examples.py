@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -18,13 +19,22 @@ def test_every_pattern_has_an_example():
              for name in EXAMPLES
              for step in (ROOT / "pipelines" / f"{name}.yaml").read_text().split("\n")
              if "kind:" in step}
-    assert {"llm", "tool", "route", "parallel", "orchestrate", "evaluate", "agent"} <= kinds
+    assert {"llm", "tool", "route", "parallel", "orchestrate", "evaluate", "agent",
+            "wait"} <= kinds
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_example_runs_on_the_fake_model(name, legato, fake):
     payload = json.loads((ROOT / "pipelines" / f"{name}.input.json").read_text())
-    run = legato.wait(legato.submit(name, payload), timeout=60)
+    run_id = legato.submit(name, payload)
+    signals = ROOT / "pipelines" / f"{name}.signals.json"  # what a person sends a wait step
+    for step, data in (json.loads(signals.read_text()) if signals.exists() else {}).items():
+        deadline = time.monotonic() + 30
+        while legato.status(run_id).status != "waiting" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert legato.status(run_id).status == "waiting"
+        assert legato.signal(run_id, step, data, by="test").state == "resumed"
+    run = legato.wait(run_id, timeout=60)
     assert run.status == "succeeded", run.error
     assert run.output not in (None, "")
     assert run.usage.calls >= 1
