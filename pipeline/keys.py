@@ -84,11 +84,12 @@ class Keys:
         return f"{self.run(run_id)}:parked"
 
     def of_run(self, run_id: str) -> list[str]:
-        """Every key a run owns by a fixed name, the run hash first and its extras set (which
+        """Every key a run owns by a fixed name, the run hash first, its event stream next to
+        last (store.py's finish script writes `run_finished` there) and its extras set (which
         lists the rest) last."""
         return [self.run(run_id), self.steps(run_id), self.outputs(run_id),
-                self.attempts(run_id), self.budget(run_id), self.events(run_id),
-                self.signals(run_id), self.parked(run_id), self.run_extras(run_id)]
+                self.attempts(run_id), self.budget(run_id), self.signals(run_id),
+                self.parked(run_id), self.events(run_id), self.run_extras(run_id)]
 
     def votes(self, run_id: str, node: str) -> str:
         return f"{self.run(run_id)}:vote:{node}:votes"
