@@ -274,6 +274,14 @@ class RunStore:
         return list(zip(pipe.execute(), (float(s) for _, s in entries), strict=True)) \
             if entries else []
 
+    def event_stream(self, run_id: str) -> str:
+        """The key of the run's event stream (legato.events), for readers of their own."""
+        return self.keys.events(run_id)
+
+    def run_key(self, run_id: str) -> str:
+        """The key of the run's record (a hash; its `status` field is the run's state)."""
+        return self.keys.run(run_id)
+
     def done_channel(self, run_id: str) -> str:
         """The pub/sub channel a run's completion is announced on (`wait` listens there)."""
         return self.keys.done(run_id)

@@ -8,19 +8,25 @@ thread. Errors are one line (errors.py).
 from __future__ import annotations
 
 import asyncio
+import json
 import math
+import re
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from legato.cli import MAX_INPUT_DEPTH, depth
 from legato.console.errors import Conflict
+from legato.console.feeds import Behind
 from legato.console.state import ConsoleState, state
 from legato.envelope import RESUMABLE, TERMINAL, RunRecord, StepRecord
 from legato.errors import InputError
+from legato.events import Event, RunFinished
 from legato.loader import available_pipelines
 from legato.search import RunPage, RunQuery, find_runs
 from legato.tags import parse_tags
@@ -170,6 +176,56 @@ async def wait_for(st: ConsoleState, run_id: str, seconds: float) -> RunRecord:
             if record.status in TERMINAL or left <= 0:
                 return record
             await pubsub.get_message(timeout=min(left, 1.0))
+
+
+KEEPALIVE_SECONDS = 15.0
+EntryId = Annotated[str | None, Query(pattern=r"^\d{1,20}-\d{1,20}$",
+                                      description="resume after this event id")]
+
+
+@router.get("/runs/{run_id}/events", responses=ERRORS, tags=["runs"],
+            summary="The run's events, live (Server-Sent Events)",
+            response_class=StreamingResponse)
+async def run_events(run_id: RunId, st: State, request: Request,
+                     last_id: EntryId = None) -> StreamingResponse:
+    """`text/event-stream`: each event of the run's stream (legato.events: step_started,
+    attempt_started, delta, attempt_aborted, attempt_committed, step_finished, run_finished) as
+    an SSE event of that name, its entry id as the SSE id and its fields as JSON data; then an
+    `end` event. Resumable: a reconnecting EventSource sends Last-Event-ID (or pass
+    `last_id`)."""
+    await asyncio.to_thread(st.legato.status, run_id)  # 404 for an unknown run
+    after = request.headers.get("last-event-id") or last_id
+    if after is not None and not re.fullmatch(r"\d{1,20}-\d{1,20}", after):
+        raise InputError(f"Last-Event-ID: {after[:40]!r} is not an event id")
+    assert st.feeds is not None
+    return StreamingResponse(_sse(st.feeds.follow(run_id, after)),
+                             media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+async def _sse(followed: AsyncIterator[Event]) -> AsyncIterator[bytes]:
+    yield b"retry: 2000\n\n"
+    pending: asyncio.Future[Event] | None = None
+    try:
+        while True:
+            pending = pending or asyncio.ensure_future(anext(followed))
+            done, _ = await asyncio.wait({pending}, timeout=KEEPALIVE_SECONDS)
+            if not done:
+                yield b": keepalive\n\n"
+                continue
+            event, pending = pending.result(), None
+            data = json.dumps(event.model_dump(mode="json", exclude={"id"}),
+                              ensure_ascii=False, separators=(",", ":"))
+            yield f"id: {event.id}\nevent: {event.type}\ndata: {data}\n\n".encode()
+            if isinstance(event, RunFinished):
+                yield b"event: end\ndata: {}\n\n"
+                return
+    except (StopAsyncIteration, Behind):
+        return  # the client reconnects with its Last-Event-ID
+    finally:
+        if pending is not None:
+            pending.cancel()
+        await followed.aclose()  # type: ignore[attr-defined]
 
 
 @router.get("/runs/{run_id}/steps", response_model=list[StepRecord], responses=ERRORS,

@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from fastapi import Request
 
 from legato.client import Legato
+from legato.console.feeds import Feeds
 from legato.settings import Settings
 
 # Connections for what waits on Redis (one per blocked reader: a feed or a result wait), not
@@ -23,12 +24,14 @@ class ConsoleState:
     settings: Settings
     legato: Legato
     aredis: Any = field(default=None)  # redis.asyncio.Redis, while the server runs
+    feeds: Feeds | None = None  # runs' event streams, followed (feeds.py)
 
     def open(self) -> None:
         pool = aioredis.BlockingConnectionPool.from_url(
             self.settings.redis_url, decode_responses=True, max_connections=ASYNC_CONNECTIONS,
             timeout=30, health_check_interval=30, socket_keepalive=True)
         self.aredis = aioredis.Redis(connection_pool=pool)
+        self.feeds = Feeds(self.legato.store, self.aredis)
 
     async def close(self) -> None:
         if self.aredis is not None:
