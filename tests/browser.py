@@ -142,8 +142,32 @@ class Browser:
             if value:
                 return value
             if time.monotonic() > deadline:
-                raise AssertionError(f"not true after {timeout}s: {expression}")
+                raise AssertionError(f"not true after {timeout}s: {expression} (the page's "
+                                     f"errors: {self.errors()})")
             await asyncio.sleep(0.1)
+
+    def errors(self) -> list[str]:
+        """The page's uncaught exceptions and console errors so far."""
+        found = []
+        urls = {e["params"]["requestId"]: e["params"]["request"]["url"] for e in self.events
+                if e.get("method") == "Network.requestWillBeSent"}
+        for event in self.events:
+            if event.get("method") == "Runtime.exceptionThrown":
+                details = event["params"]["exceptionDetails"]
+                found.append(str(details.get("exception", {}).get("description")
+                                 or details.get("text")))
+            elif event.get("method") == "Runtime.consoleAPICalled" and (
+                    event["params"]["type"] == "error"):
+                found.append(" ".join(str(a.get("value", a.get("description")))
+                                      for a in event["params"]["args"]))
+            elif event.get("method") == "Network.loadingFailed":
+                url = urls.get(event["params"]["requestId"], "?")
+                found.append(f"load failed: {url}: {event['params'].get('errorText')}")
+            elif event.get("method") == "Network.responseReceived" and (
+                    event["params"]["response"]["status"] >= 400):
+                response = event["params"]["response"]
+                found.append(f"{response['status']} from {response['url']}")
+        return found
 
     async def screenshot(self, path: Path) -> Path:
         shot = await self.send("Page.captureScreenshot", format="png")

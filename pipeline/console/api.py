@@ -60,8 +60,8 @@ class Submitted(BaseModel):
 
 
 class RunView(RunRecord):
-    waiting: str | None = Field(default=None,
-                                description="waiting for a worker on queue X since T")
+    waiting_note: str | None = Field(default=None, description="what the run waits for, in "
+                                     "words: a worker on queue X, a signal at step Y")
 
 
 class Result(BaseModel):
@@ -88,7 +88,7 @@ class Resumed(BaseModel):
 
 
 def view(record: RunRecord) -> RunView:
-    return RunView(**record.model_dump(), waiting=record.waiting)
+    return RunView(**record.model_dump(), waiting_note=record.waiting)
 
 
 @router.post("/runs", status_code=201, response_model=Submitted, responses=ERRORS,
@@ -257,6 +257,31 @@ def resume(run_id: RunId, st: State) -> Resumed:
     except InputError as exc:  # it changed state meanwhile
         raise Conflict(str(exc)) from None
     return Resumed()
+
+
+class SignalBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    step: str = Field(max_length=500, description="the wait step's (or agent's) id or path")
+    data: Any = Field(default=None, description="the payload; the step's schema applies (an "
+                      "agent's approval: {decision: approve|reject|edit, reason, arguments})")
+    by: str | None = Field(default=None, max_length=200, description="who sends it")
+
+
+class Signalled(BaseModel):
+    path: str
+    state: str = Field(description="resumed, or stored (the run has not reached the step)")
+
+
+@router.post("/runs/{run_id}/signal", response_model=Signalled, responses=ERRORS,
+             tags=["runs"], summary="Signal a waiting step (answer a wait, approve a call)")
+def signal(run_id: RunId, body: SignalBody, st: State) -> Signalled:
+    """Checked as `legato signal` checks it: a payload off the step's schema, a step that takes
+    no signal, a finished run or a second signal is a 422 naming why, and changes nothing."""
+    if depth(body.data) > MAX_INPUT_DEPTH:
+        raise InputError(f"data: nested too deeply (the limit is {MAX_INPUT_DEPTH} levels)")
+    reply = st.legato.signal(run_id, body.step, body.data, by=body.by)
+    return Signalled(path=reply.path, state=reply.state)
 
 
 @router.get("/pipelines", response_model=list[str], tags=["pipelines"],

@@ -23,7 +23,7 @@ from legato.console.auth import ChangesFromScripts, Credentials, RequireAuth
 from legato.console.state import ConsoleState
 from legato.settings import Settings
 
-STATIC = Path(__file__).parent / "static"
+STATIC = Path(__file__).resolve().parent / "static"  # (an editable install links files)
 # Pages run only this origin's scripts; styles may be inline (the report's status colours).
 HEADERS = [
     (b"content-security-policy", b"default-src 'self'; script-src 'self'; style-src 'self' "

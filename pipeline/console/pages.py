@@ -11,6 +11,7 @@ from fastapi.responses import HTMLResponse
 
 from legato.console import render
 from legato.console.api import RunId, State, moment
+from legato.console.waiting import waiting_steps, waits_section
 from legato.errors import InputError
 from legato.loader import available_pipelines
 from legato.search import RunQuery, find_runs
@@ -45,5 +46,7 @@ def run(run_id: RunId, st: State) -> HTMLResponse:
         spec = store.get_spec(record.spec_hash)
     except KeyError:  # a pinned spec is kept, but a pruned store may lack it
         spec = None
-    page = render.run_page(record, st.legato.steps(run_id), spec, store.get_outputs(run_id))
+    forms = waits_section(waiting_steps(store, run_id, spec)) if not record.done else ""
+    page = render.run_page(record, st.legato.steps(run_id), spec, store.get_outputs(run_id),
+                           forms)
     return HTMLResponse(page)

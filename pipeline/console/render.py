@@ -37,6 +37,11 @@ table.runs .err{color:#b4232a;max-width:420px}
 .tokens .stream{background:#fff;border:1px solid #dde1e6;border-radius:6px;margin:6px 0;
 padding:6px 10px}.tokens .stream.aborted pre{text-decoration:line-through;color:#999}
 .tokens h4{margin:0;font:12px ui-monospace,Menlo,monospace;color:#555}
+form.wait{background:#fff;border:2px solid #6a5acd;border-radius:6px;padding:8px 12px;
+margin:8px 0;display:flex;flex-direction:column;gap:6px;max-width:760px}
+form.wait h3{margin:0;font-size:14px}form.wait label{display:flex;flex-direction:column;
+font-size:12px;color:#444}form.wait label.check{flex-direction:row;gap:6px;align-items:center}
+form.wait .buttons{display:flex;gap:8px;align-items:center}.said{color:#b4232a}
 """
 PAGE_SIZE = 50
 
@@ -122,9 +127,10 @@ def runs_page(found: RunPage | None, filters: dict[str, str], pipelines: list[st
 
 
 def run_page(run: RunRecord, steps: list[StepRecord], spec: Pipeline | None,
-             outputs: dict[str, Any]) -> str:
-    """A run: header, actions, live tokens (while it runs), timeline and steps. The parts the
-    script refreshes have ids: run-head, actions, run-body."""
+             outputs: dict[str, Any], waits: str = "") -> str:
+    """A run: header, actions, the forms of its waiting steps (`waits`, waiting.py), live
+    tokens (while it runs), timeline and steps. The parts the script refreshes have ids:
+    run-head, actions, waits, run-body."""
     buttons = []
     if not run.done:
         buttons.append('<button type="button" data-action="cancel">Cancel run</button>')
@@ -132,10 +138,12 @@ def run_page(run: RunRecord, steps: list[StepRecord], spec: Pipeline | None,
         buttons.append('<button type="button" data-action="resume">Resume run</button>')
     actions = (f'<div class="actions" id="actions">{"".join(buttons)}'
                '<span id="action-result" role="status"></span></div>')
-    waiting = f'<p class="notice">{escape(run.waiting)}</p>' if run.waiting else ""
+    waiting = f'<p class="notice">{escape(run.waiting)}</p>' \
+        if run.waiting and run.status != "waiting" else ""  # (the header shows a parked step)
     tokens = ('<section class="tokens" id="tokens" hidden><h2>Live output</h2>'
               '<div id="streams"></div></section>')
-    body = (f'<div id="run-head">{run_header(run)}{waiting}</div>{actions}{tokens}'
+    waits = waits or '<section id="waits"></section>'
+    body = (f'<div id="run-head">{run_header(run)}{waiting}</div>{actions}{waits}{tokens}'
             f'<div id="run-body">{run_body(run, steps, spec, outputs, now=time.time())}</div>')
     attrs = (f' data-run="{escape(run.id)}" data-status="{escape(run.status)}"'
              f' data-done="{"1" if run.done else "0"}"')

@@ -214,6 +214,8 @@ def test_the_openapi_schema_is_served(console):
         assert path in paths, path
     assert "post" in paths["/api/runs"] and "get" in paths["/api/runs"]
     assert "/" not in paths  # the pages are not API
+    script = console.get("/static/console.js")
+    assert script.status_code == 200 and "EventSource" in script.text
     assert console.get("/api/pipelines").json()[:2] == ["report_table", "research_brief"]
 
 
