@@ -40,6 +40,7 @@ ELSEWHERE: dict[str, str] = {
     "LEGATO_BILLING_CONCURRENCY": "docker-compose.yml: worker-billing's `-c`",
     "LEGATO_TECHNICAL_CONCURRENCY": "docker-compose.yml: worker-technical's `-c`",
     "LEGATO_MODEL_IMAGE": "docker-compose.yml: the model service's image",
+    "LEGATO_CONSOLE_PORT": "docker-compose.yml: the console's published port",
     "LEGATO_MODEL_IMAGE_EXTRAS": "docker-compose.yml: the extras the model image is built with",
     "LEGATO_COMPOSE_KEEP": "compose_tests/: leave the stack up after `make compose-test`",
     "LEGATO_FAULT_SCALE": "tests/faults: how long the fault suite runs",
