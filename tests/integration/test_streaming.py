@@ -10,7 +10,9 @@ import sys
 import uuid
 from typing import Any
 
-from legato import Agent, Legato, Llm, Pipeline
+import pytest
+
+from legato import Agent, InputError, Legato, Llm, Pipeline
 from legato.events import (
     AttemptAborted,
     AttemptCommitted,
@@ -218,6 +220,8 @@ def test_the_stream_resumes_after_the_last_id_seen(legato, fake, stack_env):
 
     assert [e.id for e in rest] == [e.id for e in events[3:]]
     assert rest == events[3:]
+    with pytest.raises(InputError, match="last_id: 'nope' is not an event id of run"):
+        legato.stream(run.id, "nope")
 
 
 def test_the_stream_expires_with_the_run(legato, fake, stack_env):
