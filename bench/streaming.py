@@ -1,4 +1,4 @@
-"""Row 7: rows 1-3 with token streaming on (LEGATO_STREAM=1, the default) against off, in one run.
+"""Row 7: rows 1-3 with token streaming on (LEGATO_STREAM=1) against off (the default), in one run.
 
 One Legato worker at a time (the same queues, the same c), restarted with the other setting for
 every repetition and the order swapped each time, so drift on a loaded machine hits both. The
