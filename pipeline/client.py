@@ -180,6 +180,9 @@ class Legato:
         """The run's events (legato.events), from after `last_id` (the start if None), as they
         come; ends with the run (a `RunFinished` event). `follow=False`: what is there now."""
         self.store.get_run(run_id)  # RunNotFound for an unknown id
+        if last_id is not None and not events.is_entry_id(last_id):
+            raise InputError(f"last_id: {last_id!r} is not an event id of run {run_id} "
+                             "(ids look like 1764590000000-0)")
         return self.store.events(run_id, last_id=last_id, follow=follow)
 
     def steps(self, run_id: str) -> list[StepRecord]:

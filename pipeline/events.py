@@ -26,6 +26,7 @@ is over and the stream is drained.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any, Literal
 
@@ -90,6 +91,14 @@ _EVENT: TypeAdapter[Event] = TypeAdapter(Event)
 
 # The order of an event's fields on the wire (readers do not depend on it).
 FIELDS = ("type", "path", "attempt", "call", "model", "text", "reason", "status", "error")
+
+
+_ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")
+
+
+def is_entry_id(text: str) -> bool:
+    """Whether `text` is a stream entry id (`<ms>-<seq>`), the form `last_id` takes."""
+    return bool(_ENTRY_ID.fullmatch(text))
 
 
 def parse(entry_id: str, fields: dict[str, str]) -> Event:

@@ -112,9 +112,10 @@ class Settings(BaseSettings):
     http_tool_hosts: Annotated[tuple[str, ...], NoDecode] = ()
     # Model steps stream their answers from the provider and publish the tokens on the run's
     # event stream (pipeline/events.py): a process's publisher writes what piled up every
-    # `stream_flush_ms`, pipelined, and a step's last events ride its journal end. Off: plain
-    # requests and no events (a watcher sees only the run's end).
-    stream: bool = True
+    # `stream_flush_ms`, pipelined, and a step's last events ride its journal end. Off (the
+    # default until an unloaded `make bench` shows row 7 within its 10 %): plain requests and
+    # no events (a watcher sees only the run's end).
+    stream: bool = False
     stream_flush_ms: float = 50.0
     stream_maxlen: int = 10000  # a run's stream keeps about this many newest events
     log_format: LogFormat = "text"  # "json": one JSON object a log line; anything else: text

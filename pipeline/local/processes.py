@@ -40,6 +40,12 @@ class Service:
             self._wait_ready(timeout)
         return self
 
+    def wait_ready(self, timeout: float = 30.0) -> Service:
+        """After `start(wait=False)`: until it says it is ready (several start at once)."""
+        if self.ready is not None:
+            self._wait_ready(timeout)
+        return self
+
     def _wait_ready(self, timeout: float) -> None:
         assert self.proc is not None and self.ready is not None
         deadline = time.monotonic() + timeout

@@ -7,7 +7,8 @@ Keys are read from the environment of the process making the call, never from me
 
 With `on_delta`, the answer is streamed (`stream: true`, `stream_options.include_usage`): each
 piece of content goes to `on_delta` as it arrives, and the Completion is the pieces joined —
-exactly what was handed out. A stream that is cut off, ends before its finish, or carries an
+exactly what was handed out (a server that sends no usage is charged a completion token per
+content chunk). A stream that is cut off, ends before its finish, or carries an
 event that is not JSON is a TransientError, retried like any other.
 """
 
@@ -171,7 +172,11 @@ class _Streamed:
                           for _, c in sorted(self.calls.items()))
         except ValueError as exc:
             raise _malformed(self.cfg, exc) from exc
-        return Completion("".join(self.text), _usage(self.usage), self.finish, calls)
+        usage = _usage(self.usage)
+        if not self.usage:  # a server that ignores include_usage (llama-cpp-python): its
+            # chunks are a token each, so count them rather than charge nothing
+            usage = usage.model_copy(update={"completion_tokens": len(self.text)})
+        return Completion("".join(self.text), usage, self.finish, calls)
 
 
 def _stream_once(client: Client, cfg: ModelConfig, body: dict[str, Any],

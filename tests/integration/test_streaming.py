@@ -10,7 +10,9 @@ import sys
 import uuid
 from typing import Any
 
-from legato import Agent, Legato, Llm, Pipeline
+import pytest
+
+from legato import Agent, InputError, Legato, Llm, Pipeline
 from legato.events import (
     AttemptAborted,
     AttemptCommitted,
@@ -21,6 +23,7 @@ from legato.events import (
     StepFinished,
     StepStarted,
 )
+from legato.local import processes
 from legato.spec import ModelConfig
 
 SCHEMA = {"type": "object", "properties": {"label": {"type": "string", "enum": ["good", "bad"]}},
@@ -218,6 +221,8 @@ def test_the_stream_resumes_after_the_last_id_seen(legato, fake, stack_env):
 
     assert [e.id for e in rest] == [e.id for e in events[3:]]
     assert rest == events[3:]
+    with pytest.raises(InputError, match="last_id: 'nope' is not an event id of run"):
+        legato.stream(run.id, "nope")
 
 
 def test_the_stream_expires_with_the_run(legato, fake, stack_env):
@@ -246,6 +251,20 @@ def test_legato_watch_follows_a_run_to_its_end(legato, fake, stack_env):
     assert "run succeeded" in shown.stdout
     lines = [json.loads(line) for line in as_json.stdout.splitlines()]
     assert lines[-1]["type"] == "run_finished" and lines[-1]["status"] == "succeeded"
+
+
+def test_with_streaming_off_a_run_publishes_nothing_and_its_stream_just_ends(
+        legato, fake, stack_env, tmp_path):
+    queue = f"legato.test.nostream.{uuid.uuid4().hex[:8]}"
+    env = {**stack_env, "LEGATO_STREAM": "0"}
+    with processes.worker("nostream", [queue], env=env, concurrency=2, log_dir=tmp_path):
+        pipeline = Pipeline(name="plain", steps=[
+            Llm(id="ask", model="small", queue=queue, prompt="Say {{ input.text }}")])
+        run, events = run_and_stream(legato, pipeline, {"text": "no tokens"})
+
+    assert run.status == "succeeded", run.error
+    assert not legato.store.redis.exists(legato.store.keys.events(run.id))
+    assert events == [RunFinished(status="succeeded")]  # read from the record, not the stream
 
 
 def _env(stack_env: dict[str, str]) -> dict[str, str]:

@@ -64,6 +64,13 @@ def test_an_openai_stream_hands_out_each_piece_and_joins_them_into_the_answer() 
     assert done.finish_reason == "stop"
 
 
+def test_an_openai_stream_without_usage_counts_a_token_a_chunk() -> None:
+    body = sse(chunk({"content": "a"}), chunk({"content": "b"}), chunk({}, "stop"), b"[DONE]")
+    done = openai_compat.post(mock(body), CFG, [{"role": "user", "content": "hi"}],
+                              on_delta=lambda _: None)
+    assert (done.usage.prompt_tokens, done.usage.completion_tokens, done.usage.calls) == (0, 2, 1)
+
+
 def test_an_openai_stream_puts_tool_call_fragments_together() -> None:
     body = sse(chunk({"tool_calls": [{"index": 0, "id": "c1", "function": {
         "name": "search", "arguments": '{"q": '}}]}),

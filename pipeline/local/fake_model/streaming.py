@@ -78,12 +78,14 @@ async def write(writer: asyncio.StreamWriter, streamed: Streamed, *, keep_alive:
     writer.write(STREAM_HEAD + (b"\r\n" if keep_alive else b"Connection: close\r\n\r\n"))
     for n, event in enumerate(streamed.events):
         if streamed.cut_after is not None and n >= streamed.cut_after:
+            await writer.drain()  # what was sent before the cut reaches the client
             writer.transport.abort()
             return False
         if streamed.event_delay_s > 0:
             await asyncio.sleep(streamed.event_delay_s)
         writer.write(b"%x\r\n%s\r\n" % (len(event), event))
-        await writer.drain()
+        if streamed.event_delay_s > 0:  # paced: each event on its own; else one write
+            await writer.drain()
     writer.write(b"0\r\n\r\n")
     await writer.drain()
     return True
