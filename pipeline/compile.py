@@ -31,6 +31,7 @@ from legato.kinds import kind_of
 from legato.kinds.llm import Llm
 from legato.kinds.orchestrate import Orchestrate, workers
 from legato.kinds.route import Route
+from legato.kinds.wait import jump_targets
 from legato.queues import CONTROL, DEFAULT_QUEUES, LLM, TOOLS
 from legato.settings import get_settings
 from legato.spec import Pipeline, Step
@@ -89,8 +90,11 @@ class Compiler:
                 out.append(self.task("legato.llm", run_queue, run[0]))
             run.clear()
 
+        targets = jump_targets(steps)  # a wait's timeout may jump there: it starts a task
         for s in steps:
             path = paths.child(prefix, s.id)
+            if s.id in targets:
+                flush()
             if isinstance(s, Llm) and self.fuse:
                 q = tree.inherit_queue(s, queue) or LLM
                 if run and q != run_queue:

@@ -19,6 +19,8 @@ from pydantic import ValidationError
 from legato import schema, templates, tree
 from legato.errors import SpecError
 from legato.kinds import kind_of, names
+from legato.kinds import wait as wait_kind
+from legato.kinds.chain import Chain
 from legato.models.config import ModelConfig
 from legato.spec import Pipeline
 from legato.tools import get_tool
@@ -244,6 +246,11 @@ def resolve(pipeline: Pipeline, models: dict[str, ModelConfig], *, source: str =
                 get_tool(name)
             except ToolNotFound as exc:
                 raise SpecError(exc.args[0], source=source, path=f"{where}.{field}") from None
+    chains = [("steps", pipeline.steps)] + [(f"{v.where}.steps", v.step.steps) for v in visits
+                                            if isinstance(v.step, Chain)]
+    for where, steps in chains:
+        for place, problem in wait_kind.jump_problems(steps, where):
+            raise SpecError(problem, source=source, path=place)
     try:
         schema.check_schema(pipeline.input_schema)
     except schema.SchemaProblem as exc:

@@ -72,6 +72,14 @@ def decision(record: StepRecord) -> str:
         return f"majority {record.detail['votes']} of {record.detail.get('of')}"
     if record.kind == "plan" and isinstance(record.output, dict):
         return f"{len(record.output.get('subtasks') or [])} subtasks"
+    if record.status == "waiting":  # parked: what for (an approval names the proposed calls)
+        return f"waiting for {record.detail.get('waiting_for') or 'a signal'}"
+    if "approval" in record.detail:
+        a = record.detail["approval"]
+        done = {"approve": "approved", "reject": "rejected", "edit": "edited"}
+        return done.get(a.get("decision"), str(a.get("decision"))) + (
+            f" by {a['by']}" if a.get("by") else "") + (f": {a['reason']}" if a.get("reason")
+                                                         else "")
     return preview(record.output)
 
 

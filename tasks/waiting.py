@@ -17,6 +17,7 @@ from typing import Any
 from celery import Task
 from celery.utils.log import get_task_logger
 
+from legato import graph, paths
 from legato.context import Outcome, StepContext
 from legato.envelope import StepInput, StepRecord
 from legato.errors import LegatoError
@@ -63,7 +64,28 @@ def wait(self: StepTask, prev: Any = None, *, step: StepInput) -> dict[str, Any]
     """Park until a signal (or the timeout) comes; the signal's payload is the output."""
     if failed := upstream_failure(prev):
         return failed
-    return journaled(self, step, "wait", _wait, final=True).wire()
+    result = journaled(self, step, "wait", _wait, final=True)
+    wait_step = graph.node(resources.store().get_spec(step.spec_hash), step.node).step
+    if result.ok and isinstance(wait_step, Wait) and wait_step.jump_to:
+        _jump_if_timed_out(self, step, wait_step.jump_to)
+    return result.wire()
+
+
+def _jump_if_timed_out(task: Task, step: StepInput, target: str) -> None:
+    """After a timeout that jumps (on this delivery or a memoized one): drop the chain's next
+    tasks up to the target step's, so Celery continues there. The steps between never run."""
+    record = resources.store().get_step(step.run_id, step.path)
+    if record is None or not record.detail.get("timed_out"):
+        return
+    chain = list(task.request.chain or [])  # the continuation, its next task last
+    target_path = paths.child(paths.parent(step.node), target)
+    while chain and wait_kind.jumps_past(chain[-1], target_path):
+        chain.pop()
+    if not chain:
+        logger.warning("run %s: no task of step %s after %s; the chain goes on as it was",
+                       step.run_id, target_path, step.path)
+        return
+    task.request.chain = chain
 
 
 @app.task(name="legato.signal", bind=True, ignore_result=False)

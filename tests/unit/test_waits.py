@@ -45,8 +45,14 @@ def _load(tmp_path: Path, steps: str) -> SpecError:
     ("- {kind: wait, id: w, timeout: 0}\n", "steps[0].timeout", "greater than 0"),
     ("- {kind: wait, id: w, schema: {type: object, allOf: []}}\n", "steps[0].schema",
      "unsupported keyword"),
-    ("- {kind: wait, id: w, timeout: 5, on_timeout: jump}\n", "steps[0].on_timeout",
-     "'fail' or 'value'"),
+    ("- {kind: wait, id: w, timeout: 5, on_timeout: jump}\n- {kind: wait, id: x, timeout: 1}\n",
+     "steps[0].on_timeout", "a timeout jumps to a later step of the same chain: 'jump' is not "
+     "one (later steps: x)"),
+    ("- {kind: wait, id: x, timeout: 1}\n- {kind: chain, id: c, steps: [\n"
+     "   {kind: wait, id: w, timeout: 5, on_timeout: x}]}\n",
+     "steps[1].steps[0].on_timeout", "'x' is not one (later steps: none)"),
+    ("- {kind: wait, id: w, timeout: 5, on_timeout: 'not an id'}\n", "steps[0].on_timeout",
+     "on_timeout is fail, value or a step id, not 'not an id'"),
 ])
 def test_bad_waits_are_refused_naming_file_and_path(tmp_path, steps, path, message) -> None:
     err = _load(tmp_path, steps)
@@ -148,3 +154,20 @@ def test_a_delivery_that_lost_its_lease_does_not_park(runs) -> None:
     run_id, _ = _running_step(runs)
     assert _arrive(runs, run_id, token="someone else").state == "lost"
     assert runs.get_run(run_id).status == "running"
+
+
+def test_a_waiting_run_says_what_for_in_its_views() -> None:
+    from legato.html_report import render_html
+    from legato.waterfall import decision
+
+    run = RunRecord(id="r1", pipeline="p", spec_hash="h", status="waiting", created_at=1.0,
+                    awaiting="a signal at step approve", awaiting_since=2.0)
+    assert run.waiting is not None and run.waiting.startswith(
+        "waiting for a signal at step approve since ")
+    assert 'id="run-waiting">waiting for a signal at step approve since' in render_html(run, [])
+    parked = StepRecord(path="a/approval[0]", status="waiting", kind="approval",
+                        detail={"waiting_for": 'approval of refund({"order": 7})'})
+    assert decision(parked) == 'waiting for approval of refund({"order": 7})'
+    decided = StepRecord(path="a/approval[0]", status="succeeded", kind="approval", detail={
+        "approval": {"decision": "reject", "by": "ana", "reason": "too much"}})
+    assert decision(decided) == "rejected by ana: too much"
