@@ -70,8 +70,8 @@ def _run_key(store: Any, run_id: str) -> str:
 
 
 class LegatoJobs:
-    def __init__(self, redis_url: str) -> None:
-        self.client = Legato(Settings.from_env())
+    def __init__(self, redis_url: str, settings: Settings | None = None) -> None:
+        self.client = Legato(settings or Settings.from_env())
         self.poller = redis.Redis.from_url(redis_url, decode_responses=True)
 
     def poller_addr(self) -> str:

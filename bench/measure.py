@@ -1,4 +1,4 @@
-"""The six measurements, each against its baseline in the same run, repeated, medians kept.
+"""The measurements, each against its baseline in the same run, repeated, medians kept.
 
 Phase one runs a Legato worker and a raw-Celery worker side by side (threads pool, the same
 concurrency; the idle one only waits on BRPOP) and interleaves the two for every repetition, so
@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench import transports
+from bench import streaming, transports
 from bench.jobs import LegatoJobs, RawJobs, chain_pipeline, fanout_pipeline
 from bench.roundtrips import Monitor
 from bench.stack import CpuMeter, Stack, rss_bytes, thread_count
@@ -106,6 +106,7 @@ def run_all(cfg: Config, stack: Stack) -> Results:
     try:
         _phase_one(cfg, stack, legato, raw, res)
         _phase_host(cfg, stack, legato, res)
+        streaming.phase(cfg, stack, legato, res, _log)
         _phase_memory(cfg, stack, legato, raw, res)
     finally:
         legato.close()

@@ -75,10 +75,14 @@ class Stack:
         self.project = f"legatoct{os.getpid()}"
         self.flower_port = free_port()
         self.flower_auth = f"ops:{secrets.token_hex(8)}"
+        self.console_port = free_port()
+        self.console_token = secrets.token_hex(16)
         self.env = {**os.environ, "COMPOSE_PROJECT_NAME": self.project,
                     "REDIS_PASSWORD": secrets.token_hex(16),
                     "FLOWER_BASIC_AUTH": self.flower_auth,
-                    "FLOWER_PORT": str(self.flower_port)}
+                    "FLOWER_PORT": str(self.flower_port),
+                    "LEGATO_CONSOLE_TOKEN": self.console_token,
+                    "LEGATO_CONSOLE_PORT": str(self.console_port)}
         self.example_runs: dict[str, str] = {}  # pipeline -> run id, from the first round
 
     def compose(self, *args: str, timeout: float = 600, check: bool = True,
@@ -153,6 +157,17 @@ class Stack:
                 return int(response.status)
         except urllib.error.HTTPError as exc:
             return int(exc.code)
+
+
+    def console(self, path: str, token: str | None) -> tuple[int, Any]:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.console_port}{path}")
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return int(response.status), json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return int(exc.code), None
 
 
 def assert_succeeded(runs: dict[str, Any], ids: list[str]) -> None:
@@ -312,6 +327,15 @@ def test_flower_requires_basic_auth(stack):
     assert stack.flower("/", stack.flower_auth) == 200
     assert stack.flower("/api/workers", None) == 401
     assert stack.flower("/api/workers", stack.flower_auth) == 200
+
+
+def test_the_console_requires_its_token_and_lists_the_runs(stack):
+    assert stack.console("/api/runs", None)[0] == 401
+    assert stack.console("/api/runs", f"wrong-{stack.console_token}")[0] == 401
+    status, page = stack.console("/api/runs?limit=100", stack.console_token)
+    assert status == 200
+    listed = {r["id"] for r in page["runs"]}
+    assert set(stack.example_runs.values()) <= listed
 
 
 def test_down_removes_the_stack(stack):

@@ -49,7 +49,7 @@ def _progress(console: Console) -> Progress:
 def submit_batch(legato: Legato, pipeline: str, inputs: list[Any], *,
                  console: Console, idempotency_prefix: str | None = None,
                  on_done: dict[str, Any] | None = None, tenant: str | None = None,
-                 priority: int | None = None) -> list[str]:
+                 priority: int | None = None, tags: dict[str, str] | None = None) -> list[str]:
     spec = legato.load(pipeline)
     callbacks.check_on_done(on_done, hosts=legato.settings.webhook_hosts)  # before any submit
     for number, item in enumerate(inputs, start=1):
@@ -65,7 +65,7 @@ def submit_batch(legato: Legato, pipeline: str, inputs: list[Any], *,
         for number, item in enumerate(inputs, start=1):
             key = f"{idempotency_prefix}-{number}" if idempotency_prefix else None
             run_ids.append(legato.submit(spec, item, idempotency_key=key, on_done=on_done,
-                                         tenant=tenant, priority=priority))
+                                         tenant=tenant, priority=priority, tags=tags))
             progress.advance(bar)
     return run_ids
 

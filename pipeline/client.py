@@ -17,24 +17,26 @@ import importlib
 import json
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from celery import Celery
 from pydantic import ValidationError
 
-from legato import callbacks, schema
+from legato import callbacks, events, schema
 from legato.admission import Admission, send
 from legato.compile import Compiler
 from legato.consumers import QueueWatch, first_queues
 from legato.envelope import RESUMABLE, OnDone, RunRecord, StepRecord
 from legato.errors import InputError, PermanentError, RunNotFound, SpecError, StepError
 from legato.loader import check_children, find_pipeline, load_models, load_pipeline, resolve
+from legato.search import RunQuery, find_runs
 from legato.settings import Settings, get_settings
 from legato.signals import SignalReply, send_signal
 from legato.spec import Pipeline
 from legato.store import RunStore
+from legato.tags import check_tags
 from legato.tenants import check_submit, load_policies
 from legato.tools import load_tool_modules
 
@@ -97,15 +99,18 @@ class Legato:
                idempotency_key: str | None = None, names_only: bool = False,
                on_done: OnDone | Mapping[str, Any] | None = None,
                schedule: str | None = None, tenant: str | None = None,
-               priority: int | None = None) -> str:
+               priority: int | None = None, tags: Mapping[str, str] | None = None) -> str:
         """Validate, record and enqueue one run; return its id. Raises SpecError or InputError.
 
         `names_only`: `pipeline` is a name in the pipelines directory, never a file path (what
         `legato.submit` does for producers). `on_done`: whom to tell when the run finishes — a
         Celery task (and queue) and/or a webhook URL (pipeline/callbacks.py). `schedule`: the
         schedule that made the run (set by `legato beat`). `tenant` ("default") and `priority`
-        (0; higher first within the tenant) matter with a tenants file: see legato.admission."""
+        (0; higher first within the tenant) matter with a tenants file: see legato.admission.
+        `tags`: labels stored on the run and searched by (`runs(tags=...)`; limits in
+        legato.tags)."""
         tenant, priority = check_submit(tenant, priority)
+        checked_tags = check_tags(tags)
         if names_only:
             spec = self.load_named(pipeline) if isinstance(pipeline, str) else \
                 _refuse_object(pipeline)
@@ -117,7 +122,7 @@ class Legato:
         record = RunRecord(id=uuid.uuid4().hex, pipeline=spec.name, spec_hash=digest,
                            status="queued", input=input, created_at=time.time(),
                            idempotency_key=idempotency_key, on_done=told, schedule=schedule,
-                           tenant=tenant, priority=priority)
+                           tenant=tenant, priority=priority, tags=checked_tags)
         run_id = self.store.create_run(record)
         if run_id != record.id:  # the key was used before: that run is this job, if it is
             _same_job(self.store.get_run(run_id), spec.name, input, idempotency_key)
@@ -252,12 +257,34 @@ class Legato:
             raise StepError(f"run {run_id} {record.status}: {record.error}")
         return record.output
 
+    def stream(self, run_id: str, last_id: str | None = None, *,
+               follow: bool = True) -> Iterator[events.Event]:
+        """The run's events (legato.events), from after `last_id` (the start if None), as they
+        come; ends with the run (a `RunFinished` event). `follow=False`: what is there now."""
+        self.store.get_run(run_id)  # RunNotFound for an unknown id
+        if last_id is not None and not events.is_entry_id(last_id):
+            raise InputError(f"last_id: {last_id!r} is not an event id of run {run_id} "
+                             "(ids look like 1764590000000-0)")
+        return self.store.events(run_id, last_id=last_id, follow=follow)
+
     def steps(self, run_id: str) -> list[StepRecord]:
         return self.store.get_steps(run_id)
 
-    def runs(self, *, status: str | None = None, schedule: str | None = None,
-             tenant: str | None = None, limit: int = 20) -> list[RunRecord]:
-        return self.store.list_runs(status=status, schedule=schedule, tenant=tenant, limit=limit)
+    def runs(self, *, status: str | None = None, limit: int = 20, pipeline: str | None = None,
+             tags: Mapping[str, str] | None = None, since: float | None = None,
+             until: float | None = None, text: str | None = None, schedule: str | None = None,
+             tenant: str | None = None) -> list[RunRecord]:
+        """Runs, newest first: in a state, of a pipeline, with all these tags, created in
+        [since, until), holding `text` in their input, output or error (legato.search), made by
+        a schedule, of a tenant."""
+        if pipeline is None and not tags and since is None and until is None and not text:
+            return self.store.list_runs(status=status, schedule=schedule, tenant=tenant,
+                                        limit=limit)
+        query = RunQuery(status=status, limit=limit, pipeline=pipeline, tags=dict(tags or {}),
+                         since=since, until=until, text=text)
+        return [r for r in find_runs(self.store, query).runs
+                if (schedule is None or r.schedule == schedule)
+                and (tenant is None or r.tenant == tenant)]
 
 
 def check_input(spec: Pipeline, value: Any, *, max_bytes: int | None = None) -> None:

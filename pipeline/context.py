@@ -14,6 +14,7 @@ from legato.fields import Gate
 from legato.models import Completion, Gateway, RunScope, ask
 from legato.models.config import ModelConfig
 from legato.models.transport import Client
+from legato.publisher import StepStream, answering
 from legato.tools.toolbox import Toolbox
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ class StepContext:
     run: RunScope | None = None
     tools: Toolbox | None = None  # the process's; None: the installed one (tools/toolbox.py)
     store: RunStore | None = None  # the process's run store: MCP's pinned tools and journal
+    stream: StepStream | None = None  # the run's event stream, for this attempt (None: off)
     lease: str = ""  # the token of the journal lease this delivery holds (a wait parks with it)
 
     def __post_init__(self) -> None:
@@ -85,15 +87,16 @@ class StepContext:
                      call_params: dict[str, Any] | None) -> Completion:
             return gateway.complete(self.models, model, messages, schema=schema,
                                     params=call_params, step=self.step, run=self.run,
-                                    trace=trace)
+                                    trace=trace, stream=self.stream)
 
         try:
-            answer = ask(
-                self.http, self.models[model], self.render(prompt, **extra),
-                system=self.render(system, **extra) if system else None,
-                output_schema=output_schema, params=params, step_tag=self.step_tag,
-                max_repairs=max_repairs, complete=complete,
-            )
+            with answering(self.stream):  # the answer kept is the one committed on the stream
+                answer = ask(
+                    self.http, self.models[model], self.render(prompt, **extra),
+                    system=self.render(system, **extra) if system else None,
+                    output_schema=output_schema, params=params, step_tag=self.step_tag,
+                    max_repairs=max_repairs, complete=complete,
+                )
         except StepError as exc:  # the trace rides on the error, for the failed step's record
             exc.detail = {"model_calls": trace,  # type: ignore[attr-defined]
                           **({"repairs": exc.attempts} if hasattr(exc, "attempts") else {})}

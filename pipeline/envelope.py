@@ -229,6 +229,7 @@ class RunRecord(_Wire):
     priority: int = 0  # higher first, among its tenant's runs waiting for admission
     held: str | None = None  # why it waits for admission (legato.admission), while it does
     admitted_at: float | None = None  # when admission released it (with a tenants file)
+    tags: dict[str, str] = Field(default_factory=dict)  # labels given at submit (tags.py)
 
     @property
     def done(self) -> bool:

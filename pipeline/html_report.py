@@ -29,11 +29,11 @@ def escape(text: str) -> str:
     escape sequences shown (`\\x1b[31m`), never passed on raw."""
     return _html_escape(clean(str(text)))
 
-_COLOURS = {"succeeded": "#2e9d4f", "failed": "#d0343b", "running": "#e0a800", "queued": "#3b82c4",
-            "cancelled": "#a040a0", "skipped": "#9aa0a6", "waiting": "#6a5acd"}
+COLOURS = {"succeeded": "#2e9d4f", "failed": "#d0343b", "running": "#e0a800", "queued": "#3b82c4",
+           "cancelled": "#a040a0", "skipped": "#9aa0a6", "waiting": "#6a5acd"}
 _ROW, _LABEL, _CHART = 26, 260, 820
 
-_CSS = """
+CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1d2329;
 background:#fafbfc}
 h1{font-size:20px;margin:0 0 6px}h2{font-size:16px;margin:28px 0 8px}
@@ -46,6 +46,9 @@ h1{font-size:20px;margin:0 0 6px}h2{font-size:16px;margin:28px 0 8px}
 pre{background:#f3f5f7;border-radius:4px;padding:8px;margin:4px 0;white-space:pre-wrap;
 word-break:break-word;font:12px/1.4 ui-monospace,Menlo,monospace;max-height:360px;overflow:auto}
 .error{color:#b4232a;font-weight:600}.label{font-size:12px;color:#666;text-transform:uppercase}
+.tag{background:#e8edf2;border-radius:8px;padding:1px 7px;font:12px ui-monospace,Menlo,monospace}
+table.calls{border-collapse:collapse;font-size:12px;margin:4px 0}
+table.calls td,table.calls th{border-bottom:1px solid #e3e6ea;padding:2px 8px;text-align:left}
 """
 
 
@@ -74,7 +77,7 @@ def step_inputs(spec: Pipeline, outputs: dict[str, Any], path: str) -> dict[str,
     return found
 
 
-def _svg(spans: list[Span], total: float) -> str:
+def timeline_svg(spans: list[Span], total: float) -> str:
     height = _ROW * len(spans) + 34
     width = _LABEL + _CHART + 20
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" role="img" aria-label="timeline" '
@@ -92,7 +95,7 @@ def _svg(spans: list[Span], total: float) -> str:
         s = sp.record
         x = _LABEL + sp.start / total * _CHART
         w = max(2.0, sp.took / total * _CHART)
-        colour = _COLOURS.get(s.status, "#888")
+        colour = COLOURS.get(s.status, "#888")
         label = escape("\u2002" * sp.depth + s.path.rsplit("/", 1)[-1])
         parts.append(f'<g class="span" data-path="{escape(s.path)}" '
                      f'data-status="{escape(s.status)}">'
@@ -107,9 +110,33 @@ def _svg(spans: list[Span], total: float) -> str:
     return "".join(parts)
 
 
-def _step_html(sp: Span, inputs: dict[str, Any]) -> str:
+def model_calls(record: StepRecord) -> str:
+    """A step's model calls as a table: each model tried, its outcome, each HTTP attempt (status
+    or error, seconds, the wait after it), rate-limit waits and cache hits; then any repairs."""
+    rows = []
+    for call in record.model_calls:
+        tries = call.attempts or []
+        said = "; ".join(
+            f"{a.status or a.error or '?'} in {a.seconds:.3f}s"
+            + (f", waited {a.wait:.2f}s" if a.wait else "") for a in tries)
+        if call.cached:
+            said = f"cache {call.cached}" + (f"; {said}" if said else "")
+        if call.rate_limited:
+            said += f" (rate limited {call.rate_limited:.2f}s)"
+        rows.append(f"<tr><td>{escape(call.model)}</td><td>{escape(call.outcome or 'calling')}"
+                    f"</td><td>{len(tries)}</td><td>{escape(said)}</td></tr>")
+    repairs = "".join(f"<li>repair {r.attempt}: {escape(r.error)}</li>" for r in record.repairs)
+    if not rows and not repairs:
+        return ""
+    table = ('<table class="calls"><tr><th>model</th><th>outcome</th><th>attempts</th>'
+             f'<th>each attempt</th></tr>{"".join(rows)}</table>') if rows else ""
+    return (f'<div class="label">model calls</div>{table}'
+            + (f'<ul class="repairs">{repairs}</ul>' if repairs else ""))
+
+
+def step_section(sp: Span, inputs: dict[str, Any]) -> str:
     s = sp.record
-    colour = _COLOURS.get(s.status, "#888")
+    colour = COLOURS.get(s.status, "#888")
     facts = [("kind", s.kind), ("queue", s.queue or "—"), ("worker", s.worker or "—"),
              ("start", f"+{sp.start:.3f}s"), ("took", f"{sp.took:.3f}s"),
              ("attempt", str(s.attempt))]
@@ -130,14 +157,12 @@ def _step_html(sp: Span, inputs: dict[str, Any]) -> str:
             f'<div class="cols"><div><div class="label">input</div>'
             f'<pre class="input">{escape(_json(inputs) if inputs else "—")}</pre></div>'
             f'<div><div class="label">output</div><pre class="output">{escape(out)}</pre>'
-            f'{detail}</div></div></section>')
+            f'{model_calls(s)}{detail}</div></div></section>')
 
 
-def render_html(run: RunRecord, steps: list[StepRecord], spec: Pipeline | None = None,
-                outputs: dict[str, Any] | None = None) -> str:
-    spans, total = timeline(run, steps)
-    outputs = outputs or {}
-    colour = _COLOURS.get(run.status, "#888")
+def run_header(run: RunRecord) -> str:
+    """The run's name and state, a summary line, its input and its output or error."""
+    colour = COLOURS.get(run.status, "#888")
     took = f"{run.finished_at - (run.started_at or run.created_at):.2f}s" \
         if run.finished_at else "(not finished)"
     created = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(run.created_at))
@@ -153,17 +178,34 @@ def render_html(run: RunRecord, steps: list[StepRecord], spec: Pipeline | None =
         if run.status == "waiting" and run.waiting else ""
     result = waiting + (f'<p class="error">{escape(run.error)}</p>' if run.error else
               f'<div class="label">output</div><pre id="run-output">{escape(_json(run.output))}'
-              f'</pre>')
+              f'</pre>' if run.done or run.output is not None else "")
+    tags = "".join(f'<span class="tag">{escape(k)}={escape(v)}</span> '
+                   for k, v in run.tags.items())
+    return (f'<h1>{escape(run.pipeline)} <span class="status" style="background:{colour}">'
+            f'{escape(run.status)}</span></h1>{summary}'
+            + (f'<p class="tags">{tags}</p>' if tags else "")
+            + f'<div class="label">input</div><pre id="run-input">{escape(_json(run.input))}'
+            f'</pre>{result}')
+
+
+def run_body(run: RunRecord, steps: list[StepRecord], spec: Pipeline | None = None,
+             outputs: dict[str, Any] | None = None, now: float | None = None) -> str:
+    """The timeline and every step's section (what the report and the console's run page
+    share)."""
+    spans, total = timeline(run, steps, now)
+    outputs = outputs or {}
     step_sections = "".join(
-        _step_html(sp, step_inputs(spec, outputs, sp.record.path) if spec else {})
+        step_section(sp, step_inputs(spec, outputs, sp.record.path) if spec else {})
         for sp in spans)
+    return (f'<h2>Timeline</h2><div class="chart">{timeline_svg(spans, total)}</div>'
+            f'<h2>Steps ({len(steps)})</h2>{step_sections}')
+
+
+def render_html(run: RunRecord, steps: list[StepRecord], spec: Pipeline | None = None,
+                outputs: dict[str, Any] | None = None) -> str:
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f'<title>Legato run {escape(run.id)} · {escape(run.pipeline)}</title>'
-        f'<style>{_CSS}</style></head><body>'
-        f'<h1>{escape(run.pipeline)} <span class="status" style="background:{colour}">'
-        f'{escape(run.status)}</span></h1>{summary}'
-        f'<div class="label">input</div><pre id="run-input">{escape(_json(run.input))}</pre>'
-        f'{result}<h2>Timeline</h2><div class="chart">{_svg(spans, total)}</div>'
-        f'<h2>Steps ({len(steps)})</h2>{step_sections}</body></html>\n'
+        f'<style>{CSS}</style></head><body>{run_header(run)}'
+        f'{run_body(run, steps, spec, outputs)}</body></html>\n'
     )

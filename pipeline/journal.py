@@ -20,6 +20,7 @@ the same. The run states they test come from `envelope.UNFINISHED`.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -216,13 +217,20 @@ class Journal:
         }
 
     def end(self, run_id: str, record: StepRecord, publishes: tuple[str, ...], *, token: str,
-            now: float) -> None:
-        self._end(**self._end_call(run_id, record, publishes, token=token, now=now))
+            now: float, before: Callable[[Any], None] | None = None) -> None:
+        """`before(pipeline)`: commands to send first, in the same round trip (the step's
+        last run events)."""
+        if before is None:
+            self._end(**self._end_call(run_id, record, publishes, token=token, now=now))
+            return
+        self.end_many(run_id, [(record, publishes)], token=token, now=now, before=before)
 
     def end_many(self, run_id: str, steps: list[tuple[StepRecord, tuple[str, ...]]], *,
-                 token: str, now: float) -> None:
+                 token: str, now: float, before: Callable[[Any], None] | None = None) -> None:
         """`end` for many steps of one run, in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
+        if before is not None:
+            before(pipe)
         for record, publishes in steps:
             self._end(**self._end_call(run_id, record, publishes, token=token, now=now),
                       client=pipe)

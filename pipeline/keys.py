@@ -23,6 +23,7 @@
     <p>:run:{<id>}:children    hash: a `pipeline` step's path -> the child run it started
     <p>:run:{<id>}:mcp         hash: MCP server -> its tool list, pinned by the run's first use
     <p>:run:{<id>}:toolcalls   hash: idempotency key -> a journaled tool call's result (MCP)
+    <p>:run:{<id>}:events      stream: the run's events (step lifecycle, model tokens; events.py)
     <p>:run:{<id>}:keys        set: the run's keys not named above (its votes', MCP's), for
                                retention
     <p>:run:{<id>}:signals     hash: step path -> the signal that arrived for it (JSON), kept once
@@ -93,6 +94,10 @@ class Keys:
     def attempts(self, run_id: str) -> str:
         return f"{self.run(run_id)}:attempts"
 
+    def events(self, run_id: str) -> str:
+        """stream: the run's events, model tokens among them (legato.events)"""
+        return f"{self.run(run_id)}:events"
+
     def run_extras(self, run_id: str) -> str:
         """set: the run's keys whose names are not fixed (its votes'), so they expire with it"""
         return f"{self.run(run_id)}:keys"
@@ -110,11 +115,13 @@ class Keys:
         return f"{self.run(run_id)}:parked"
 
     def of_run(self, run_id: str) -> list[str]:
-        """Every key a run owns by a fixed name, the run hash first, its children next to last
-        and its extras set (which lists the rest) last."""
+        """Every key a run owns by a fixed name: the run hash first; its children, its event
+        stream and its extras set (which lists the rest) last, in that order (store.py's finish
+        script reads the children and writes `run_finished` to the stream by those places)."""
         return [self.run(run_id), self.steps(run_id), self.outputs(run_id),
                 self.attempts(run_id), self.budget(run_id), self.signals(run_id),
-                self.parked(run_id), self.children(run_id), self.run_extras(run_id)]
+                self.parked(run_id), self.children(run_id), self.events(run_id),
+                self.run_extras(run_id)]
 
     def mcp_tools(self, run_id: str) -> str:
         return f"{self.run(run_id)}:mcp"

@@ -88,6 +88,8 @@ def run_summary(run: RunRecord) -> Group:
         lines.append(Text(clean(f"made by schedule {run.schedule}"), style="dim"))
     if run.tenant != "default" or run.priority:
         lines.append(Text(f"tenant {clean(run.tenant)}  priority {run.priority}", style="dim"))
+    if run.tags:
+        lines.append(Text(f"tags {tags_line(run.tags)}", style="dim"))
     if run.waiting:
         lines.append(Text(run.waiting, style="yellow"))
     if run.held and not run.done:
@@ -119,6 +121,9 @@ def _callbacks(run: RunRecord) -> Iterator[Text]:
                 d.error or "failed") if d.final or not d.status else "") if w)
             yield Text(clean(f"  {when}  {what}  (delivery {d.delivery_id})"),
                        style="" if d.ok else "red")
+def tags_line(tags: dict[str, str]) -> str:
+    """`k=v k2=v2` (tags are plain ASCII by construction; escaped all the same)."""
+    return clean(" ".join(f"{k}={v}" for k, v in tags.items()), newlines=False)
 
 
 def tree_order(steps: list[StepRecord]) -> list[StepRecord]:
@@ -148,20 +153,24 @@ class RunsView:
     def __init__(self, runs: list[RunRecord]) -> None:
         self.runs = runs
 
-    def _rows(self) -> Iterator[tuple[str, str, str, str, str, str, str]]:
+    def _rows(self) -> Iterator[tuple[str, ...]]:
+        tagged = any(r.tags for r in self.runs)
         for r in self.runs:
             created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at))
             took = _seconds(r.started_at, r.finished_at) if r.finished_at else ""
             pipeline = ("↳ " if r.parent_run else "") + r.pipeline  # a child run, marked
             pipeline = f"{pipeline} ({r.schedule})" if r.schedule else pipeline
             held = r.held if not r.done else None
+            tags = (tags_line(r.tags),) if tagged else ()
             yield (clean(r.id, newlines=False), clean(pipeline, newlines=False),
-                   clean(r.tenant, newlines=False), r.status, created, took,
+                   clean(r.tenant, newlines=False), r.status, created, took, *tags,
                    _preview(r.error or r.waiting or held or "", 200))
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         rows = list(self._rows())
-        heads = ("run", "pipeline", "tenant", "status", "created", "took")
+        heads: tuple[str, ...] = ("run", "pipeline", "tenant", "status", "created", "took")
+        if any(r.tags for r in self.runs):
+            heads += ("tags",)
         fixed = [max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(heads)]
         # A column's cells and 3 characters between columns (rich's padding and rule).
         if sum(fixed) + 3 * len(heads) + self.ERROR_MIN <= options.max_width:
@@ -171,13 +180,16 @@ class RunsView:
             table.add_column("error", overflow="fold", ratio=1)
             for row in rows:
                 table.add_row(Text(row[0]), Text(row[1]), Text(row[2]), status_text(row[3]),
-                              row[4], row[5], Text(row[6], style="red"))
+                              *map(Text, row[4:-1]), Text(row[-1], style="red"))
             yield table
             return
-        for run_id, pipeline, tenant, status, created, took, error in rows:
+        for row in rows:
+            run_id, pipeline, tenant, status, created, took, error = (*row[:6], row[-1])
             yield Text.assemble((run_id, "bold"), "  ", status_text(status), overflow="fold")
             rest = Text.assemble(pipeline, "  ", tenant, "  ", (created, "dim"),
                                  (f"  took {took}" if took else "", "dim"))
+            if len(row) == 8 and row[6]:
+                rest.append_text(Text(f"  tags {row[6]}", style="dim"))
             if error:
                 rest.append_text(Text(f"  error: {error}", style="red"))
             yield Padding(rest, (0, 0, 0, 2), expand=False)

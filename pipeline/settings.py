@@ -40,6 +40,7 @@ ELSEWHERE: dict[str, str] = {
     "LEGATO_BILLING_CONCURRENCY": "docker-compose.yml: worker-billing's `-c`",
     "LEGATO_TECHNICAL_CONCURRENCY": "docker-compose.yml: worker-technical's `-c`",
     "LEGATO_MODEL_IMAGE": "docker-compose.yml: the model service's image",
+    "LEGATO_CONSOLE_PORT": "docker-compose.yml: the console's published port",
     "LEGATO_MODEL_IMAGE_EXTRAS": "docker-compose.yml: the extras the model image is built with",
     "LEGATO_COMPOSE_KEEP": "compose_tests/: leave the stack up after `make compose-test`",
     "LEGATO_FAULT_SCALE": "tests/faults: how long the fault suite runs",
@@ -126,11 +127,27 @@ class Settings(BaseSettings):
     callback_attempts: int = 10
     callback_retry_seconds: float = 2.0
     schedules_file: str = ""  # empty: <pipelines_dir>/schedules.yaml (`legato beat`)
+    # Model steps stream their answers from the provider and publish the tokens on the run's
+    # event stream (pipeline/events.py): a process's publisher writes what piled up every
+    # `stream_flush_ms`, pipelined, and a step's last events ride its journal end. Off (the
+    # default until an unloaded `make bench` shows row 7 within its 10 %): plain requests and
+    # no events (a watcher sees only the run's end).
+    stream: bool = False
+    stream_flush_ms: float = 50.0
+    stream_maxlen: int = 10000  # a run's stream keeps about this many newest events
     log_format: LogFormat = "text"  # "json": one JSON object a log line; anything else: text
     otel: bool = False  # trace with OpenTelemetry (1/true/yes/on)
     # The OpenAI-compatible API the example models.yaml points at (read there as
     # `${LEGATO_MODEL_BASE_URL}`); `legato demo` uses it instead of starting a model.
     model_base_url: str = ""
+    # `legato serve` (the console, pipeline/console/): a bearer token, or a user and password
+    # for basic auth; one is required unless it is started with --no-auth.
+    console_token: SecretStr | None = None
+    console_user: str = ""
+    console_password: SecretStr | None = None
+    # Origins whose pages may call the console's API from a browser (comma-separated); empty:
+    # CORS off, only the console's own pages.
+    console_cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
     # The OpenTelemetry SDK's own names (no LEGATO_ prefix), read here with the rest.
     otel_service_name: str = Field(
         "legato", validation_alias=AliasChoices("otel_service_name", "OTEL_SERVICE_NAME"))
@@ -159,6 +176,11 @@ class Settings(BaseSettings):
     @field_validator("tool_modules", mode="before")
     @classmethod
     def _modules(cls, value: Any) -> Any:
+        return _comma_list(value)
+
+    @field_validator("console_cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: Any) -> Any:
         return _comma_list(value)
 
     @field_validator("http_tool_hosts", "webhook_hosts", mode="before")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from enum import IntEnum
 from functools import lru_cache
 from typing import Any
@@ -17,6 +17,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from legato import events
 from legato.admission import Admission
 from legato.concurrency import ConcurrencyKeys
 from legato.envelope import (
@@ -70,14 +71,15 @@ end
 """
 
 # KEYS: active, waiting, ended children, callbacks, then the run's keys (Keys.of_run: the run
-# hash first, its children next to last, the extras set last). ARGV: channel, status, run id, ttl
-# (0: keep), idempotency key prefix, callbacks held until, field/value pairs... Terminal states
-# are final; a finished run's keys expire after the ttl. Returns 0 if the run was already final,
-# else {callbacks, parent run, parent step, child runs...}: `callbacks` is 2 when the run has
-# callbacks (it enters the callbacks set in the same step, so they are delivered at least once,
-# whoever finished it and whatever happens to that process next), else 1; a child run notes in
-# `ended children` that its parent is to be told (until it is); a finished run's children are
-# cancelled.
+# hash first; its children, its event stream and its extras set last, in that order). ARGV:
+# channel, status, run id, ttl (0: keep), idempotency key prefix, callbacks held until,
+# field/value pairs... Terminal states are final; a finished run's keys expire after the ttl; a
+# run that streamed events gets a last one, `run_finished`. Returns 0 if the run was already
+# final, else {callbacks, parent run, parent step, child runs...}: `callbacks` is 2 when the run
+# has callbacks (it enters the callbacks set in the same step, so they are delivered at least
+# once, whoever finished it and whatever happens to that process next), else 1; a child run
+# notes in `ended children` that its parent is to be told (until it is); a finished run's
+# children are cancelled.
 _FINISH = lua_set("TERMINAL", TERMINAL) + _EACH_KEY + """
 local status = redis.call('HGET', KEYS[5], 'status')
 if not status or TERMINAL[status] then
@@ -85,7 +87,7 @@ if not status or TERMINAL[status] then
 end
 local family = redis.call('HMGET', KEYS[5], 'parent_run', 'parent_step')
 family[1], family[2] = family[1] or '', family[2] or ''
-for _, child in ipairs(redis.call('HVALS', KEYS[#KEYS - 1])) do
+for _, child in ipairs(redis.call('HVALS', KEYS[#KEYS - 2])) do
   table.insert(family, child)
 end
 redis.call('HSET', KEYS[5], 'status', ARGV[2], unpack(ARGV, 7))
@@ -97,6 +99,15 @@ if family[1] ~= '' then
   redis.call('ZADD', KEYS[3], now[1] + now[2] / 1e6, family[1] .. '|' .. family[2])
 end
 redis.call('PUBLISH', ARGV[1], ARGV[2])
+local events = KEYS[#KEYS - 1]  -- the run's event stream: watchers stop at this entry
+if redis.call('EXISTS', events) == 1 then
+  local err = redis.call('HGET', KEYS[5], 'error')
+  if err then
+    redis.call('XADD', events, '*', 'type', 'run_finished', 'status', ARGV[2], 'error', err)
+  else
+    redis.call('XADD', events, '*', 'type', 'run_finished', 'status', ARGV[2])
+  end
+end
 local ttl = tonumber(ARGV[4])
 if ttl > 0 then
   each_key(function(k) redis.call('EXPIRE', k, ttl) end, 5, ARGV[5])
@@ -308,7 +319,7 @@ class RunStore:
         raw = self.redis.hgetall(self.keys.run(run_id))
         if not raw or "id" not in raw:  # none, or fields a late writer left after it expired
             raise RunNotFound(f"no run {run_id!r}")
-        return _run_from_hash(raw)
+        return run_from_hash(raw)
 
     def list_runs(self, *, status: str | None = None, schedule: str | None = None,
                   tenant: str | None = None,
@@ -327,8 +338,33 @@ class RunStore:
                 if raw and "id" in raw and (status is None or raw.get("status") == status) and (
                         schedule is None or raw.get("schedule") == schedule) and (
                         tenant is None or (raw.get("tenant") or "default") == tenant):
-                    runs.append(_run_from_hash(raw))
+                    runs.append(run_from_hash(raw))
         return runs[:limit]
+
+    def runs_by_time(self, high: str, low: str, *, start: int, num: int
+                     ) -> list[tuple[dict[str, str], float]]:
+        """Run records newest first, created in [low, high] (ZRANGEBYSCORE bounds: `(` for an
+        open end, `-inf`), from the `start`th on, at most `num`, each with its creation time
+        in the index; a run gone meanwhile is an empty record. Two round trips."""
+        entries = self.redis.zrevrangebyscore(self.keys.runs, high, low, start=start, num=num,
+                                              withscores=True)
+        pipe = self.redis.pipeline(transaction=False)
+        for run_id, _ in entries:
+            pipe.hgetall(self.keys.run(run_id))
+        return list(zip(pipe.execute(), (float(s) for _, s in entries), strict=True)) \
+            if entries else []
+
+    def event_stream(self, run_id: str) -> str:
+        """The key of the run's event stream (legato.events), for readers of their own."""
+        return self.keys.events(run_id)
+
+    def run_key(self, run_id: str) -> str:
+        """The key of the run's record (a hash; its `status` field is the run's state)."""
+        return self.keys.run(run_id)
+
+    def done_channel(self, run_id: str) -> str:
+        """The pub/sub channel a run's completion is announced on (`wait` listens there)."""
+        return self.keys.done(run_id)
 
     def run_ids_with_prefix(self, prefix: str, *, limit: int = 10) -> list[str]:
         """Ids in the runs index that start with `prefix` (at most `limit`; a scan of the
@@ -457,12 +493,14 @@ class RunStore:
 
     @staticmethod
     def _run_fields(record: RunRecord) -> dict[str, str]:
-        data = record.model_dump(exclude={"usage", "input", "output", "on_done", "deliveries"},
-                                 exclude_none=True)
+        data = record.model_dump(exclude={"usage", "input", "output", "on_done", "deliveries",
+                                          "tags"}, exclude_none=True)
         out = {k: (repr(v) if isinstance(v, float) else str(v)) for k, v in data.items()}
         out["input"] = _dumps(record.input)
         if record.on_done is not None:
             out["on_done"] = record.on_done.model_dump_json(exclude_none=True)
+        if record.tags:
+            out["tags"] = _dumps(record.tags)
         return out
 
     # -- schedules (pipeline/schedules.py) -----------------------------------------------------
@@ -576,6 +614,16 @@ class RunStore:
         records = [StepRecord.model_validate_json(v) for v in raw.values()]
         return sorted(records, key=lambda r: (r.started_at or 0, r.path))
 
+    def events(self, run_id: str, *, last_id: str | None = None,
+               follow: bool = True) -> Iterator[events.Event]:
+        """The run's event stream (legato.events) after `last_id`, ending with the run."""
+        def finished() -> str | None:
+            status = self.get_run(run_id).status
+            return status if status in TERMINAL else None
+
+        return events.read(self.redis, self.keys, run_id, last_id=last_id, finished=finished,
+                           follow=follow)
+
     def get_outputs(self, run_id: str) -> dict[str, Any]:
         raw = self.redis.hgetall(self.keys.outputs(run_id))
         return {k: json.loads(v) for k, v in raw.items()}
@@ -663,7 +711,7 @@ def _cached_spec(client: Any, key: str) -> Pipeline:
     return pipeline_from_json(raw).pin()
 
 
-def _run_from_hash(raw: dict[str, str]) -> RunRecord:
+def run_from_hash(raw: dict[str, str]) -> RunRecord:
     def num(name: str) -> float | None:
         return float(raw[name]) if raw.get(name) else None
 
@@ -695,6 +743,7 @@ def _run_from_hash(raw: dict[str, str]) -> RunRecord:
         priority=int(raw.get("priority") or 0),
         held=raw.get("held") or None,
         admitted_at=num("admitted_at"),
+        tags=json.loads(raw["tags"]) if raw.get("tags") else {},
         usage=Usage(
             prompt_tokens=int(raw.get("prompt_tokens", 0)),
             completion_tokens=int(raw.get("completion_tokens", 0)),

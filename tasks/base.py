@@ -22,8 +22,9 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
+from contextlib import contextmanager
 from typing import Any
 
 from celery import Task
@@ -40,6 +41,7 @@ from legato.graph import Node
 from legato.journal import Begin
 from legato.keys import lease_member
 from legato.models.credentials import redact
+from legato.publisher import Fields, StepStream
 from legato.settings import Settings, get_settings
 from legato.spec import Pipeline
 from legato.tasks.finish import close_run
@@ -146,15 +148,17 @@ def journaled(task: Task, step: StepInput, kind: str, work: Work, *,
         app.signature(lifeline.signature_json(task)).apply_async(
             countdown=random.uniform(*CONCURRENCY_WAIT))
         raise Ignore()
+    stream = _stream(step, begin.attempt)
     keeper = resources.keeper()
     keeper.hold(step.run_id, step.path, token)
     try:  # a step that parks (legato.waits.Parked) ends here: no end record, its lease moved
-        error = _work(record, work, node, spec, step, begin, final, token)
+        error = _work(record, work, node, spec, step, begin, final, token, stream)
     finally:
         keeper.release(step.run_id, step.path)
     retry_in = _hold_for_retry(task, record, error, settings)
-    store.journal.end(step.run_id, record, node.publishes if final else (), token=token,
-                      now=record.ended_at or time.time())
+    with _ending(step.run_id, [(stream, record, retry_in)]) as before:
+        store.journal.end(step.run_id, record, node.publishes if final else (), token=token,
+                          now=record.ended_at or time.time(), before=before)
     if retry_in is not None:
         raise task.retry(countdown=retry_in, max_retries=settings.step_retries)
     return record.result()
@@ -187,12 +191,16 @@ def journaled_many(task: Task, steps: list[StepInput], kind: str,
                for s, b in zip(steps, begins, strict=True)]
     keeper = resources.keeper()
     running: dict[Future[StepError | None], int] = {}
+    streams: dict[int, StepStream | None] = {}
+    retrying: dict[int, float | None] = {}
     for i, begin in enumerate(begins):
         if begin.state == "go":
             records[i].attempt = begin.attempt
+            streams[i] = _stream(steps[i], begin.attempt)
             keeper.hold(run_id, steps[i].path, token)
             future = resources.batch_pool().submit(_work, records[i], work, nodes[i], spec,
-                                                   steps[i], begin, False, token)
+                                                   steps[i], begin, False, token,
+                                                   streams[i])
             running[future] = i
     retry_in: float | None = None
     pending, first_done = set(running), 0.0
@@ -203,14 +211,16 @@ def journaled_many(task: Task, steps: list[StepInput], kind: str,
                                  return_when=FIRST_COMPLETED)
             for future in done:
                 i = running[future]
-                retry_in = _hold_for_retry(task, records[i], future.result(),
-                                           settings) or retry_in
+                retrying[i] = _hold_for_retry(task, records[i], future.result(), settings)
+                retry_in = retrying[i] or retry_in
                 first_done = first_done if finished else time.monotonic()
                 finished.append(i)
             if finished and (not pending or len(finished) >= END_BATCH
                              or time.monotonic() - first_done >= FLUSH_SECONDS):
-                store.journal.end_many(run_id, [(records[j], ()) for j in finished],
-                                       token=token, now=time.time())
+                ends = [(streams[j], records[j], retrying[j]) for j in finished]
+                with _ending(run_id, ends) as before:
+                    store.journal.end_many(run_id, [(records[j], ()) for j in finished],
+                                           token=token, now=time.time(), before=before)
                 finished.clear()
     finally:  # on an error too: a lease not renewed runs out, and the sweeper sends us again
         for i in running.values():
@@ -255,6 +265,35 @@ def _refused(exc: StepError) -> Work:
         raise exc
 
     return work
+
+
+def _stream(step: StepInput, attempt: int) -> StepStream | None:
+    """What this attempt of the step publishes on its run's event stream (None: streaming off);
+    its `step_started` is buffered now and written with the first flush."""
+    publisher = resources.publisher()
+    if publisher is None:
+        return None
+    stream = StepStream(publisher, step.run_id, step.path, attempt)
+    stream.started()
+    return stream
+
+
+@contextmanager
+def _ending(run_id: str, ends: list[tuple[StepStream | None, StepRecord, float | None]],
+            ) -> Iterator[Callable[[Any], None] | None]:
+    """The `before` of a journal end: the ending steps' buffered events and `step_finished`,
+    written in the end's round trip (None when streaming is off)."""
+    publisher = resources.publisher()
+    if publisher is None or not any(stream for stream, _, _ in ends):
+        yield None
+        return
+    tail: list[Fields] = []
+    for stream, record, retry_in in ends:
+        if stream is not None:
+            status = "retrying" if retry_in is not None else record.status
+            tail.append(stream.finished(status, record.error))
+    with publisher.ending(run_id, tail) as before:
+        yield before
 
 
 def _running(request: Any, step: StepInput, kind: str) -> StepRecord:
@@ -316,7 +355,8 @@ def _retry_in(task: Task, error: StepError | None, settings: Settings) -> float 
 
 
 def _work(record: StepRecord, work: Work, node: Node, spec: Pipeline, step: StepInput,
-          begin: Begin, final: bool, token: str) -> StepError | None:
+          begin: Begin, final: bool, token: str, stream: StepStream | None = None
+          ) -> StepError | None:
     """Do the work into `record`; every exception but Celery's Ignore (a step that parked)
     becomes a failed record. Returns the step error it failed with (retry is decided by its
     type), if any."""
@@ -325,7 +365,8 @@ def _work(record: StepRecord, work: Work, node: Node, spec: Pipeline, step: Step
                       step=StepRef(run_id=step.run_id, path=step.path), node=step.node,
                       item=step.item, index=step.index,
                       gateway=resources.gateway(), run=resources.run_scope(step.run_id, spec),
-                      tools=resources.tools(), store=resources.store(), lease=token)
+                      tools=resources.tools(), store=resources.store(), stream=stream,
+                      lease=token)
     error: StepError | None = None
     try:
         with observability.in_step(step.run_id, step.path):

@@ -6,7 +6,8 @@
 `legato.submit` returns `{"run_id": ...}`; `on_done` (`{"task": ..., "queue": ..., "url": ...}`)
 names whom to tell when the run finishes (pipeline/callbacks.py; a URL's host must be in this
 worker's LEGATO_WEBHOOK_HOSTS); `tenant` and `priority` kwargs place the run in its tenant's
-fair share (legato.admission). The pipeline is a *name* in the worker's pipelines directory,
+fair share (legato.admission); `tags` (an object of `key: value` strings, checked as
+`legato.tags` says) label it. The pipeline is a *name* in the worker's pipelines directory,
 never a file path (producers are less trusted than workers: docs/security.md). In a chain, the
 previous task's result becomes the input when no `input` is given
 (`chain(fetch.s(), submit.s(pipeline="summarize"))`). A bad pipeline or input fails the task with
@@ -54,7 +55,8 @@ def _legato() -> Legato:
 @app.task(name="legato.submit", bind=True, ignore_result=False)
 def submit(self: Task, previous: Any = _NO_INPUT, *, pipeline: str, input: Any = _NO_INPUT,
            idempotency_key: str | None = None, on_done: Any = None,
-           tenant: str | None = None, priority: int | None = None) -> dict[str, str]:
+           tenant: str | None = None, priority: int | None = None,
+           tags: Any = None) -> dict[str, str]:
     try:
         if input is _NO_INPUT:
             if previous is _NO_INPUT:
@@ -63,7 +65,7 @@ def submit(self: Task, previous: Any = _NO_INPUT, *, pipeline: str, input: Any =
             input = previous
         run_id = _legato().submit(pipeline, input, idempotency_key=idempotency_key,
                                   names_only=True, on_done=on_done, tenant=tenant,
-                                  priority=priority)
+                                  priority=priority, tags=tags)
     except LegatoError as exc:
         logger.warning("refused a job: run=- pipeline=%s: %s: %s", _one_line(repr(pipeline), 200),
                        type(exc).__name__, _one_line(str(exc), 500))

@@ -50,6 +50,7 @@ def stack_env(redis_server: RedisServer, fake_model: str) -> dict[str, str]:
         "LEGATO_STEP_RETRY_SECONDS": "0.2",  # task retries after 0.2 s, 0.6 s, 1.8 s
         "LEGATO_HTTP_TOOL_HOSTS": "http://127.0.0.1:*",
         "LEGATO_MAX_OUTPUT_BYTES": "100000",
+        "LEGATO_STREAM": "1",  # every model step of the suite streams (test_streaming.py)
         "PYTHONPATH": str(ROOT),
     }
     os.environ.update(env)  # the producer (this process) reads the same settings

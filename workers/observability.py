@@ -7,9 +7,10 @@ Logs: a `task_prerun` hook puts the task's run id and step path in a context var
 (for Loki, CloudWatch, ...); otherwise ` run=<id> step=<path>` is appended to the usual text.
 
 Traces: with `LEGATO_OTEL=1`, `opentelemetry-instrumentation-celery` (the `otel` extra) traces
-every publish and every task run, with the run id and step path as span attributes. Exporter:
-`OTEL_TRACES_EXPORTER` = `otlp` (default; `OTEL_EXPORTER_OTLP_ENDPOINT`, which the exporter reads
-itself) or `console`.
+every publish and every task run, with the run id and step path as span attributes, and each
+model call's HTTP attempt is a GenAI span (`gen_ai.*` attributes; legato.models.telemetry).
+Exporter: `OTEL_TRACES_EXPORTER` = `otlp` (default; `OTEL_EXPORTER_OTLP_ENDPOINT`, which the
+exporter reads itself) or `console`.
 
 Both are set up from Settings (workers/app.py passes them in); nothing here reads the environment.
 """
@@ -24,6 +25,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
+from legato.models import telemetry
 from legato.settings import Settings
 
 log = logging.getLogger("legato.worker")
@@ -154,6 +156,7 @@ def setup_tracing(settings: Settings, *, force: bool = False) -> bool:
         if provider is not None:
             trace.set_tracer_provider(provider)
     CeleryInstrumentor().instrument()
+    telemetry.enable()  # and model calls as GenAI spans inside the tasks' spans
     _traced = True
     return True
 

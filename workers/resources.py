@@ -15,6 +15,7 @@ from legato.admission import Admission
 from legato.concurrency import ConcurrencyKeys
 from legato.models import Gateway, RunScope
 from legato.models.transport import Transport
+from legato.publisher import Publisher
 from legato.settings import Settings
 from legato.spec import Pipeline
 from legato.store import RunStore
@@ -42,6 +43,11 @@ def transport() -> Transport:
 def gateway() -> Gateway:
     """The process's model gateway: every model call's policies, over `transport()` and Redis."""
     return runtime.current().gateway()
+
+
+def publisher() -> Publisher | None:
+    """The process's writer of run events (None when LEGATO_STREAM is off)."""
+    return runtime.current().publisher()
 
 
 def run_scope(run_id: str, spec: Pipeline) -> RunScope:

@@ -28,9 +28,11 @@ import httpx
 from legato.admission import Admission
 from legato.concurrency import ConcurrencyKeys
 from legato.consumers import QueueWatch
+from legato.keys import Keys
 from legato.models import Gateway, RunScope
 from legato.models.credentials import Credentials
 from legato.models.transport import HttpxTransport, LoopTransport, Transport
+from legato.publisher import Publisher
 from legato.settings import Settings, get_settings
 from legato.spec import Pipeline
 from legato.store import RunStore, connect
@@ -57,6 +59,7 @@ class Runtime:
         self._http: httpx.Client | None = None
         self._transport: Transport | None = None
         self._gateway: Gateway | None = None
+        self._publisher: Publisher | None = None
         self._batch_pool: ThreadPoolExecutor | None = None
         self._keeper: LeaseKeeper | None = None
         self._sweeper: Sweeper | None = None
@@ -175,6 +178,18 @@ class Runtime:
                                         default_cache=s.cache, credentials=policy)
             return self._gateway
 
+    def publisher(self) -> Publisher | None:
+        """The process's writer of run events (pipeline/publisher.py); None with streaming off."""
+        if self._publisher is not None or not self.settings.stream:  # no lock on the hot path
+            return self._publisher
+        with self._lock:
+            if self._publisher is None:
+                s = self.settings
+                self._publisher = Publisher(self.redis(), Keys(s.key_prefix),
+                                            maxlen=s.stream_maxlen,
+                                            flush_seconds=s.stream_flush_ms / 1000)
+            return self._publisher
+
     # -- threads ---------------------------------------------------------------------------------
 
     def batch_pool(self) -> ThreadPoolExecutor:
@@ -241,6 +256,7 @@ class Runtime:
         with self._lock:
             sweeper, keeper, self._sweeper, self._keeper = self._sweeper, self._keeper, None, None
             transport, self._transport, self._gateway = self._transport, None, None
+            publisher, self._publisher = self._publisher, None
             client, self._http = self._http, None
             pool, self._batch_pool = self._batch_pool, None
             redis, self._redis, self._store, self._client = self._redis, None, None, None
@@ -249,6 +265,8 @@ class Runtime:
         for loop in (sweeper, keeper):
             if loop is not None:
                 loop.stop()
+        if publisher is not None:
+            publisher.close()  # what is buffered, written while Redis is still open
         if isinstance(transport, LoopTransport):
             transport.close()
         if client is not None:

@@ -255,4 +255,4 @@ def main() -> None:
         sys.exit(EXIT_INTERNAL)
 
 
-from legato.cli import evals, runs, stack  # noqa: E402, F401  (register the commands)
+from legato.cli import evals, runs, serve, stack  # noqa: E402, F401  (register the commands)

@@ -1,5 +1,5 @@
-"""Commands about jobs and runs: submit, status, show, report, cancel, resume, signal, replay,
-runs, validate."""
+"""Commands about jobs and runs: submit, status, show, watch, report, cancel, resume, signal,
+replay, runs, validate."""
 
 from __future__ import annotations
 
@@ -33,6 +33,18 @@ from legato.errors import InputError, RunNotFound, SpecError
 from legato.report import clean
 
 RunId = Annotated[str, typer.Argument(help="a run id, or a unique prefix of one")]
+TagOption = Annotated[list[str] | None, typer.Option(
+    "--tag", help="key=value; repeat for more (letters, digits and _ . - / in keys)")]
+
+
+def tags_of(pairs: list[str] | None) -> dict[str, str]:
+    """--tag options as checked tags; exit 2 naming a bad one."""
+    from legato.tags import parse_tags
+
+    try:
+        return parse_tags(pairs or [])
+    except InputError as exc:
+        fail(str(exc))
 MODELS_FILES = ("models.yaml", "models.yml")
 SCHEDULES_FILES = ("schedules.yaml", "schedules.yml")
 
@@ -105,6 +117,7 @@ def submit(
     tenant: Annotated[str | None, typer.Option(help="whose fair share it runs in")] = None,
     priority: Annotated[int | None, typer.Option(
         help="-1000..1000, higher first within its tenant")] = None,
+    tag: TagOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Submit one job; print its run id (or, with --wait, its outcome).
@@ -112,16 +125,17 @@ def submit(
     Exit codes: 0 ok (with --wait: succeeded); 1 the run failed or was cancelled;
     2 refused (bad pipeline, input or callback); 3 --wait timed out (the run goes on).
     """
+    tags = tags_of(tag)
     legato = legato_client()
     on_done = _on_done(on_done_task, on_done_url)
     if input.startswith("@") and input.endswith(".jsonl"):
         submit_batch(legato, pipeline, Path(input[1:]), wait, timeout, idempotency_key, as_json,
-                     on_done=on_done, tenant=tenant, priority=priority)
+                     on_done=on_done, tenant=tenant, priority=priority, tags=tags)
         return
     payload = read_input(input)
     try:
         run_id = legato.submit(pipeline, payload, idempotency_key=idempotency_key,
-                               on_done=on_done, tenant=tenant, priority=priority)
+                               on_done=on_done, tenant=tenant, priority=priority, tags=tags)
     except RecursionError:  # the input's depth is already bounded: the pipeline file is not
         fail(f"{pipeline}: the pipeline nests too deeply to load")
     except SpecError as exc:
@@ -153,7 +167,7 @@ def _on_done(task: str | None, url: str | None) -> dict[str, str] | None:
 def submit_batch(legato: Legato, pipeline: str, path: Path, wait: bool, timeout: float,
                   key_prefix: str | None, as_json: bool, *,
                   on_done: dict[str, str] | None = None, tenant: str | None = None,
-                  priority: int | None = None) -> None:
+                  priority: int | None = None, tags: dict[str, str] | None = None) -> None:
     from legato.batch import read_jsonl, submit_batch, wait_all
     from legato.report import runs_table
 
@@ -174,7 +188,7 @@ def submit_batch(legato: Legato, pipeline: str, path: Path, wait: bool, timeout:
     try:
         run_ids = submit_batch(legato, pipeline, inputs, console=err,
                                idempotency_prefix=key_prefix, on_done=on_done, tenant=tenant,
-                               priority=priority)
+                               priority=priority, tags=tags)
     except RecursionError:
         fail(f"{pipeline}: the pipeline nests too deeply to load")
     except SpecError as exc:
@@ -369,6 +383,11 @@ def runs(
     schedule: Annotated[str | None, typer.Option(
         help="only runs this schedule (schedules.yaml) made")] = None,
     tenant: Annotated[str | None, typer.Option(help="only this tenant's runs")] = None,
+    pipeline: Annotated[str | None, typer.Option(help="only runs of this pipeline")] = None,
+    tag: Annotated[list[str] | None, typer.Option(
+        "--tag", help="only runs with this key=value tag; repeat: all of them")] = None,
+    search: Annotated[str | None, typer.Option(
+        help="only runs with this text in their input, output or error (any case)")] = None,
     limit: int = 20,
     as_json: JsonFlag = False,
 ) -> None:
@@ -379,7 +398,11 @@ def runs(
 
     if status is not None and status not in RUN_STATUSES:
         fail(f"no run state {status!r}: one of {', '.join(sorted(RUN_STATUSES))}")
-    records = legato_client().runs(status=status, schedule=schedule, tenant=tenant, limit=limit)
+    if limit < 1:
+        fail(f"--limit {limit}: at least 1")
+    records = legato_client().runs(status=status, limit=limit, pipeline=pipeline,
+                                   tags=tags_of(tag), text=search, schedule=schedule,
+                                   tenant=tenant)
     if as_json:
         print_json([r.model_dump(mode="json") for r in records])
     else:
@@ -430,3 +453,34 @@ def prune(older_than: Annotated[str, typer.Option(
     rather than when LEGATO_RUN_TTL expires them."""
     gone = legato_client().store.prune(older_than=_duration(older_than))
     out.print(f"pruned {gone} run{'s' if gone != 1 else ''}")
+
+
+@app.command()
+def watch(
+    run_id: RunId,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="print each event as a JSON line instead of the live view")] = False,
+    after: Annotated[str | None, typer.Option(
+        "--after", help="start after this event id (resume a watch)")] = None,
+) -> None:
+    """Follow a run live: each step's model text as it streams, aborted attempts marked; ends
+    when the run ends (exit 1 if it did not succeed)."""
+    from rich.live import Live
+
+    from legato.watch import RunView
+
+    legato = legato_client()
+    run_id = resolve_run(legato, run_id)
+    view = RunView()
+    if as_json:
+        for event in legato.stream(run_id, after):
+            view.apply(event)
+            out.print_json(event.model_dump_json(), highlight=False, indent=None)
+    else:
+        with Live(view.render(), console=out, refresh_per_second=8,
+                  transient=False) as live:
+            for event in legato.stream(run_id, after):
+                view.apply(event)
+                live.update(view.render())
+    if view.status != "succeeded":
+        raise typer.Exit(EXIT_RUN_FAILED)

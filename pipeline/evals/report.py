@@ -10,7 +10,7 @@ from typing import Any
 from rich.table import Table
 
 from legato.evals.runner import ArmResult
-from legato.html_report import _CSS, escape
+from legato.html_report import CSS, escape
 
 
 def regressions(arms: list[ArmResult], threshold: float) -> list[str]:
@@ -120,7 +120,7 @@ def render_html(report: dict[str, Any]) -> str:
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f'<title>Legato eval {escape(report["eval"])} · {escape(report["pipeline"])}</title>'
-        f'<style>{_CSS}table{{border-collapse:collapse;background:#fff}}td,th{{border:1px '
+        f'<style>{CSS}table{{border-collapse:collapse;background:#fff}}td,th{{border:1px '
         f'solid #dde1e6;padding:4px 10px;text-align:right}}td:first-child{{text-align:left}}'
         f'</style></head><body><h1>eval {escape(report["eval"])} · '
         f'{escape(report["pipeline"])}</h1><p class="meta">scorer {escape(report["scorer"])} · '

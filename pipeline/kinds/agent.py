@@ -30,6 +30,7 @@ from legato.errors import PermanentError, SignalRefused, StepError
 from legato.fields import StepBase, Strict
 from legato.kinds.base import Kind, call_templates
 from legato.models import Gateway
+from legato.publisher import answering
 from legato.queues import LLM
 from legato.tools import ToolSpec, get_tool, mcp
 from legato.tools import toolbox as toolboxes
@@ -90,8 +91,9 @@ def agent_turn(step: Agent, ctx: StepContext, turn: int,
         else step.params
     gateway = ctx.gateway or Gateway(ctx.http)
     trace: list[ModelAttempt] = []
-    reply = gateway.complete(ctx.models, step.model, messages, params=params,
-                             step=ctx.step, run=ctx.run, trace=trace)
+    with answering(ctx.stream):
+        reply = gateway.complete(ctx.models, step.model, messages, params=params,
+                                 step=ctx.step, run=ctx.run, trace=trace, stream=ctx.stream)
     detail: dict[str, Any] = {"model_calls": trace}
     if not reply.tool_calls:
         messages.append(Message(role="assistant", content=reply.text).wire())

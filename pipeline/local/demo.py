@@ -2,8 +2,9 @@
 
 Starts a private Redis, a model (the local llama.cpp server with SmolLM2, or the fake model, or
 whatever OpenAI-compatible API LEGATO_MODEL_BASE_URL points at), two workers (default queues and
-the example branch queues) and Flower; submits one job per pipeline under pipelines/ with a
-progress bar; prints the outputs and the Flower URL; stops everything on Ctrl-C.
+the example branch queues), Flower and the console (`legato serve`); submits one job per
+pipeline under pipelines/ with a progress bar; prints the outputs and the Flower and console
+URLs; stops everything on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ def _run(console: Console, settings: Settings, model: str, keep: bool | None,
             "LEGATO_PIPELINES_DIR": str(pipelines_dir),
         }
         os.environ.update(env)  # for models.yaml's ${LEGATO_MODEL_BASE_URL} in this process
-        with console.status("starting workers and Flower…"):
+        with console.status("starting workers, Flower and the console…"):
             stack.enter_context(processes.worker("main", list(DEFAULT_QUEUES), env=env,
                                                  log_dir=logs))
             stack.enter_context(processes.worker("branches", BRANCH_QUEUES, env=env,
@@ -163,6 +164,10 @@ def _run(console: Console, settings: Settings, model: str, keep: bool | None,
             flower_auth = f"demo:{secrets.token_urlsafe(9)}"  # a fresh password each demo
             stack.enter_context(processes.flower(flower_port, env=env, basic_auth=flower_auth,
                                                  log_dir=logs))
+            console_port = 8000 if not port_open("127.0.0.1", 8000) else free_port()
+            console_token = secrets.token_urlsafe(12)  # a fresh token each demo, too
+            stack.enter_context(processes.console(console_port, env=env, token=console_token,
+                                                  log_dir=logs))
         legato = Legato(replace(settings, redis_url=redis.url, pipelines_dir=pipelines_dir,
                                 model_base_url=env["LEGATO_MODEL_BASE_URL"]))
         _warn_unserved(legato, names, console)
@@ -171,6 +176,9 @@ def _run(console: Console, settings: Settings, model: str, keep: bool | None,
         user, _, password = flower_auth.partition(":")
         console.print(f"Flower: http://127.0.0.1:{flower_port} (user {user}, password "
                       f"{password})   logs: {logs}", markup=False, highlight=False)
+        console.print(f"Console: http://127.0.0.1:{console_port} (any user, password "
+                      f"{console_token}; API: Authorization: Bearer {console_token})",
+                      markup=False, highlight=False)
         if keep:
             console.print(f"inspect a run: LEGATO_REDIS_URL={redis.url} legato show RUN_ID")
             console.print("[bold]running — press Ctrl-C to stop[/]")

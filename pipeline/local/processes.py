@@ -40,9 +40,13 @@ class Service:
             self.wait_ready(timeout)
         return self
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        """Until the process prints its ready line (after `start(wait=False)`: several started
-        at once, then waited for)."""
+    def wait_ready(self, timeout: float = 30.0) -> Service:
+        """After `start(wait=False)`: until it says it is ready (several start at once)."""
+        if self.ready is not None:
+            self._wait_ready(timeout)
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
         assert self.proc is not None and self.ready is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -134,4 +138,17 @@ def flower(port: int, *, env: dict[str, str], basic_auth: str | None = None,
     if basic_auth:
         env = {**env, "FLOWER_BASIC_AUTH": basic_auth}
     return Service("flower", argv, env=env, ready=r"Visit me at|Registered tasks",
+                   log_dir=log_dir)
+
+
+def console(port: int, *, env: dict[str, str], token: str | None = None, no_auth: bool = False,
+            log_dir: Path | None = None) -> Service:
+    """`legato serve` on 127.0.0.1:`port`; the token (LEGATO_CONSOLE_TOKEN) goes in its
+    environment, never on its command line."""
+    argv = [sys.executable, "-m", "legato.cli", "serve", "--port", str(port)]
+    if no_auth:
+        argv.append("--no-auth")
+    if token:
+        env = {**env, "LEGATO_CONSOLE_TOKEN": token}
+    return Service("console", argv, env=env, ready=r"Uvicorn running on (http://\S+)",
                    log_dir=log_dir)

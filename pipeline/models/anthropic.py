@@ -5,6 +5,12 @@ A provider is data: `base_url` (e.g. https://api.anthropic.com/v1), `api_key_env
 system messages go to the top-level `system`, `max_tokens` is always sent (the API requires it),
 and a schema is asked for through a forced tool whose input is the answer. Errors map to the same
 types as the OpenAI protocol (429/5xx/529 transient, other 4xx permanent).
+
+With `on_delta`, the answer is streamed (`stream: true`: message_start, content_block_start /
+_delta / _stop, message_delta, message_stop): text deltas — or, for a schema, the `answer` tool's
+`input_json_delta` pieces, which are the answer — go to `on_delta`, and the Completion's text
+is those pieces joined. An `error` event, a cut stream or one without `message_stop` is a
+TransientError.
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ from typing import Any
 from legato.envelope import Messages, ToolCall, Usage, as_messages
 from legato.errors import TransientError
 from legato.models.config import ModelConfig
-from legato.models.openai_compat import Completion
+from legato.models.openai_compat import Completion, OnDelta
+from legato.models.sse import SseDecoder
 from legato.models.transport import Client
 from legato.models.wire import send
 
@@ -82,12 +89,92 @@ def parse(data: dict[str, Any]) -> Completion:
 
 def post(client: Client, cfg: ModelConfig, messages: Messages, *,
          schema: dict[str, Any] | None = None, params: dict[str, Any] | None = None,
-         step_tag: str | None = None) -> Completion:
-    """One request to `<base_url>/messages`, no retry. Raises StepError subclasses."""
+         step_tag: str | None = None, on_delta: OnDelta | None = None) -> Completion:
+    """One request to `<base_url>/messages`, no retry (streamed with `on_delta`). Raises
+    StepError subclasses."""
     url = cfg.base_url.rstrip("/") + "/messages"
     body = request_body(cfg, messages, schema=schema, params=params)
+    if on_delta is not None:
+        body["stream"] = True
+        streamed = _Streamed(cfg, on_delta, answer_tool=schema is not None)
+        send(client, cfg, url, body, headers(cfg, step_tag), reset_headers=RESET_HEADERS,
+             on_chunk=streamed.feed)
+        return streamed.completion()
     data = send(client, cfg, url, body, headers(cfg, step_tag), reset_headers=RESET_HEADERS)
     try:
         return parse(data)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise TransientError(f"malformed response from {cfg.model}: {exc!r}") from exc
+
+
+class _Streamed:
+    """A streamed Messages answer put together from its events."""
+
+    def __init__(self, cfg: ModelConfig, on_delta: OnDelta, *, answer_tool: bool) -> None:
+        self.cfg, self.on_delta, self.answer_tool = cfg, on_delta, answer_tool
+        self.sse = SseDecoder()
+        self.blocks: dict[int, dict[str, Any]] = {}
+        self.usage: dict[str, int] = {}
+        self.stop_reason: str | None = None
+        self.done = False
+
+    def feed(self, piece: bytes) -> None:
+        for _, data in self.sse.feed(piece):
+            try:
+                self._event(json.loads(data))
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise TransientError(f"malformed response from {self.cfg.model}: "
+                                     f"{exc!r}") from exc
+
+    def _event(self, event: dict[str, Any]) -> None:
+        kind = event["type"]
+        if kind == "error":
+            error = event.get("error") or {}
+            raise TransientError(f"stream error from {self.cfg.model}: "
+                                 f"{error.get('type')}: {error.get('message')}")
+        if kind == "message_start":
+            self.usage.update(event["message"].get("usage") or {})
+        elif kind == "content_block_start":
+            block = dict(event["content_block"])
+            block["parts"] = []
+            self.blocks[int(event["index"])] = block
+        elif kind == "content_block_delta":
+            block, delta = self.blocks[int(event["index"])], event["delta"]
+            piece = delta.get("text") if delta["type"] == "text_delta" else \
+                delta.get("partial_json") if delta["type"] == "input_json_delta" else None
+            if piece:
+                block["parts"].append(piece)
+                if self._is_answer(block):
+                    self.on_delta(piece)
+        elif kind == "message_delta":
+            self.stop_reason = (event.get("delta") or {}).get("stop_reason") or self.stop_reason
+            self.usage.update(event.get("usage") or {})
+        elif kind == "message_stop":
+            self.done = True
+
+    def _is_answer(self, block: dict[str, Any]) -> bool:
+        """Whether a block's pieces are the answer a watcher sees (and the Completion's text)."""
+        if self.answer_tool:
+            return block.get("type") == "tool_use" and block.get("name") == ANSWER_TOOL
+        return block.get("type") == "text"
+
+    def completion(self) -> Completion:
+        if not self.done:
+            raise TransientError(f"model stream from {self.cfg.model} ended before its end")
+        texts: list[str] = []
+        calls: list[ToolCall] = []
+        try:
+            for _, block in sorted(self.blocks.items()):
+                joined = "".join(block["parts"])
+                if self._is_answer(block):
+                    texts.append(joined)
+                elif block.get("type") == "tool_use":
+                    calls.append(ToolCall(id=block.get("id"), name=block["name"],
+                                          arguments=json.loads(joined or "{}")))
+        except ValueError as exc:
+            raise TransientError(f"malformed response from {self.cfg.model}: {exc!r}") from exc
+        return Completion(
+            text="".join(texts),
+            usage=Usage(prompt_tokens=int(self.usage.get("input_tokens", 0)),
+                        completion_tokens=int(self.usage.get("output_tokens", 0)), calls=1),
+            finish_reason=self.stop_reason, tool_calls=tuple(calls))

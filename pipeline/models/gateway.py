@@ -19,6 +19,11 @@ Before anything else, every model the call may use is bound through the process'
 policy (credentials.py): on a worker (a gateway with Redis) the worker's own models file decides
 each alias's endpoint and credential, whatever the spec embedded; without Redis, by default, the
 configs given are the caller's own and are used as they are.
+
+Given a `StepStream` (publisher.py), each HTTP attempt is streamed from the provider and
+published as an attempt of its own (its deltas; aborted when it fails), and a cache hit as one
+delta; which answer is kept is the caller's to say (`StepStream.answer`). With tracing on, each
+attempt is a GenAI span (telemetry.py).
 """
 
 from __future__ import annotations
@@ -47,7 +52,9 @@ from legato.models.credentials import Credentials, for_process
 from legato.models.openai_compat import Completion
 from legato.models.ratelimit import RateLimiter, estimate_tokens
 from legato.models.retry import for_model
+from legato.models.telemetry import model_span
 from legato.models.transport import Client, as_transport
+from legato.publisher import StepStream
 
 Post = Callable[..., Completion]
 PROTOCOLS: dict[str, Post] = {"openai": openai_compat.post, "anthropic": anthropic.post}
@@ -86,6 +93,7 @@ class Gateway:
         schema: dict[str, Any] | None = None, params: dict[str, Any] | None = None,
         step: StepRef | None = None, step_tag: str | None = None, run: RunScope | None = None,
         trace: list[ModelAttempt] | list[dict[str, Any]] | None = None,
+        stream: StepStream | None = None,
     ) -> Completion:
         """One answer from `alias` (or a fallback). `trace` receives a `ModelAttempt` per model
         tried (a caller still typing it `list[dict]` reads them as dicts, for now). `step`
@@ -104,6 +112,10 @@ class Gateway:
                 hit, seconds = found
                 tried_models.append(ModelAttempt(model=alias, cached=digest[:16], outcome="ok",
                                                  saved_usage=hit.usage, saved_seconds=seconds))
+                if stream is not None:
+                    call = stream.call(alias)
+                    call.delta(hit.text)
+                    call.answered()
                 return Completion(hit.text, Usage(), hit.finish_reason, hit.tool_calls)
             if mode == "replay":
                 tried_models.append(ModelAttempt(model=alias, cached=digest[:16],
@@ -122,7 +134,7 @@ class Gateway:
         tenant_limit = self._tenant_limit(run, alias, checked, {**primary.params, **(params or {})})
         try:
             completion = self._complete(models, alias, checked, schema, params, tag,
-                                        tried_models)
+                                        tried_models, stream)
         except BaseException:
             if reservation is not None and self.budgets is not None:
                 self.budgets.release(reservation)
@@ -161,7 +173,8 @@ class Gateway:
 
     def _complete(self, models: dict[str, ModelConfig], alias: str, checked: list[Message],
                   schema: dict[str, Any] | None, params: dict[str, Any] | None,
-                  tag: str | None, tried_models: list[ModelAttempt]) -> Completion:
+                  tag: str | None, tried_models: list[ModelAttempt],
+                  stream: StepStream | None) -> Completion:
         """The alias, else its fallbacks, each under its breaker, rate limit and retries."""
         last: TransientError | None = None
         candidates = _candidates(models, alias)
@@ -182,7 +195,7 @@ class Gateway:
             tried = True
             try:
                 completion = self._call(name, cfg, checked, schema, params, tag, entry,
-                                        rest=rest)
+                                        rest=rest, stream=stream)
             except TransientError as exc:
                 entry.outcome = "failed"
                 last = exc
@@ -218,7 +231,7 @@ class Gateway:
     def _call(self, name: str, cfg: ModelConfig, messages: list[Message],
               schema: dict[str, Any] | None, params: dict[str, Any] | None,
               step_tag: str | None, entry: ModelAttempt, *,
-              rest: list[ModelConfig]) -> Completion:
+              rest: list[ModelConfig], stream: StepStream | None = None) -> Completion:
         attempts = entry.attempts
         assert attempts is not None  # the entry of a model being called
         post = PROTOCOLS[cfg.protocol]
@@ -233,10 +246,21 @@ class Gateway:
                 if waited:
                     entry.rate_limited = round((entry.rate_limited or 0) + waited, 3)
             started = time.monotonic()
+            call = stream.call(name) if stream is not None else None
             try:
-                completion = post(self.http, cfg, messages, schema=schema, params=params,
-                                  step_tag=step_tag)
+                with model_span(name, cfg, step_tag) as span:
+                    if call is None:
+                        completion = post(self.http, cfg, messages, schema=schema,
+                                          params=params, step_tag=step_tag)
+                    else:
+                        completion = post(self.http, cfg, messages, schema=schema,
+                                          params=params, step_tag=step_tag,
+                                          on_delta=call.delta)
+                    if span is not None:
+                        span.answered(completion)
             except StepError as exc:
+                if call is not None:
+                    call.abort(str(exc))
                 attempts.append(HttpAttempt(
                     error=str(exc), type=type(exc).__name__,
                     seconds=round(time.monotonic() - started, 3),
@@ -249,6 +273,8 @@ class Gateway:
                 raise
             attempts.append(HttpAttempt(status=200,
                                         seconds=round(time.monotonic() - started, 3)))
+            if call is not None:
+                call.answered()
             if breaker is not None:
                 breaker.success(cfg)
             if limiter is not None and cfg.rate_limit is not None:

@@ -11,6 +11,11 @@ Two transports, one contract (`post`; transport failures raised as `TransientErr
   pool); this costs ~0.4 ms, flat up to 500 in flight (docs/benchmarks.md, "The model-call
   path"). `submit` lets one thread start many calls and wait on them together.
 
+A streamed answer (`on_chunk`): a 200's body is handed to `on_chunk` piece by piece as it
+arrives (on the loop's thread, for `LoopTransport`: it must be quick) and the returned body is
+empty; any other status is read whole as ever. A connection lost mid-answer is a
+`TransientError` ("stream cut off"), and so is whatever `on_chunk` raises as one.
+
 Status codes are not judged here: `wire.send` maps them to Legato's errors.
 """
 
@@ -24,7 +29,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeAlias, runtime_checkable
 
@@ -69,11 +74,15 @@ class WireResponse:
         return self.body.decode("utf-8", errors="replace")
 
 
+OnChunk = Callable[[bytes], None]
+
+
 @runtime_checkable
 class Transport(Protocol):
     def post(self, url: str, *, json: dict[str, Any], headers: dict[str, str],
-             timeout: float | None) -> WireResponse:
+             timeout: float | None, on_chunk: OnChunk | None = None) -> WireResponse:
         """POST `json`; `timeout` None is the transport's default (never "no timeout").
+        `on_chunk`: a 200's body goes there as it arrives (the response's body is then empty).
         Raises TransientError on timeouts and connection failures."""
         ...
 
@@ -90,6 +99,10 @@ def unreachable(exc: BaseException) -> TransientError:
     return TransientError(f"model server unreachable: {exc!r}")
 
 
+def cut_off(exc: BaseException) -> TransientError:
+    return TransientError(f"model stream cut off: {exc!r}")
+
+
 class HttpxTransport:
     """A sync httpx client as a Transport. The client stays the caller's to close."""
 
@@ -97,17 +110,27 @@ class HttpxTransport:
         self.client = client
 
     def post(self, url: str, *, json: dict[str, Any], headers: dict[str, str],
-             timeout: float | None) -> WireResponse:
+             timeout: float | None, on_chunk: OnChunk | None = None) -> WireResponse:
+        chosen = httpx.USE_CLIENT_DEFAULT if timeout is None else timeout
+        streaming = False
         try:
-            response = self.client.post(
-                url, json=json, headers=headers,
-                timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout)
+            if on_chunk is None:
+                response = self.client.post(url, json=json, headers=headers, timeout=chosen)
+                return WireResponse(response.status_code, dict(response.headers.items()),
+                                    response.content)
+            with self.client.stream("POST", url, json=json, headers=headers,
+                                    timeout=chosen) as response:
+                if response.status_code != 200:
+                    return WireResponse(response.status_code, dict(response.headers.items()),
+                                        response.read())
+                streaming = True
+                for piece in response.iter_bytes():
+                    on_chunk(piece)
+                return WireResponse(200, dict(response.headers.items()), b"")
         except httpx.TimeoutException as exc:
             raise timed_out(exc) from exc
         except httpx.TransportError as exc:
-            raise unreachable(exc) from exc
-        return WireResponse(response.status_code, dict(response.headers.items()),
-                            response.content)
+            raise (cut_off(exc) if streaming else unreachable(exc)) from exc
 
 
 class LoopTransport:
@@ -148,21 +171,23 @@ class LoopTransport:
         return self.timeout if timeout is None else timeout
 
     def submit(self, url: str, *, json: dict[str, Any], headers: dict[str, str],
-               timeout: float | None) -> concurrent.futures.Future[WireResponse]:
+               timeout: float | None,
+               on_chunk: OnChunk | None = None) -> concurrent.futures.Future[WireResponse]:
         """Start the call on the loop; the future's result is `post`'s (or its TransientError)."""
         self._check()
         # Serialize here, in the caller's thread: a body that is not JSON fails the caller
         # at once, as with httpx, and the loop thread does only I/O.
         data = _dumps(json)
         return asyncio.run_coroutine_threadsafe(
-            self._send(url, data, headers, self._timeout(timeout)), self._loop)
+            self._send(url, data, headers, self._timeout(timeout), on_chunk), self._loop)
 
     def post(self, url: str, *, json: dict[str, Any], headers: dict[str, str],
-             timeout: float | None) -> WireResponse:
+             timeout: float | None, on_chunk: OnChunk | None = None) -> WireResponse:
         if threading.current_thread() is self._thread:
             raise RuntimeError("LoopTransport.post would block its own loop: await apost")
         seconds = self._timeout(timeout)
-        future = self.submit(url, json=json, headers=headers, timeout=seconds)
+        future = self.submit(url, json=json, headers=headers, timeout=seconds,
+                             on_chunk=on_chunk)
         try:
             return future.result(timeout=seconds + SAFETY_MARGIN)
         except concurrent.futures.TimeoutError as exc:
@@ -170,22 +195,28 @@ class LoopTransport:
             raise timed_out(exc) from exc
 
     async def apost(self, url: str, *, json: dict[str, Any], headers: dict[str, str],
-                    timeout: float | None) -> WireResponse:
+                    timeout: float | None, on_chunk: OnChunk | None = None) -> WireResponse:
         """`post` for coroutines already running on this transport's loop."""
         self._check()
-        return await self._send(url, _dumps(json), headers, self._timeout(timeout))
+        return await self._send(url, _dumps(json), headers, self._timeout(timeout), on_chunk)
 
     async def _send(self, url: str, data: bytes, headers: dict[str, str],
-                    timeout: float) -> WireResponse:
+                    timeout: float, on_chunk: OnChunk | None = None) -> WireResponse:
         if self._session is None:  # only ever touched on the loop thread: no lock needed
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=0))
         if not any(k.lower() == "content-type" for k in headers):
             headers = {**headers, "Content-Type": "application/json"}
+        streaming = False
         try:  # `total` covers the whole call, the wait for a free connection included
             async with self._session.post(url, data=data, headers=headers,
                                           timeout=aiohttp.ClientTimeout(total=timeout)) as r:
-                body = await r.read()
+                if on_chunk is not None and r.status == 200:
+                    streaming, body = True, b""
+                    async for piece in r.content.iter_any():
+                        on_chunk(piece)
+                else:
+                    body = await r.read()
                 # httpx's line, so worker logs read the same with either transport. It carries the
                 # step's run id and path: run_coroutine_threadsafe runs the call in a copy of the
                 # caller's contextvars (workers/observability.py keeps the step there).
@@ -202,7 +233,7 @@ class LoopTransport:
         except TimeoutError as exc:  # aiohttp's timeouts subclass it (some also ClientError)
             raise timed_out(exc) from exc
         except aiohttp.ClientError as exc:
-            raise unreachable(exc) from exc
+            raise (cut_off(exc) if streaming else unreachable(exc)) from exc
 
     def close(self) -> None:
         """Close the session and stop the loop thread. Idempotent; in a forked child it only

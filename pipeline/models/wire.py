@@ -13,7 +13,7 @@ from typing import Any
 from legato.errors import PermanentError, TransientError
 from legato.models.config import ModelConfig
 from legato.models.credentials import redact
-from legato.models.transport import Client, WireResponse, as_transport
+from legato.models.transport import Client, OnChunk, WireResponse, as_transport
 
 _CONTEXT_HINTS = ("context length", "context_length", "maximum context", "too many tokens",
                   "prompt is too long", "context window")
@@ -71,15 +71,21 @@ def sent_secrets(headers: dict[str, str]) -> list[str]:
 
 
 def send(client: Client, cfg: ModelConfig, url: str, body: dict[str, Any],
-         headers: dict[str, str], *, reset_headers: tuple[str, ...]) -> Any:
+         headers: dict[str, str], *, reset_headers: tuple[str, ...],
+         on_chunk: OnChunk | None = None) -> Any:
     """POST `body`; return the answer's JSON, or raise TransientError / PermanentError.
+    `on_chunk`: a streamed answer, whose body goes there as it arrives; then None is returned.
 
     Error texts are stored in run records and logged: the credentials this request carried (and
     anything shaped like one) are redacted from them, whatever the server echoed."""
     secrets = sent_secrets(headers)
     try:
-        response = as_transport(client).post(url, json=body, headers=headers,
-                                             timeout=timeout(cfg))
+        transport = as_transport(client)
+        if on_chunk is None:  # a transport from before streaming need not know the argument
+            response = transport.post(url, json=body, headers=headers, timeout=timeout(cfg))
+        else:
+            response = transport.post(url, json=body, headers=headers, timeout=timeout(cfg),
+                                      on_chunk=on_chunk)
     except TransientError as exc:  # timeouts and connection failures, mapped by the transport
         clean = redact(str(exc), secrets)
         if clean == str(exc):
@@ -94,6 +100,8 @@ def send(client: Client, cfg: ModelConfig, url: str, body: dict[str, Any],
                              retry_after=retry_after(response, reset_headers))
     if status >= 400:
         raise permanent(status, cfg.model, redact(error_message(response), secrets))
+    if on_chunk is not None:
+        return None
     try:
         return response.json()
     except ValueError as exc:

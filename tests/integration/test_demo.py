@@ -1,5 +1,6 @@
-"""`legato demo` prints every run's id beside its result, starts Flower with a fresh password,
-and stops cleanly on Ctrl-C: every process it started is gone."""
+"""`legato demo` prints every run's id beside its result, starts Flower with a fresh password
+and the console with a fresh token, and stops cleanly on Ctrl-C: every process it started is
+gone."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import httpx
 
 from legato.local.net import port_open
 
@@ -42,12 +45,20 @@ def test_demo_with_the_fake_model_runs_everything_and_stops_on_ctrl_c(tmp_path):
         redis_port = int(re.search(r"redis: redis://127\.0\.0\.1:(\d+)/0", text).group(1))
         flower_port = int(re.search(r"Flower: http://127\.0\.0\.1:(\d+)", text).group(1))
         assert port_open("127.0.0.1", redis_port) and port_open("127.0.0.1", flower_port)
+        shown_console = re.search(r"Console: (http://127\.0\.0\.1:\d+) \(any user, password "
+                                  r"(\S+);", text)
+        assert shown_console, text
+        console_url, token = shown_console.groups()
+        runs = httpx.get(f"{console_url}/api/runs", headers={"Authorization": f"Bearer {token}"})
+        assert runs.status_code == 200 and len(runs.json()["runs"]) == len(examples)
+        assert httpx.get(f"{console_url}/api/runs").status_code == 401
 
         demo.send_signal(signal.SIGINT)
         assert demo.wait(timeout=60) == 0
         assert "stopped" in out_path.read_text()
         assert not port_open("127.0.0.1", redis_port)
         assert not port_open("127.0.0.1", flower_port)
+        assert not port_open("127.0.0.1", int(console_url.rsplit(":", 1)[1]))
     finally:
         if demo.poll() is None:  # SIGTERM stops the demo's stack too; SIGKILL would not
             demo.terminate()

@@ -1,5 +1,6 @@
 """Worker logs carry run id and step path (text and JSON), and LEGATO_OTEL=1 traces tasks with
-OpenTelemetry (console exporter, read back from a real worker's output)."""
+OpenTelemetry (console exporter, read back from a real worker's output), model calls as GenAI
+spans."""
 
 from __future__ import annotations
 
@@ -66,3 +67,18 @@ def test_json_logs_and_opentelemetry_spans(stack_env, legato, fake, tmp_path):
     assert attrs["legato.run_id"] == run_id and attrs["legato.step"] == "hello"
     assert attrs.get("celery.task_name") == "legato.segment"
     assert spans[0]["resource"]["attributes"]["service.name"] == "legato-test"
+
+    # Each model call is a GenAI span (semantic conventions) inside the task's span.
+    chat_texts = re.findall(r'\{\n    "name": "chat [^"]*".*?\n\}', text, flags=re.S)
+    chats = [json.loads(s) for s in chat_texts]
+    assert len(chats) == 1, text[-2000:]
+    chat = chats[0]
+    gen_ai = {k: v for k, v in chat["attributes"].items() if k.startswith("gen_ai.")}
+    assert gen_ai["gen_ai.operation.name"] == "chat" and gen_ai["gen_ai.system"] == "openai"
+    assert chat["name"] == f"chat {gen_ai['gen_ai.request.model']}"
+    assert gen_ai["gen_ai.usage.input_tokens"] > 0 and gen_ai["gen_ai.usage.output_tokens"] > 0
+    assert gen_ai["gen_ai.response.finish_reasons"] == ["stop"]
+    assert chat["kind"] == "SpanKind.CLIENT"
+    assert chat["attributes"]["legato.step"] == f"{run_id}/hello"
+    assert chat["context"]["trace_id"] == spans[0]["context"]["trace_id"]
+    assert chat["parent_id"] == spans[0]["context"]["span_id"]

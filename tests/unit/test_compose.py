@@ -24,8 +24,9 @@ from legato.loader import load_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((ROOT / "tests" / "data" / "compose-spec.json").read_text())
-ENV = {"REDIS_PASSWORD": "pw", "FLOWER_BASIC_AUTH": "ops:secret", "LEGATO_MODEL_API_KEY": "sk-x"}
-REQUIRED = ("REDIS_PASSWORD", "FLOWER_BASIC_AUTH")
+ENV = {"REDIS_PASSWORD": "pw", "FLOWER_BASIC_AUTH": "ops:secret", "LEGATO_MODEL_API_KEY": "sk-x",
+       "LEGATO_CONSOLE_TOKEN": "console-token"}
+REQUIRED = ("REDIS_PASSWORD", "FLOWER_BASIC_AUTH", "LEGATO_CONSOLE_TOKEN")
 
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 
@@ -117,7 +118,7 @@ def _check_command(argv: list[str]) -> None:
 def test_every_legato_service_runs_a_command_the_project_provides(compose):
     services = legato_services(compose)
     assert {"model", "worker-control", "worker-llm", "worker-tools", "worker-billing",
-            "worker-technical", "flower"} <= set(services)
+            "worker-technical", "flower", "console"} <= set(services)
     for service in services.values():
         _check_command(service["command"])
     with pytest.raises(AssertionError):
@@ -207,6 +208,14 @@ def test_flower_runs_with_basic_auth(compose):
     flower = compose["services"]["flower"]
     assert flower["command"][:2] == ["legato", "flower"]
     assert flower["environment"]["FLOWER_BASIC_AUTH"] == "ops:secret"
+
+
+def test_the_console_runs_with_a_token(compose):
+    console = compose["services"]["console"]
+    assert console["command"][:2] == ["legato", "serve"] and "--no-auth" not in console["command"]
+    assert console["environment"]["LEGATO_CONSOLE_TOKEN"] == "console-token"
+    assert "/healthz" in console["healthcheck"]["test"][-1]
+    assert "LEGATO_MODEL_API_KEY" not in console["environment"]
 
 
 def test_only_the_model_calling_workers_get_the_api_key(compose):

@@ -23,7 +23,7 @@ from legato.envelope import (
     RunStatus,
     StepRecord,
 )
-from legato.html_report import _COLOURS
+from legato.html_report import COLOURS
 from legato.lua import lua_set
 from legato.report import STATUS_STYLE
 from legato.store import RunStore
@@ -151,7 +151,7 @@ def test_the_states_are_one_list() -> None:
         assert not RunRecord(id="r", pipeline="p", spec_hash="h", status=going,
                              created_at=0).done
     # The views colour every state there is.
-    assert set(STATUS_STYLE) >= RUN_STATUSES | STEP_STATUSES and set(STATUS_STYLE) <= set(_COLOURS)
+    assert set(STATUS_STYLE) >= RUN_STATUSES | STEP_STATUSES and set(STATUS_STYLE) <= set(COLOURS)
 
 
 @pytest.mark.parametrize("status", sorted(TERMINAL))

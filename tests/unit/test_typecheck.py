@@ -49,4 +49,5 @@ def test_mypy_sees_real_types_in_legato_tasks_and_workers(tmp_path: Path) -> Non
     assert submit == ("def (pipeline: str | legato.spec.Pipeline, input: Any, *, "
                       "idempotency_key: str | None =, names_only: bool =, on_done: "
                       "legato.envelope.OnDone | typing.Mapping[str, Any] | None =, schedule: "
-                      "str | None =, tenant: str | None =, priority: int | None =) -> str")
+                      "str | None =, tenant: str | None =, priority: int | None =, "
+                      "tags: typing.Mapping[str, str] | None =) -> str")

@@ -1,12 +1,14 @@
 """A fault-injecting, OpenAI-compatible fake model server (stdlib asyncio + PyYAML).
 
-Endpoints: ``POST /v1/chat/completions`` (non-streaming), ``GET /v1/models``, ``GET /health``,
+Endpoints: ``POST /v1/chat/completions`` (``"stream": true``: server-sent events, see
+streaming.py), ``GET /v1/models``, ``GET /health``,
 and admin ``GET /_fake/stats``, ``POST /_fake/reset``, ``PUT /_fake/script`` (JSON body, same
 shape as a script file). Replies are deterministic: the same request gives the same bytes.
 
 Script (YAML/JSON file or dict; every key optional)::
 
     seed: 0                 # seeds the jitter
+    chunk_chars: 8          # a streamed answer's content comes this many characters an event
     latency_ms: 0           # added to every chat request ...
     jitter_ms: 0            # ... plus a seeded random 0..jitter_ms
     models: [my-model]      # extra names for GET /v1/models
@@ -21,6 +23,10 @@ Script (YAML/JSON file or dict; every key optional)::
       - {kind: malformed, every: 3}        # 200 whose content is broken JSON
       - {kind: hang, seconds: 5}           # sleep, then answer normally
       - {kind: drop, match: {model: m}}    # close the connection, no response
+      - {kind: stream_drop, after: 3}      # streamed: close the connection after 3 events
+      - {kind: stream_malformed, after: 2} # streamed: event 2 (0-based) is broken JSON
+      - {kind: stream_slow, ms: 20}        # streamed: wait before each event (adds up)
+    # stream_* faults match only streaming requests
     # every fault also takes match (as in rules), times (fire at most N times), every (Nth match)
 
 Derived replies: a ``json_schema`` response_format gets a deterministic instance of the

@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass, field
 
 from legato.local.fake_model.prompt import ChatRequest
-from legato.local.fake_model.script import Fault, Script
+from legato.local.fake_model.script import STREAM_FAULTS, Fault, Script
 
 
 @dataclass
@@ -14,6 +14,7 @@ class Decision:
     delay_s: float = 0.0  # total latency to add before answering (hang time included)
     fault: Fault | None = None  # the status/malformed/hang/drop fault that decides, if any
     fired: list[str] = field(default_factory=list)  # "<index>:<kind>" of every fault that fired
+    event_delay_s: float = 0.0  # a streamed answer's wait before each event (stream_slow)
 
 
 def _jitter(jitter_ms: float, *seed_parts: object) -> float:
@@ -42,9 +43,9 @@ class FaultBook:
         )
         decision.delay_s = base_ms / 1000
         for i, fault in enumerate(script.faults):
-            if fault.kind != "latency" and decision.fault is not None:
+            if fault.kind not in ("latency", "stream_slow") and decision.fault is not None:
                 continue  # a fault already decided the response; later ones are not evaluated
-            if not fault.match.matches(req):
+            if not fault.match.matches(req) or (fault.kind in STREAM_FAULTS and not req.stream):
                 continue
             self.seen[i] += 1
             if fault.times is not None and self.fired[i] >= fault.times:
@@ -56,6 +57,8 @@ class FaultBook:
             if fault.kind == "latency":
                 extra = _jitter(fault.jitter_ms, script.seed, i, req.digest, self.seen[i])
                 decision.delay_s += (fault.ms + extra) / 1000
+            elif fault.kind == "stream_slow":
+                decision.event_delay_s += fault.ms / 1000
             else:
                 decision.fault = fault
                 if fault.kind == "hang":

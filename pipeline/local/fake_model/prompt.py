@@ -20,6 +20,8 @@ class ChatRequest:
     digest: str  # sha256 of the canonical request body: same request, same digest
     messages_digest: str  # sha256 of the canonical messages only
     prompt_chars: int
+    stream: bool = False  # "stream": true: answer as server-sent events
+    include_usage: bool = False  # stream_options.include_usage: a last event with the usage
 
 
 def _canonical(value: Any) -> bytes:
@@ -61,6 +63,7 @@ def parse_chat(body: bytes) -> ChatRequest:
     response_format = data.get("response_format")
     if response_format is not None and not isinstance(response_format, dict):
         raise ValueError("'response_format' must be an object")
+    options = data.get("stream_options")
     users = [text for role, text in texts if role == "user"]
     return ChatRequest(
         model=model,
@@ -71,4 +74,6 @@ def parse_chat(body: bytes) -> ChatRequest:
         digest=hashlib.sha256(_canonical(data)).hexdigest(),
         messages_digest=hashlib.sha256(_canonical(messages)).hexdigest(),
         prompt_chars=sum(len(text) for _, text in texts),
+        stream=data.get("stream") is True,
+        include_usage=isinstance(options, dict) and options.get("include_usage") is True,
     )

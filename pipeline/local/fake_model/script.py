@@ -17,13 +17,19 @@ import yaml
 from legato.local.fake_model.prompt import ChatRequest
 
 MATCH_KEYS = ("model", "contains", "system_contains", "any_contains")
-FAULT_KINDS = ("latency", "status", "malformed", "hang", "drop")
+FAULT_KINDS = ("latency", "status", "malformed", "hang", "drop", "stream_drop", "stream_slow",
+               "stream_malformed")
+# Faults that only streaming requests (`"stream": true`) can meet; other requests never match them.
+STREAM_FAULTS = ("stream_drop", "stream_slow", "stream_malformed")
 _FAULT_KEYS = {
     "latency": {"ms", "jitter_ms"},
     "status": {"code", "retry_after", "body"},
     "malformed": set(),
     "hang": {"seconds"},
     "drop": set(),
+    "stream_drop": {"after"},  # close the connection after `after` events
+    "stream_slow": {"ms"},  # wait `ms` before each event (adds up, like latency)
+    "stream_malformed": {"after"},  # event number `after` (0-based) is not JSON
 }
 _COMMON_FAULT_KEYS = {"kind", "match", "times", "every"}
 
@@ -70,6 +76,7 @@ class Fault:
     retry_after: float | None = None
     body: str | None = None
     seconds: float = 3600.0
+    after: int = 1
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,7 @@ class Script:
     latency_ms: float = 0.0
     jitter_ms: float = 0.0
     models: tuple[str, ...] = ()
+    chunk_chars: int = 8  # a streamed answer's content comes this many characters an event
     rules: tuple[Rule, ...] = ()
     faults: tuple[Fault, ...] = ()
 
@@ -157,6 +165,8 @@ def _fault(value: Any, path: str) -> Fault:
     for key in ("ms", "jitter_ms", "retry_after", "seconds"):
         if key in data:
             fields[key] = _number(data[key], f"{path}.{key}")
+    if "after" in data:
+        fields["after"] = _number(data["after"], f"{path}.after", integer=True)
     if "code" in data:
         code = data["code"]
         if isinstance(code, bool) or not isinstance(code, int) or not 400 <= code <= 599:
@@ -169,7 +179,7 @@ def _fault(value: Any, path: str) -> Fault:
 
 def validate_script(raw: Mapping[str, Any] | None) -> Script:
     """Check a script mapping and turn it into a Script; raises ValueError naming the bad field."""
-    keys = ("seed", "latency_ms", "jitter_ms", "models", "rules", "faults")
+    keys = ("seed", "latency_ms", "jitter_ms", "chunk_chars", "models", "rules", "faults")
     data = _mapping({} if raw is None else raw, "script", keys)
     models = tuple(
         _string(m, f"models[{i}]") for i, m in enumerate(_list(data.get("models", []), "models"))
@@ -181,6 +191,7 @@ def validate_script(raw: Mapping[str, Any] | None) -> Script:
         latency_ms=_number(data.get("latency_ms", 0), "latency_ms"),
         jitter_ms=_number(data.get("jitter_ms", 0), "jitter_ms"),
         models=models,
+        chunk_chars=_number(data.get("chunk_chars", 8), "chunk_chars", integer=True, low=1),
         rules=tuple(_rule(r, f"rules[{i}]") for i, r in enumerate(rules)),
         faults=tuple(_fault(f, f"faults[{i}]") for i, f in enumerate(faults)),
     )

@@ -14,8 +14,10 @@ from legato.local.fake_model.httpio import HttpError, Request, encode_response, 
 from legato.local.fake_model.prompt import parse_chat
 from legato.local.fake_model.replies import completion, error_body
 from legato.local.fake_model.script import validate_script
+from legato.local.fake_model.streaming import Streamed, events, malformed, write
 
-Response = tuple[int, Any, dict[str, str]] | None  # None: drop the connection
+# A JSON answer, a streamed one, or None: drop the connection.
+Response = tuple[int, Any, dict[str, str]] | Streamed | None
 
 
 class Stats:
@@ -114,6 +116,12 @@ class FakeModelServer:
                 if response is None:  # fault "drop": no answer at all
                     writer.transport.abort()
                     return
+                if isinstance(response, Streamed):
+                    if not await write(writer, response, keep_alive=request.keep_alive):
+                        return  # fault "stream_drop": cut mid-answer
+                    if not request.keep_alive:
+                        break
+                    continue
                 status, payload, headers = response
                 writer.write(
                     encode_response(status, payload, keep_alive=request.keep_alive, headers=headers)
@@ -179,8 +187,9 @@ class FakeModelServer:
         finally:
             stats.in_flight -= 1
         if response is not None:
-            stats.by_status[str(response[0])] += 1
-            if response[0] == 200 and step is not None:
+            status = 200 if isinstance(response, Streamed) else response[0]
+            stats.by_status[str(status)] += 1
+            if status == 200 and step is not None:
                 stats.by_step_ok[step] += 1
         return response
 
@@ -204,8 +213,16 @@ class FakeModelServer:
                 ra = fault.retry_after
                 headers["Retry-After"] = str(int(ra)) if float(ra).is_integer() else str(ra)
             return fault.code, error_body(fault.code, fault.body), headers
-        malformed = fault is not None and fault.kind == "malformed"
+        broken = fault is not None and fault.kind == "malformed"
         try:
-            return 200, completion(chat, script, malformed=malformed), {}
+            answer = completion(chat, script, malformed=broken)
         except (ValueError, LookupError, TypeError) as exc:  # e.g. a schema it cannot follow
             return 400, error_body(400, f"fake model cannot answer this request: {exc}"), {}
+        if not chat.stream:
+            return 200, answer, {}
+        streamed = events(answer, chunk_chars=script.chunk_chars,
+                          include_usage=chat.include_usage)
+        if fault is not None and fault.kind == "stream_malformed":
+            streamed = malformed(streamed, fault.after)
+        cut = fault.after if fault is not None and fault.kind == "stream_drop" else None
+        return Streamed(streamed, decision.event_delay_s, cut)
