@@ -130,7 +130,7 @@ class Settings(BaseSettings):
     # Model steps stream their answers from the provider and publish the tokens on the run's
     # event stream (pipeline/events.py): a process's publisher writes what piled up every
     # `stream_flush_ms`, pipelined, and a step's last events ride its journal end. Off (the
-    # default until an unloaded `make bench` shows row 7 within its 10 %): plain requests and
+    # default while `make bench` row 7's per-step overhead is over its 10 %): plain requests and
     # no events (a watcher sees only the run's end).
     stream: bool = False
     stream_flush_ms: float = 50.0
