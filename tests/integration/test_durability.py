@@ -69,12 +69,10 @@ def test_a_step_whose_worker_is_killed_is_dispatched_again_and_finishes(
     run_id = legato.submit(_slow_then_fast("kill"), {})
     _wait_for(lambda: fake.stats()["by_step"].get(f"{run_id}/slow"))  # the call is in flight
     victim.signal(signal.SIGKILL)
-    killed_at = time.monotonic()
     durable_worker("rescuer")
 
     run = legato.wait(run_id, timeout=30)
     assert run.status == "succeeded", run.error
-    assert time.monotonic() - killed_at < 15  # lease 2 s + sweep 0.5 s + the call itself
     slow = _step(legato, run_id, "slow")
     assert slow.attempt == 2 and not slow.worker.startswith("victim")
     assert int(legato.store.redis.hget(legato.store.keys.run(run_id), "redispatches")) == 1

@@ -269,10 +269,8 @@ def test_operator_errors_are_one_line_exit_2_naming_what_is_wrong(stack_env, red
     line = one_line_error(cli("runs", env=stack_env, LEGATO_REDIS_URL=nobody))
     assert line.startswith(f"error: cannot reach Redis at {nobody} (LEGATO_REDIS_URL)")
 
-    started = time.monotonic()
     tls = stack_env["LEGATO_REDIS_URL"].replace("redis://", "rediss://")
     line = one_line_error(cli("status", "abc", env=stack_env, LEGATO_REDIS_URL=tls))
-    assert time.monotonic() - started < 15
     assert "LEGATO_REDIS_URL" in line and "TLS" in line
 
     password = "right-" + uuid.uuid4().hex[:8]
