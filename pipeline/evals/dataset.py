@@ -3,8 +3,8 @@
     {"input": {"text": "..."}, "expected": "..."}     one line each; `expected` is optional
 
 `--from-runs` takes a filter, comma-separated `key=value`: `pipeline=NAME`, `status=succeeded`,
-`eval=ID` (the runs of an earlier eval), `tag=KEY:VALUE` (runs tagged so at submit, where
-runs carry tags), `since=` / `until=` (ISO time, or seconds ago: `3600`,
+`eval=ID` (the runs of an earlier eval; without it, runs an eval made — tagged `eval=<id>` — are
+left out), `tag=KEY:VALUE` (runs tagged so at submit), `since=` / `until=` (ISO time, or seconds ago: `3600`,
 `2h`), `limit=N` (default 100). A recorded run's output becomes the item's `expected` unless
 `expected=none`.
 """
@@ -110,9 +110,11 @@ def from_runs(store: RunStore, text: str, *, now: float | None = None) -> list[I
             continue
         if filters.get("status") not in (None, run.status):
             continue
+        if "eval" not in filters and "eval" in run.tags:  # an earlier eval's run, not a user's
+            continue
         if "tag" in filters:
             key, _, value = filters["tag"].partition(":")
-            if getattr(run, "tags", {}).get(key) != value:  # tags on runs: the console's
+            if run.tags.get(key) != value:
                 continue
         if (since is not None and run.created_at < since) or \
                 (until is not None and run.created_at > until):

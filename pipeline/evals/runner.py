@@ -86,6 +86,9 @@ class ArmResult:
         return sum(i.seconds for i in self.items)
 
 
+EVAL_TAG = "eval"  # every run an eval submits is tagged eval=<its id>
+
+
 def new_eval_id() -> str:
     return "ev" + uuid.uuid4().hex[:14]
 
@@ -126,7 +129,7 @@ def run_eval(legato: Legato, pipeline: str | Pipeline, items: list[Item], arms: 
     deadline = time.monotonic() + timeout
 
     def submit(spec: Pipeline, value: Any) -> str:
-        run_id = legato.submit(spec, value)
+        run_id = legato.submit(spec, value, tags={EVAL_TAG: eval_id})
         store.add_eval_run(eval_id, run_id)
         return run_id
 
