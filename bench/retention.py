@@ -110,6 +110,12 @@ def _input(name: str) -> Any:
     return json.loads((PIPELINES / f"{name}.input.json").read_text())
 
 
+def _signals(name: str) -> dict[str, Any]:
+    """What a person sends the pipeline's wait steps (`<name>.signals.json`), by step."""
+    path = PIPELINES / f"{name}.signals.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def _used_memory(r: Any) -> int:
     return int(r.info("memory")["used_memory"])
 
@@ -223,6 +229,9 @@ def measure_costs(cfg: Config, stack: Stack, names: list[str]) -> Costs:
             payload = _input(name)
             before_keys = _celery_keys(r)
             ids[name] = [jobs.client.submit(name, payload) for _ in range(cfg.per_pipeline)]
+            for run_id in ids[name]:  # a wait step's signal, sent at once (kept till it waits)
+                for step, data in _signals(name).items():
+                    jobs.client.signal(run_id, step, data, by="bench")
             failed[name] = jobs.wait(ids[name], timeout=300).failed
             time.sleep(cfg.settle_seconds)  # closing steps after the last status change
             celery[name] = _celery_keys(r) - before_keys
