@@ -8,8 +8,9 @@ Keys are read from the environment of the process making the call, never from me
 With `on_delta`, the answer is streamed (`stream: true`, `stream_options.include_usage`): each
 piece of content goes to `on_delta` as it arrives, and the Completion is the pieces joined —
 exactly what was handed out (a server that sends no usage is charged a completion token per
-content chunk). A stream that is cut off, ends before its finish, or carries an
-event that is not JSON is a TransientError, retried like any other.
+content chunk; one that ignores `stream: true` and answers with one JSON body is read whole, its
+text handed out at once). A stream that is cut off, ends before its finish, or carries an event
+that is not JSON is a TransientError, retried like any other.
 """
 
 from __future__ import annotations
@@ -96,7 +97,11 @@ def _malformed(cfg: ModelConfig, exc: BaseException) -> TransientError:
 def _post_once(client: Client, cfg: ModelConfig, body: dict[str, Any],
                headers: dict[str, str]) -> Completion:
     url = cfg.base_url.rstrip("/") + "/chat/completions"
-    data = send(client, cfg, url, body, headers, reset_headers=RESET_HEADERS)
+    return _completion_of(cfg, send(client, cfg, url, body, headers, reset_headers=RESET_HEADERS))
+
+
+def _completion_of(cfg: ModelConfig, data: Any) -> Completion:
+    """A whole (not streamed) `chat.completion` answer."""
     try:
         choice = data["choices"][0]
         usage = data.get("usage") or {}
@@ -129,9 +134,14 @@ class _Streamed:
         self.usage: dict[str, Any] = {}
         self.finish: str | None = None
         self.done = False
+        self.events = 0
+        self.unstreamed = bytearray()  # the body, until an event shows it is a stream
 
     def feed(self, piece: bytes) -> None:
+        if not self.events and len(self.unstreamed) < _MAX_UNSTREAMED:
+            self.unstreamed += piece
         for _, data in self.sse.feed(piece):
+            self.events += 1
             if data.strip() == "[DONE]":
                 self.done = True
                 continue
@@ -164,6 +174,12 @@ class _Streamed:
                 self.finish = choice["finish_reason"]
 
     def completion(self) -> Completion:
+        if not self.events and self.unstreamed:  # a server that ignored `stream: true`
+            whole = self._whole()
+            if whole is not None:
+                if whole.text:
+                    self.on_delta(whole.text)
+                return whole
         if not self.done and self.finish is None:
             raise TransientError(f"model stream from {self.cfg.model} ended before its end")
         try:
@@ -177,6 +193,19 @@ class _Streamed:
             # chunks are a token each, so count them rather than charge nothing
             usage = usage.model_copy(update={"completion_tokens": len(self.text)})
         return Completion("".join(self.text), usage, self.finish, calls)
+
+
+    def _whole(self) -> Completion | None:
+        try:
+            data = json.loads(bytes(self.unstreamed))
+        except ValueError:
+            return None
+        return _completion_of(self.cfg, data) if isinstance(data, dict) and "choices" in data \
+            else None
+
+
+# Kept of a streamed body until its first event, to read it whole if it never streams.
+_MAX_UNSTREAMED = 4 * 1024 * 1024
 
 
 def _stream_once(client: Client, cfg: ModelConfig, body: dict[str, Any],

