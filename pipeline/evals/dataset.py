@@ -5,8 +5,8 @@
 `--from-runs` takes a filter, comma-separated `key=value`: `pipeline=NAME`, `status=succeeded`,
 `eval=ID` (the runs of an earlier eval; without it, runs an eval made — tagged `eval=<id>` — are
 left out), `tag=KEY:VALUE` (runs tagged so at submit), `since=` / `until=` (ISO time, or seconds
-ago: `3600`, `2h`), `limit=N` (default 100). A recorded run's output becomes the item's `expected` unless
-`expected=none`.
+ago: `3600`, `2h`), `limit=N` (default 100). A recorded run's output becomes the item's
+`expected` unless `expected=none`.
 """
 
 from __future__ import annotations
