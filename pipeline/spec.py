@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, TypeAdapter
@@ -65,6 +66,12 @@ class Pipeline(Strict):
         if self._canonical is not None:
             return self._canonical
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None,
+                   deep: bool = False) -> Pipeline:
+        copy = super().model_copy(update=update, deep=deep)
+        copy._canonical = None  # a copy may differ (`update`): its JSON is made again
+        return copy
 
     def pin(self) -> Pipeline:
         """Keep this spec's canonical JSON from now on: for a spec that no longer changes (one
