@@ -189,6 +189,10 @@ def _the_views_show_the_family(run_id: str, children: dict[str, str], page: Path
     from typer.testing import CliRunner
 
     from legato.cli import app
+    from legato.settings import get_settings
+
+    get_settings.cache_clear()  # the CLI reads this process's settings: this stack's, not an
+    # earlier test module's
 
     def cli(*args: str) -> str:
         done = CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
