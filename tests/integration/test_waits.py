@@ -31,7 +31,10 @@ APPROVAL = {"type": "object", "required": ["approved"], "additionalProperties": 
 @pytest.fixture(scope="module")
 def fast_sweeper(stack_env, tmp_path_factory):
     """A worker whose sweeper passes every 0.5 s (every worker's sweeper serves every run)."""
-    env = {**stack_env, **FAST_RECOVERY, "LEGATO_RESUME_GRACE_SECONDS": "1"}
+    # Its resume claims and timeouts are fast; its stall recovery is not (a queue of resumed
+    # runs waiting for a thread is a backlog, not a stall, and later tests here make one).
+    env = {**stack_env, **FAST_RECOVERY, "LEGATO_RESUME_GRACE_SECONDS": "1",
+           "LEGATO_STALL_SECONDS": "600"}
     service = processes.worker(f"sweeper-{uuid.uuid4().hex[:6]}", ["legato.test.sweeper"],
                                env=env, concurrency=2, log_dir=tmp_path_factory.mktemp("sw"))
     with service:
