@@ -6,6 +6,7 @@ clears it; `legato validate` warns about queues a pipeline routes to that nobody
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -74,9 +75,16 @@ def test_a_step_on_an_unserved_queue_shows_at_once_then_fails_naming_it(
 
 def test_a_worker_that_turns_up_in_time_clears_the_wait(legato, fake, sweeping_worker,
                                                          stack_env, tmp_path):
-    run_id = legato.submit(_lonely("legato.test.late"), {})
-    assert legato.status(run_id).waiting_for == "legato.test.late"
-    with processes.worker("late", ["legato.test.late"], env=stack_env, log_dir=tmp_path):
+    # A worker already up takes the queue on at run time (`celery control add_consumer`), the
+    # way an operator would: starting a whole worker process can itself take longer than the
+    # short unserved window this module's sweeper gives a run on a loaded machine.
+    with processes.worker("standby", ["legato.test.standby"], env=stack_env, log_dir=tmp_path):
+        run_id = legato.submit(_lonely("legato.test.late"), {})
+        assert legato.status(run_id).waiting_for == "legato.test.late"
+        replies = legato.app.control.add_consumer(
+            "legato.test.late", reply=True, timeout=10,
+            destination=[f"standby@{socket.gethostname()}"])
+        assert replies and "add consumer" in str(replies), replies
         run = legato.wait(run_id, timeout=30)
     assert run.status == "succeeded", run.error
     assert run.waiting_for is None
