@@ -5,6 +5,7 @@ Sizes scale with LEGATO_FAULT_SCALE (default 1: within CI's time; try 5 on deman
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import sys
@@ -43,16 +44,21 @@ class FakeModelProcess:
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.service: processes.Service | None = None
         self.calls_before: dict[str, int] = {}  # counts from earlier lives of the process
+        self.current: dict = SCRIPT
 
     def start(self) -> None:
-        argv = [sys.executable, "-m", "legato.local.fake_model", "--port", str(self.port)]
+        """Up with the script in force from its first request: a process that came back and
+        answered a moment without its rules (the router's reply) would change outputs."""
+        script = self.log_dir / "fake-model-script.json"
+        script.write_text(json.dumps(self.current))
+        argv = [sys.executable, "-m", "legato.local.fake_model", "--port", str(self.port),
+                "--script", str(script)]
         self.service = processes.Service("fake-model", argv, ready="listening on",
                                          log_dir=self.log_dir).start()
-        self.script()
 
     def script(self, latency_ms: int | None = None) -> None:
-        script = SCRIPT if latency_ms is None else {**SCRIPT, "latency_ms": latency_ms}
-        httpx.put(f"{self.url[:-3]}/_fake/script", json=script).raise_for_status()
+        self.current = SCRIPT if latency_ms is None else {**SCRIPT, "latency_ms": latency_ms}
+        httpx.put(f"{self.url[:-3]}/_fake/script", json=self.current).raise_for_status()
 
     def stop(self) -> None:
         for tag, n in self.stats()["by_step_ok"].items():

@@ -109,7 +109,7 @@ def test_redis_restarted_with_hundreds_of_runs_in_flight(stack, expected):
 
     # Slow replies keep the runs in flight while they are submitted and Redis restarts.
     _run(stack, expected, "redis restart", jobs(RESTART_RUNS, ["summarize"]), inject,
-         latency_ms=2500)
+         latency_ms=4000)
 
 
 def test_model_server_goes_down_and_comes_back(stack, expected):
