@@ -5,7 +5,6 @@ is the child pipelines' (tests/data/children/), for the `pipeline` steps here.""
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from legato.local import processes
 from legato.local.redis_server import RedisServer
 from legato.models.config import ModelConfig, Prices
 from legato.settings import Settings
-from tests.conftest import FAST_RECOVERY, ROOT, FakeModel
+from tests.conftest import FAST_RECOVERY, ROOT, FakeModel, environ
 
 POLICY = """
 capacity: 8
@@ -57,34 +56,20 @@ def stack(fake_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                "LEGATO_MODELS_FILE": str(ROOT / "pipelines" / "models.yaml"),
                "LEGATO_HTTP_TIMEOUT": "10",
                "LEGATO_TENANTS_FILE": str(policy), "PYTHONPATH": str(ROOT)}
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
         stack = Stack(env, logs)
-        try:
-            stack.add()
-            stack.add()
-            yield stack
-        finally:
-            for service in stack.live:
-                service.stop()
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        with environ(env):
+            try:
+                stack.add()
+                stack.add()
+                yield stack
+            finally:
+                for service in stack.live:
+                    service.stop()
 
 
 @pytest.fixture
 def legato(stack: Stack) -> Legato:
     return Legato(Settings.from_env())
-
-
-@pytest.fixture
-def fake(fake_model: str) -> Iterator[FakeModel]:
-    admin = FakeModel(fake_model)
-    admin.reset()
-    yield admin
-    admin.reset()
 
 
 ONE_CALL = Pipeline(name="fair", steps=[Llm(id="a", model="small", prompt="{{ input.text }}")])
