@@ -23,6 +23,7 @@ from legato.compile import DEFAULT_QUEUES
 from legato.local import processes
 from legato.local.redis_server import RedisServer
 from legato.settings import Settings
+from tests.integration.console_server import Console, console_server
 
 ROOT = Path(__file__).resolve().parent.parent
 BRANCH_QUEUES = ["legato.branch.billing", "legato.branch.technical"]
@@ -99,6 +100,14 @@ def workers(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
                                 log_dir=logs)
     with main, branches:
         yield {"main": main, "branches": branches}
+
+
+@pytest.fixture(scope="module")
+def console(stack_env: dict[str, str], workers: dict[str, processes.Service],
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
+    """A `legato serve` process on the session's stack, one per test module."""
+    with console_server(stack_env, tmp_path_factory.mktemp("console")) as server:
+        yield server
 
 
 @pytest.fixture

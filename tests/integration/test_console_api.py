@@ -11,18 +11,10 @@ import json
 import time
 
 import httpx
-import pytest
 
-from tests.integration.console_server import console_server
 from tests.integration.test_cli import legato_cli
 
 LEAKS = ("Traceback", "File \"", ".py", "/work", "/tmp", "site-packages", "Exception")
-
-
-@pytest.fixture(scope="module")
-def console(stack_env, workers, tmp_path_factory):
-    with console_server(stack_env, tmp_path_factory.mktemp("console")) as server:
-        yield server
 
 
 def _count_runs(legato) -> int:
