@@ -15,6 +15,11 @@ sender died before sending is sent again by the stall recovery (LEGATO_STALL_SEC
 copy of a message runs nothing twice (the journal). A run's tokens and cost are charged to its
 tenant when it ends (no cost on the hot path), so a spend cap may be passed by the runs in flight
 when it is reached.
+
+Child runs (`pipeline` steps, legato.tasks.children) are their parent's tenant's but pass no
+admission: the parent holds the slot while it waits for them (a child held for a slot that only
+its waiting parent frees would never start). A child's usage is charged to the tenant when the
+child ends (`settle`, once: the run's `charged` field), not counted as one of the tenant's runs.
 """
 
 from __future__ import annotations
@@ -85,10 +90,10 @@ local function capped(t)  -- why the tenant may start nothing now, or nil
   return nil
 end
 
-local function charge(t, tokens, cost)
+local function charge(t, tokens, cost, runs)
   local key, b = base .. 'used:' .. t, math.floor(now / bucket)
   redis.call('HINCRBY', key, b .. ':t', tokens)
-  redis.call('HINCRBY', key, b .. ':r', 1)
+  redis.call('HINCRBY', key, b .. ':r', runs)
   redis.call('EXPIRE', key, math.ceil(window * 2) + 60)
   if cost > 0 then
     local spend = base .. 'spend:' .. t
@@ -187,7 +192,8 @@ return reply
 """
 
 # A run ended (ARGV[6], or '' for none): free its slot and charge its tokens and cost to its
-# tenant (or drop it from the held set, if it was cancelled there); then release what fits.
+# tenant (or drop it from the held set, if it was cancelled there; or, a child run, charge its
+# usage to its tenant once); then release what fits.
 _SETTLE = _COMMON + """
 local id = ARGV[6]
 if id ~= '' then
@@ -197,9 +203,19 @@ if id ~= '' then
     redis.call('HDEL', KEYS[2], id)
     if redis.call('HINCRBY', KEYS[3], t, -1) <= 0 then redis.call('HDEL', KEYS[3], t) end
     local r = redis.call('HMGET', rk, 'prompt_tokens', 'completion_tokens', 'cost')
-    charge(t, (tonumber(r[1]) or 0) + (tonumber(r[2]) or 0), tonumber(r[3]) or 0)
+    charge(t, (tonumber(r[1]) or 0) + (tonumber(r[2]) or 0), tonumber(r[3]) or 0, 1)
   else
-    redis.call('ZREM', base .. 'held:' .. (redis.call('HGET', rk, 'tenant') or 'default'), id)
+    local r = redis.call('HMGET', rk, 'tenant', 'parent_run', 'prompt_tokens',
+      'completion_tokens', 'cost')
+    t = r[1] or 'default'
+    if r[2] then  -- a child run: never admitted (its parent was); its usage is charged, once,
+      -- to its tenant (its parent's), and it is no run of the tenant's own in the averages
+      if redis.call('HSETNX', rk, 'charged', '1') == 1 then
+        charge(t, (tonumber(r[3]) or 0) + (tonumber(r[4]) or 0), tonumber(r[5]) or 0, 0)
+      end
+    else
+      redis.call('ZREM', base .. 'held:' .. t, id)
+    end
   end
 end
 return release()

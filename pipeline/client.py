@@ -29,7 +29,7 @@ from legato.admission import Admission, send
 from legato.compile import Compiler
 from legato.consumers import QueueWatch, first_queues
 from legato.envelope import RESUMABLE, OnDone, RunRecord, StepRecord
-from legato.errors import InputError, PermanentError, RunNotFound, SpecError, StepError
+from legato.errors import InputError, RunNotFound, SpecError, StepError
 from legato.loader import check_children, find_pipeline, load_models, load_pipeline, resolve
 from legato.search import RunQuery, find_runs
 from legato.settings import Settings, get_settings
@@ -130,39 +130,13 @@ class Legato:
         if self.admission is not None:
             self._admit(run_id, tenant, priority)
             return run_id
-        self._send(spec, run_id, digest)
+        self.enqueue(spec, run_id, digest)
         return run_id
 
-    def start_child(self, parent: RunRecord, path: str, pipeline: str, input: Any, *,
-                    run_id: str, max_depth: int) -> RunRecord:
-        """Start (once) the child run `run_id` of the `pipeline` step at `path` of `parent`: a
-        pipeline named in the pipelines directory, its input checked, its spec pinned. A second
-        call (a redelivered step) finds the child and starts nothing; a child whose first call
-        died before sending it is sent by the sweeper's stall recovery. Raises SpecError or
-        InputError (nothing written), or PermanentError past the depth limit."""
-        try:
-            return self.store.get_run(run_id)
-        except RunNotFound:
-            pass
-        depth = parent.depth + 1
-        if depth > max_depth:
-            raise PermanentError(f"child pipeline {pipeline!r} would run {depth} levels deep, "
-                                 f"over the limit of {max_depth} (LEGATO_MAX_PIPELINE_DEPTH)")
-        spec = self.load_named(pipeline)
-        check_input(spec, input, max_bytes=self.settings.max_input_bytes)
-        record = RunRecord(id=run_id, pipeline=spec.name, spec_hash=self.store.put_spec(spec),
-                           status="queued", input=input, created_at=time.time(),
-                           parent_run=parent.id, parent_step=path, depth=depth)
-        self.store.add_child(parent.id, path, run_id)  # first: a cancelled parent finds it
-        self.store.create_run(record)
-        self._send(spec, run_id, record.spec_hash)
-        if self.store.get_run(parent.id).done:  # it ended meanwhile: so does the child
-            self.store.finish_run(run_id, "cancelled", error=f"its parent run {parent.id} ended")
-        return self.store.get_run(run_id)
-
-    def _send(self, spec: Pipeline, run_id: str, digest: str) -> None:
-        """Compile and send a new run's canvas (its record is written); fail the run if the
-        broker refuses it."""
+    def enqueue(self, spec: Pipeline, run_id: str, digest: str) -> None:
+        """Compile and send a new run's canvas (its record is written: by `submit`, or by a
+        `pipeline` step starting its child, legato.tasks.children); fail the run if the broker
+        refuses it."""
         try:
             canvas = self._compiler(run_id, digest).run(spec)
             canvas.apply_async()
@@ -281,10 +255,8 @@ class Legato:
             return self.store.list_runs(status=status, schedule=schedule, tenant=tenant,
                                         limit=limit)
         query = RunQuery(status=status, limit=limit, pipeline=pipeline, tags=dict(tags or {}),
-                         since=since, until=until, text=text)
-        return [r for r in find_runs(self.store, query).runs
-                if (schedule is None or r.schedule == schedule)
-                and (tenant is None or r.tenant == tenant)]
+                         since=since, until=until, text=text, schedule=schedule, tenant=tenant)
+        return find_runs(self.store, query).runs
 
 
 def check_input(spec: Pipeline, value: Any, *, max_bytes: int | None = None) -> None:

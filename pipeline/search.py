@@ -1,4 +1,5 @@
-"""Finding runs: by pipeline, state, tags, creation time and text in their input, output or error.
+"""Finding runs: by pipeline, state, tags, creation time, text in their input, output or error,
+the schedule that made them and their tenant.
 
     find_runs(store, RunQuery(tags={"team": "billing"}, text="refund", limit=20))
 
@@ -21,6 +22,7 @@ from legato.envelope import RUN_STATUSES, RunRecord
 from legato.errors import InputError
 from legato.store import RunStore, run_from_hash
 from legato.tags import check_tags, matches
+from legato.tenants import DEFAULT_TENANT
 
 MAX_LIMIT = 10_000
 DEFAULT_SCAN = 10_000
@@ -36,6 +38,9 @@ class RunQuery(BaseModel):
     until: float | None = Field(default=None, description="created before (Unix s)")
     text: str | None = Field(default=None, max_length=200,
                              description="in the input, output or error; any case")
+    schedule: str | None = Field(default=None, max_length=200,
+                                 description="made by this schedule (schedules.yaml)")
+    tenant: str | None = Field(default=None, max_length=64, description="this tenant's runs")
     limit: int = Field(default=20, ge=1, le=MAX_LIMIT)
     scan: int = Field(default=DEFAULT_SCAN, ge=1, le=1_000_000,
                       description="run records read at most")
@@ -82,6 +87,10 @@ def _matches(raw: dict[str, str], q: RunQuery, needle: str | None) -> bool:
     if q.status is not None and raw.get("status") != q.status:
         return False
     if q.pipeline is not None and raw.get("pipeline") != q.pipeline:
+        return False
+    if q.schedule is not None and raw.get("schedule") != q.schedule:
+        return False
+    if q.tenant is not None and (raw.get("tenant") or DEFAULT_TENANT) != q.tenant:
         return False
     if q.tags and not matches(json.loads(raw.get("tags") or "{}"), q.tags):
         return False

@@ -1,14 +1,22 @@
 """`legato.pipeline`: a `pipeline` step starts its child run (once), then parks on it through
 the waits primitive (legato.waits), holding no task and no worker slot. The child's end signals
-the step (RunStore.finish_run); the resumed delivery takes the child's outcome as its own."""
+the step (RunStore.finish_run); the resumed delivery takes the child's outcome as its own.
+
+A child runs as its parent's tenant, at its parent's priority: its tokens and cost are its
+parent's tenant's. It does not pass admission (legato.admission): its parent holds the tenant's
+slot while it waits, and a child held for a slot that only its waiting parent could free would
+never start. Its usage is charged to the tenant when it ends (Admission.settle).
+"""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+from legato.client import Legato, check_input
 from legato.context import Outcome, StepContext
-from legato.envelope import StepInput
-from legato.errors import InputError, PermanentError, SpecError
+from legato.envelope import RunRecord, StepInput
+from legato.errors import InputError, PermanentError, RunNotFound, SpecError
 from legato.graph import Node
 from legato.kinds.child import PipelineStep, child_run_id, render_input, settle
 from legato.spec import Pipeline
@@ -18,6 +26,36 @@ from legato.workers import resources
 from legato.workers.app import app
 
 
+def start_child(client: Legato, parent: RunRecord, path: str, pipeline: str, input: Any, *,
+                run_id: str, max_depth: int) -> RunRecord:
+    """Start (once) the child run `run_id` of the `pipeline` step at `path` of `parent`: a
+    pipeline named in the pipelines directory, its input checked, its spec pinned, its tenant and
+    priority the parent's. A second call (a redelivered step) finds the child and starts nothing;
+    a child whose first call died before sending it is sent by the sweeper's stall recovery.
+    Raises SpecError or InputError (nothing written), or PermanentError past the depth limit."""
+    store = client.store
+    try:
+        return store.get_run(run_id)
+    except RunNotFound:
+        pass
+    depth = parent.depth + 1
+    if depth > max_depth:
+        raise PermanentError(f"child pipeline {pipeline!r} would run {depth} levels deep, "
+                             f"over the limit of {max_depth} (LEGATO_MAX_PIPELINE_DEPTH)")
+    spec = client.load_named(pipeline)
+    check_input(spec, input, max_bytes=client.settings.max_input_bytes)
+    record = RunRecord(id=run_id, pipeline=spec.name, spec_hash=store.put_spec(spec),
+                       status="queued", input=input, created_at=time.time(),
+                       parent_run=parent.id, parent_step=path, depth=depth,
+                       tenant=parent.tenant, priority=parent.priority)
+    store.add_child(parent.id, path, run_id)  # first: a cancelled parent finds it
+    store.create_run(record)
+    client.enqueue(spec, run_id, record.spec_hash)
+    if store.get_run(parent.id).done:  # it ended meanwhile: so does the child
+        store.finish_run(run_id, "cancelled", error=f"its parent run {parent.id} ended")
+    return store.get_run(run_id)
+
+
 def _child(ctx: StepContext, node: Node, _: Pipeline) -> Outcome:
     step = node.step
     assert isinstance(step, PipelineStep)
@@ -25,9 +63,10 @@ def _child(ctx: StepContext, node: Node, _: Pipeline) -> Outcome:
     store = resources.store()
     child_id = child_run_id(run_id, path)
     try:
-        child = resources.client(app).start_child(
-            store.get_run(run_id), path, step.pipeline, render_input(step.input, ctx),
-            run_id=child_id, max_depth=resources.settings().max_pipeline_depth)
+        child = start_child(
+            resources.client(app), store.get_run(run_id), path, step.pipeline,
+            render_input(step.input, ctx), run_id=child_id,
+            max_depth=resources.settings().max_pipeline_depth)
     except (SpecError, InputError) as exc:  # the child named or its input: no use retrying
         raise PermanentError(str(exc)) from None
     park_or_take(ctx, "pipeline", f"child run {child_id}", timeout=None,

@@ -9,8 +9,11 @@ Tests script the fake model through its admin API and reset it.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -20,9 +23,40 @@ from legato.compile import DEFAULT_QUEUES
 from legato.local import processes
 from legato.local.redis_server import RedisServer
 from legato.settings import Settings
+from tests.integration.console_server import Console, console_server
 
 ROOT = Path(__file__).resolve().parent.parent
 BRANCH_QUEUES = ["legato.branch.billing", "legato.branch.technical"]
+T = TypeVar("T")
+
+
+def eventually(what: Callable[[], T], timeout: float = 30.0, every: float = 0.05) -> T:
+    """`what()` once it is truthy; AssertionError after `timeout` seconds (a bound on waiting,
+    not a timing assertion)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = what()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(every)
+
+
+@contextmanager
+def environ(env: Mapping[str, str]) -> Iterator[None]:
+    """This process's environment with `env` on top (a producer here reads the settings a
+    module's own workers have), as it was again afterwards."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @pytest.fixture(scope="session")
@@ -66,6 +100,29 @@ def workers(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
                                 log_dir=logs)
     with main, branches:
         yield {"main": main, "branches": branches}
+
+
+@pytest.fixture(scope="module")
+def console(stack_env: dict[str, str], workers: dict[str, processes.Service],
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
+    """A `legato serve` process on the session's stack, one per test module."""
+    with console_server(stack_env, tmp_path_factory.mktemp("console")) as server:
+        yield server
+
+
+@pytest.fixture
+def services() -> Iterator[Callable[..., processes.Service]]:
+    """Start services (workers, beats) for one test, `start(service, **start_kwargs)`; all
+    stopped when it ends."""
+    started: list[processes.Service] = []
+
+    def start(service: processes.Service, **kwargs: Any) -> processes.Service:
+        started.append(service)  # first: one that fails to start is stopped too
+        return service.start(**kwargs)
+
+    yield start
+    for service in started:
+        service.stop()
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from legato.local import processes
 from legato.local.net import free_port
 from legato.local.redis_server import RedisServer
 from legato.settings import Settings
-from tests.conftest import BRANCH_QUEUES, ROOT
+from tests.conftest import BRANCH_QUEUES, ROOT, environ
 from tests.faults.workload import SCRIPT
 
 SCALE = float(os.environ.get("LEGATO_FAULT_SCALE", "1"))
@@ -119,18 +119,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         env = {**RECOVERY, "LEGATO_REDIS_URL": redis_server.url, "LEGATO_MODEL_BASE_URL": fake.url,
                "LEGATO_PIPELINES_DIR": str(ROOT / "pipelines"), "PYTHONPATH": str(ROOT),
                "LEGATO_MODELS_FILE": str(Path(__file__).parent / "models.yaml")}
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
         workers = Workers(env, logs)
-        try:
-            yield {"redis": redis_server, "fake": fake, "workers": workers, "env": env,
-                   "legato": Legato(Settings.from_env())}
-        finally:
-            workers.stop()
-            if fake.service is not None:
-                fake.service.stop()
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        with environ(env):
+            try:
+                yield {"redis": redis_server, "fake": fake, "workers": workers, "env": env,
+                       "legato": Legato(Settings.from_env())}
+            finally:
+                workers.stop()
+                if fake.service is not None:
+                    fake.service.stop()

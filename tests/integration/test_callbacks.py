@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -26,7 +26,7 @@ from legato.local import processes
 from legato.local.redis_server import RedisServer
 from legato.settings import Settings
 from legato.store import RunStore
-from tests.conftest import FAST_RECOVERY, ROOT
+from tests.conftest import FAST_RECOVERY, ROOT, eventually
 from tests.tools import OUTCOMES_KEY
 
 SECRET = f"whsec-{uuid.uuid4().hex}"
@@ -77,17 +77,6 @@ class Receiver:
     def deliveries(self, url: str) -> list[dict[str, Any]]:
         with self.lock:
             return list(self.got.get("/" + url.split("/", 3)[3], []))
-
-
-def eventually(what: Callable[[], Any], timeout: float = 60.0) -> Any:
-    """`what()` once it is truthy (a bound on waiting, not a timing assertion)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = what()
-        if value or time.monotonic() > deadline:
-            assert value, f"still not so after {timeout}s"
-            return value
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")

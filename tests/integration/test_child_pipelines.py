@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import signal
 import socket
-import time
 import uuid
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from legato.kinds.child import child_run_id
 from legato.kinds.parallel import Aggregate
 from legato.local import processes
 from legato.settings import Settings, replace
-from tests.conftest import FAST_RECOVERY
+from tests.conftest import FAST_RECOVERY, eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 CHILDREN = ROOT / "tests" / "data" / "children"
@@ -49,16 +48,6 @@ def producer(children_worker) -> Legato:
 
 def _child(step_id: str, pipeline: str, queue: str = CHILDREN_QUEUE, **fields) -> PipelineStep:
     return PipelineStep(id=step_id, pipeline=pipeline, queue=queue, **fields)
-
-
-def _wait_for(predicate, timeout: float = 20.0, every: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 def _run_or_none(legato: Legato, run_id: str):
@@ -129,9 +118,9 @@ def test_the_parent_holds_no_task_while_its_child_runs(producer, fake):
     run_id = producer.submit(Pipeline(name="parent_parked", steps=[
         _child("slow", "child_nap", input={"seconds": 2})]), {})
     child_id = child_run_id(run_id, "slow")
-    _wait_for(lambda: getattr(producer.store.get_step(child_id, "nap"), "status", "") ==
+    eventually(lambda: getattr(producer.store.get_step(child_id, "nap"), "status", "") ==
               "running")
-    parked = _wait_for(lambda: getattr(producer.store.get_step(run_id, "slow"), "status", "")
+    parked = eventually(lambda: getattr(producer.store.get_step(run_id, "slow"), "status", "")
                        == "waiting")
     assert parked and producer.status(run_id).status == "waiting"
     store = producer.store
@@ -151,7 +140,7 @@ def test_cancelling_the_parent_cancels_its_children_and_theirs(producer, fake):
         _child("family", "nest_nap")]), {})
     child_id = child_run_id(run_id, "family")
     grandchild_id = child_run_id(child_id, "inner")
-    _wait_for(lambda: getattr(producer.store.get_step(grandchild_id, "nap"), "status", "") ==
+    eventually(lambda: getattr(producer.store.get_step(grandchild_id, "nap"), "status", "") ==
               "running")
     assert producer.cancel(run_id, "enough")
 
@@ -239,20 +228,14 @@ def test_a_cycle_or_an_unknown_child_is_refused_at_submit_and_nothing_is_written
 
 
 @pytest.fixture
-def kill_workers(stack_env, tmp_path):
+def kill_workers(stack_env, tmp_path, services):
     """Workers for KILL_QUEUE with short leases: start one, kill it, start a rescuer."""
-    started: list[processes.Service] = []
-
     def start(name: str) -> processes.Service:
         env = {**_child_env(stack_env), **FAST_RECOVERY}
-        service = processes.worker(f"{name}-{uuid.uuid4().hex[:6]}", [KILL_QUEUE], env=env,
-                                   concurrency=4, log_dir=tmp_path)
-        started.append(service.start())
-        return service
+        return services(processes.worker(f"{name}-{uuid.uuid4().hex[:6]}", [KILL_QUEUE],
+                                         env=env, concurrency=4, log_dir=tmp_path))
 
-    yield start
-    for service in started:
-        service.stop()
+    return start
 
 
 def test_a_worker_killed_between_starting_the_child_and_parking_starts_no_second_child(
@@ -265,7 +248,7 @@ def test_a_worker_killed_between_starting_the_child_and_parking_starts_no_second
     run_id = producer.submit(Pipeline(name="parent_killed", steps=[
         _child("slow", "child_nap", queue=KILL_QUEUE, input={"seconds": 1.5})]), {})
     child_id = child_run_id(run_id, "slow")
-    _wait_for(lambda: store.redis.exists(store.keys.run(child_id)), every=0.0005)
+    eventually(lambda: store.redis.exists(store.keys.run(child_id)), every=0.0005)
     store.redis.execute_command("CLIENT", "PAUSE", "3000", "WRITE")
     try:
         victim.signal(signal.SIGKILL)

@@ -1,7 +1,8 @@
 """`legato serve`'s HTTP API, against a real server process, Redis, workers and the fake model:
 auth, submit (the client's validation: 422 naming the field, nothing enqueued), status,
-result, steps, cancel, resume, search by pipeline/status/tag/time/text, tags through the CLI,
-the OpenAPI schema, and hostile requests that must not leak a traceback or a server path."""
+result, steps, cancel, resume, search by pipeline/status/tag/time/text/schedule/tenant, tags
+through the CLI, the OpenAPI schema, and hostile requests that must not leak a traceback or a
+server path."""
 
 from __future__ import annotations
 
@@ -10,18 +11,10 @@ import json
 import time
 
 import httpx
-import pytest
 
-from tests.integration.console_server import console_server
 from tests.integration.test_cli import legato_cli
 
 LEAKS = ("Traceback", "File \"", ".py", "/work", "/tmp", "site-packages", "Exception")
-
-
-@pytest.fixture(scope="module")
-def console(stack_env, workers, tmp_path_factory):
-    with console_server(stack_env, tmp_path_factory.mktemp("console")) as server:
-        yield server
 
 
 def _count_runs(legato) -> int:
@@ -143,6 +136,34 @@ def test_search_by_pipeline_status_tag_time_and_text(console, legato):
                          (dict(limit=10_000), "query.limit: Input should be less than")):
         refused = console.get("/api/runs", params=bad)
         assert refused.status_code == 422 and message in refused.json()["error"], refused.text
+
+
+def test_search_by_schedule_and_tenant_in_the_query_itself(stack_env, console, legato):
+    marker = f"st-{int(time.time() * 1000)}"
+    tags = {"suite": marker}
+    nightly = legato.submit("summarize", {"text": "one"}, tags=tags, tenant="qa",
+                            schedule="nightly")
+    plain = legato.submit("summarize", {"text": "two"}, tags=tags, tenant="qa")
+    newest = legato.submit("summarize", {"text": "three"}, tags=tags)  # tenant default
+    # The filters are the search's own: a limit counts matching runs (filtered after the
+    # search, the newest run, another tenant's, would have used up a limit of 1).
+    assert [r.id for r in legato.runs(tags=tags, tenant="qa", limit=1)] == [plain]
+    assert [r.id for r in legato.runs(tags=tags, schedule="nightly", limit=1)] == [nightly]
+    assert [r.id for r in legato.runs(tags=tags, tenant="default")] == [newest]
+
+    def found(**params: object) -> list[str]:
+        answer = console.get("/api/runs", params={"tag": f"suite={marker}", **params})
+        assert answer.status_code == 200, answer.text
+        return [r["id"] for r in answer.json()["runs"]]
+
+    assert found(tenant="qa") == [plain, nightly]
+    assert found(tenant="qa", limit=1) == [plain]
+    assert found(schedule="nightly") == [nightly] and found(schedule="weekly") == []
+    listed = legato_cli("runs", "--tag", f"suite={marker}", "--tenant", "qa", "--limit", "1",
+                        "--json", env=stack_env)
+    assert [r["id"] for r in json.loads(listed.stdout)] == [plain], listed.stderr
+    for run_id in (nightly, plain, newest):
+        assert console.wait(run_id)["status"] == "succeeded"
 
 
 def test_tags_from_the_command_line(stack_env, console, legato):

@@ -10,17 +10,8 @@ import json
 import time
 
 import httpx
-import pytest
-
-from tests.integration.console_server import console_server
 
 WATCHERS = 200
-
-
-@pytest.fixture(scope="module")
-def console(stack_env, workers, tmp_path_factory):
-    with console_server(stack_env, tmp_path_factory.mktemp("console-live")) as server:
-        yield server
 
 
 async def _watch(client: httpx.AsyncClient, path: str, last_id: str | None = None

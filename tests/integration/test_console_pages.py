@@ -10,21 +10,12 @@ import base64
 import shutil
 from pathlib import Path
 
-import pytest
-
 from tests.browser import Browser
-from tests.integration.console_server import console_server
 from tests.png import colours, read_png
 
 GREEN = bytes((0x2E, 0x9D, 0x4F))  # a succeeded status / bar
 HOSTILE = '<img src=x onerror=alert(1)><script>alert(2)</script>"\'><b>bold</b>'
 SHOTS = Path(__file__).resolve().parents[2] / "build" / "console-screenshots"
-
-
-@pytest.fixture(scope="module")
-def console(stack_env, workers, tmp_path_factory):
-    with console_server(stack_env, tmp_path_factory.mktemp("console-pages")) as server:
-        yield server
 
 
 def _auth(console) -> dict[str, str]:

@@ -18,7 +18,7 @@ from legato.envelope import RunRecord
 from legato.keys import lease_member
 from legato.local import processes
 from legato.spec import Aggregate, Vote
-from tests.conftest import DURABLE_QUEUE
+from tests.conftest import DURABLE_QUEUE, eventually
 
 
 def _slow_then_fast(tag: str) -> Pipeline:
@@ -26,16 +26,6 @@ def _slow_then_fast(tag: str) -> Pipeline:
         Llm(id="slow", model="small", prompt=f"slow {tag}", queue=DURABLE_QUEUE),
         Llm(id="after", model="small", prompt=f"after {tag}", queue=DURABLE_QUEUE),
     ])
-
-
-def _wait_for(predicate, timeout: float = 15.0, every: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 def _step(legato: Legato, run_id: str, path: str):
@@ -48,18 +38,13 @@ def _running(legato: Legato, run_id: str, path: str) -> bool:
 
 
 @pytest.fixture
-def durable_worker(durable_worker_env, tmp_path):
-    started: list[processes.Service] = []
-
+def durable_worker(durable_worker_env, tmp_path, services):
     def start(name: str) -> processes.Service:
-        service = processes.worker(f"{name}-{uuid.uuid4().hex[:6]}", [DURABLE_QUEUE],
-                                   env=durable_worker_env, concurrency=8, log_dir=tmp_path)
-        started.append(service.start())
-        return service
+        return services(processes.worker(f"{name}-{uuid.uuid4().hex[:6]}", [DURABLE_QUEUE],
+                                         env=durable_worker_env, concurrency=8,
+                                         log_dir=tmp_path))
 
-    yield start
-    for service in started:
-        service.stop()
+    return start
 
 
 def test_a_step_whose_worker_is_killed_is_dispatched_again_and_finishes(
@@ -67,7 +52,7 @@ def test_a_step_whose_worker_is_killed_is_dispatched_again_and_finishes(
     fake.script({"faults": [{"kind": "latency", "ms": 1500, "match": {"contains": "slow kill"}}]})
     victim = durable_worker("victim")
     run_id = legato.submit(_slow_then_fast("kill"), {})
-    _wait_for(lambda: fake.stats()["by_step"].get(f"{run_id}/slow"))  # the call is in flight
+    eventually(lambda: fake.stats()["by_step"].get(f"{run_id}/slow"))  # the call is in flight
     victim.signal(signal.SIGKILL)
     durable_worker("rescuer")
 
@@ -94,7 +79,7 @@ def test_a_batch_whose_worker_is_killed_is_sent_again_once_and_redoes_only_the_u
     def succeeded() -> list[str]:
         return [p for p in paths if getattr(_step(legato, run_id, p), "status", "") == "succeeded"]
 
-    fast = _wait_for(lambda: succeeded() if len(succeeded()) == 3 else None)  # journaled early
+    fast = eventually(lambda: succeeded() if len(succeeded()) == 3 else None)  # journaled early
     victim.signal(signal.SIGKILL)
     durable_worker("rescuer")
 
@@ -112,10 +97,10 @@ def test_a_healthy_long_step_is_never_started_twice(legato, fake, durable_worker
     fake.script({"faults": [{"kind": "latency", "ms": 4000, "match": {"contains": "slow long"}}]})
     durable_worker("steady")
     run_id = legato.submit(_slow_then_fast("long"), {})
-    _wait_for(lambda: _running(legato, run_id, "slow"))
+    eventually(lambda: _running(legato, run_id, "slow"))
     store = legato.store
     member = lease_member(run_id, "slow")
-    signature = _wait_for(lambda: store.redis.hget(store.keys.lease_sig, member))
+    signature = eventually(lambda: store.redis.hget(store.keys.lease_sig, member))
 
     time.sleep(2.5)  # longer than the lease: only heartbeats keep it alive
     legato.app.signature(json.loads(signature)).apply_async()  # the broker delivers it again
@@ -143,8 +128,8 @@ def test_a_duplicated_chord_header_task_neither_fires_the_fan_in_early_nor_twice
     run_id = legato.submit(pipeline, {})
     store = legato.store
     member = lease_member(run_id, "fan/quick")
-    signature = _wait_for(lambda: store.redis.hget(store.keys.lease_sig, member))
-    _wait_for(lambda: getattr(_step(legato, run_id, "fan/quick"), "status", "") == "succeeded")
+    signature = eventually(lambda: store.redis.hget(store.keys.lease_sig, member))
+    eventually(lambda: getattr(_step(legato, run_id, "fan/quick"), "status", "") == "succeeded")
     legato.app.signature(json.loads(signature)).apply_async()  # quick, delivered twice
 
     run = legato.wait(run_id, timeout=30)
@@ -160,7 +145,7 @@ def test_cancel_stops_the_steps_not_yet_begun(legato, fake, durable_worker):
     fake.script({"faults": [{"kind": "latency", "ms": 1500, "match": {"contains": "slow cancel"}}]})
     durable_worker("cancel")
     run_id = legato.submit(_slow_then_fast("cancel"), {})
-    _wait_for(lambda: _running(legato, run_id, "slow"))
+    eventually(lambda: _running(legato, run_id, "slow"))
     assert legato.cancel(run_id) is True
     assert legato.cancel(run_id) is False
 

@@ -35,7 +35,12 @@ Kinds (the target in brackets; the cell id starts with the name before the colon
   generator in round 0];
 - agent [turn 0; a budget: turn 1, after a tool call];
 - run_output: the pipeline's `output` template, rendered when the run closes (the error names no
-  step: it reads "output failed: ...").
+  step: it reads "output failed: ...");
+- wait [nobody signals it: its timeout, under each `on_timeout` — fail, value (its default is
+  the output), jump (to a later step, over the one between)];
+- pipeline [its child run's model call (HTTP 400: the child fails), under each `on_failure` —
+  fail, skip, fallback; or its own input template, which fails the step under every policy and
+  starts no child].
 
 A second, smaller test puts a failing tool step *before* each kind: every kind's task must pass
 the failure on untouched (fan-outs through each member and the fan-in), and nothing after it may
@@ -51,7 +56,11 @@ failing at render time — an undefined attribute of the input (`input.absent.de
 checks only `outputs.<id>` names), and for llm and tool also a filter error (`'%d' | format`).
 
 Policies, for parallel and orchestrate: `on_failure: fail`; `skip` with `min_success` not met
-(fails); `skip` with `min_success` met (succeeds without the failed branch).
+(fails); `skip` with `min_success` met (succeeds without the failed branch). A wait's
+`on_timeout` and a `pipeline` step's `on_failure` are policies of their own (ON_TIMEOUT,
+ON_CHILD_FAILURE). The wait's failure class is its own too (`no_signal`): a wait makes no model
+or tool call, and its timeout is ended by the sweeper's next pass (every 5 s here), not by a
+stall recovery.
 
 Cells left out, and why:
 - tool faults on llm, vote, orchestrate and evaluate: those kinds are model calls only; there is
@@ -88,7 +97,7 @@ from typing import Any
 
 import pytest
 
-from legato import Chain, Legato, Llm, Parallel, Pipeline, Route, Tool
+from legato import Chain, Legato, Llm, Parallel, Pipeline, PipelineStep, Route, Tool, Wait
 from legato.envelope import RunRecord
 from legato.spec import (
     Agent,
@@ -104,9 +113,14 @@ from legato.spec import (
 )
 
 WAIT_SECONDS = 15  # every cell ends far sooner; the sweeper (300 s) never gets a say
+# A wait's timeout is ended by the sweeper's next pass (LEGATO_SWEEP_SECONDS, 5 s by default):
+# still far inside WAIT_SECONDS, and it is the wait's timeout, not a stall recovery.
+WAIT_TIMEOUT = 0.5
 MARK = "FAULTHERE"  # the fake model's faults fire on calls whose messages contain this
 LABEL: dict[str, Any] = {"type": "object", "properties": {"label": {"type": "string"}},
                          "required": ["label"]}
+ANSWERED: dict[str, Any] = {"type": "object", "required": ["approved"],
+                             "properties": {"approved": {"type": "boolean"}}}
 ANSWER: dict[str, Any] = {"type": "object", "required": ["answer"], "properties": {
     "answer": {"type": "string", "enum": ["yes", "no"]}}}
 UNDEFINED = "{{ input.absent.deeper }}"
@@ -146,6 +160,7 @@ FAULTS = {f.id: f for f in [
           "PermanentError", template=UNDEFINED),
     Fault("filter", "template", ("template failed: TypeError", "%d format"), "PermanentError",
           template=BAD_FILTER),
+    Fault("no_signal", "wait", (f"timed out: no signal within {WAIT_TIMEOUT:g}s",), "StepError"),
 ]}
 
 
@@ -159,6 +174,11 @@ class Policy:
 
 POLICIES = [Policy("fail", "fail", None, False), Policy("skip_unmet", "skip", None, False),
             Policy("skip_met", "skip", None, True)]  # min_success filled in per kind
+# A wait's `on_timeout` (a later step's id: `jump`) and a `pipeline` step's `on_failure`.
+ON_TIMEOUT = [Policy("fail", "fail", None, False), Policy("value", "value", None, True),
+              Policy("jump", "jump", None, True)]
+ON_CHILD_FAILURE = [Policy("fail", "fail", None, False), Policy("skip", "skip", None, True),
+                    Policy("fallback", "fallback", None, True)]
 
 
 @dataclass
@@ -203,6 +223,7 @@ class Case:
     calls_before: int = 0  # model calls made before the target's (for a budget)
     rules: list[dict[str, Any]] = field(default_factory=list)
     succeeds: bool = False
+    fails: bool = False  # whatever the policy: the step's own failure, not one the policy covers
     cause: tuple[str, ...] = ()  # instead of the fault's own words, where the kind has its own
     output: str | None = None  # the pipeline's output template
     check: Callable[[Legato, RunRecord, dict[str, Any]], None] | None = None
@@ -500,6 +521,69 @@ def _agent(t: Target) -> Case:
                 rules=[{"match": {"contains": "Help with"}, "tool_calls": [count]}])
 
 
+def _wait(t: Target) -> Case:
+    """A wait nobody signals times out, under each `on_timeout`: the run fails at the wait, goes
+    on with the default, or jumps to a later step over the ones between."""
+    policy = t.policy.on_failure if t.policy else "fail"
+    on_timeout = {"fail": "fail", "value": "value", "jump": "after"}[policy]
+    default = {"approved": False} if policy == "value" else None
+    steps: list[Step] = [
+        Llm(id="draft", model="m", prompt="Draft {{ input.text }}"),
+        Wait(id="approve", schema=ANSWERED, timeout=WAIT_TIMEOUT, on_timeout=on_timeout,
+             default=default),
+        Llm(id="between", model="m", prompt="Between {{ outputs.approve }}"),
+        Llm(id="after", model="m", prompt="After {{ input.text }}"),
+    ]
+
+    def check(legato: Legato, run: RunRecord, steps: dict[str, Any]) -> None:
+        assert steps["draft"].status == "succeeded"
+        if policy == "fail":
+            assert "between" not in steps and "after" not in steps
+            return
+        approve = steps["approve"]
+        assert approve.status == "succeeded" and approve.detail["timed_out"] is True
+        assert steps["after"].status == "succeeded"
+        if policy == "value":
+            assert approve.output == default and steps["between"].status == "succeeded"
+        else:
+            assert approve.detail["jumped_to"] == "after" and "between" not in steps
+
+    failed = "approve" if policy == "fail" else ""
+    return Case(steps, "approve", failed, check=check)
+
+
+def _pipeline(t: Target) -> Case:
+    """A `pipeline` step whose child run fails (its model call: HTTP 400), under each
+    `on_failure`; or whose own input template fails (no child starts, whatever the policy)."""
+    policy = t.policy.on_failure if t.policy else "fail"
+    fields: dict[str, Any] = {"on_failure": policy}
+    if policy == "fallback":
+        fields["fallback"] = "no summary"
+    text = t.mark + "{{ input.text }}" if t.fault.klass == "model" else t.fault.template
+    kid = PipelineStep(id="kid", pipeline="summarize", input={"text": text}, **fields)
+    steps: list[Step] = [kid, Llm(id="after", model="m", prompt="After {{ outputs.kid }}")]
+
+    def check(legato: Legato, run: RunRecord, steps: dict[str, Any]) -> None:
+        children = legato.store.children(run.id)
+        if t.fault.klass == "template":
+            assert children == {}  # nothing started
+            return
+        child = legato.status(children["kid"])
+        assert child.status == "failed" and "HTTP 400" in (child.error or ""), child
+        if policy == "fail":
+            assert "after" not in steps
+            return
+        kid_record = steps["kid"]
+        assert kid_record.status == "succeeded" and "HTTP 400" in kid_record.detail["child_error"]
+        assert kid_record.output == ("no summary" if policy == "fallback" else None)
+        assert steps["after"].status == "succeeded"
+
+    failing = policy == "fail" or t.fault.klass == "template"
+    cause = ("child run", "(summarize) failed", "HTTP 400") if t.fault.klass == "model" else ()
+    return Case(steps, "kid", "kid" if failing else "", cause=cause, check=check,
+                fails=t.fault.klass == "template")
+
+
 ON_MODEL_CALLS = ("http400", "http503", "timeout", "malformed", "budget", "template")
 TOOL = ("tool_raises", "tool_timeout")
 NESTED = ("http400", "http503", "budget", "template", "tool_raises")  # the nesting is the point
@@ -509,7 +593,9 @@ NESTED = ("http400", "http503", "budget", "template", "tool_raises")  # the nest
 class Kind:
     build: Callable[[Target], Case]
     faults: tuple[str, ...]
-    policies: bool = False
+    policies: bool = False  # the fan-out policies (POLICIES)
+    own: tuple[Policy, ...] = ()  # policies of the kind's own, for the faults in `own_for`
+    own_for: tuple[str, ...] = ()
 
 
 KINDS = {
@@ -537,6 +623,9 @@ KINDS = {
     "evaluate_generator": Kind(_evaluate("generator"), ON_MODEL_CALLS),
     "agent": Kind(_agent, tuple(f for f in ON_MODEL_CALLS if f != "malformed") + TOOL),
     "run_output": Kind(_run_output, ("template",)),
+    "wait": Kind(_wait, ("no_signal",), own=tuple(ON_TIMEOUT), own_for=("no_signal",)),
+    "pipeline": Kind(_pipeline, ("http400", "template"), own=tuple(ON_CHILD_FAILURE),
+                     own_for=("http400", "template")),
 }
 
 
@@ -544,7 +633,12 @@ def _cells() -> list[Any]:
     cells = []
     for name, kind in KINDS.items():
         for fault in kind.faults:
-            for policy in POLICIES if kind.policies else [None]:
+            policies: list[Policy | None] = [None]
+            if fault in kind.own_for:
+                policies = list(kind.own)
+            elif kind.policies:
+                policies = list(POLICIES)
+            for policy in policies:
                 if (policy is not None and policy.succeeds and fault == "budget"
                         and name.startswith(("vote", "orchestrate"))):
                     continue  # the run's budget refuses every voter / worker: see the docstring
@@ -595,7 +689,7 @@ def test_a_failure_is_a_value_and_the_run_ends(legato: Legato, fake: Any, kind: 
     run, steps, _ = _run(legato, fake, case.steps, fault=fault, rules=case.rules, budget=budget,
                          output=case.output)
 
-    succeeds = case.succeeds or (policy is not None and policy.succeeds)
+    succeeds = not case.fails and (case.succeeds or (policy is not None and policy.succeeds))
     if succeeds:
         assert run.status == "succeeded", run.error
         assert run.error is None and run.output is not None
@@ -616,7 +710,8 @@ def test_a_failure_is_a_value_and_the_run_ends(legato: Legato, fake: Any, kind: 
 
 NO_FAULT = Fault("none", "none", (), "")
 UPSTREAM = ["llm", "tool", "chain", "route_model", "route_rule", "sections", "sections_route",
-            "vote", "vote_quorum", "orchestrate_1", "orchestrate_2", "evaluate", "agent"]
+            "vote", "vote_quorum", "orchestrate_1", "orchestrate_2", "evaluate", "agent", "wait",
+            "pipeline"]
 
 
 @pytest.mark.parametrize("kind", UPSTREAM)

@@ -1,10 +1,10 @@
 """Fair shares end to end: tenants, priorities, limits, spend caps and concurrency keys, under
 real workers with a tenants file, on a Redis of their own (so the session's workers, which have
-none, never take these runs). The fake model counts the calls in flight."""
+none, never take these runs). The fake model counts the calls in flight. The pipelines directory
+is the child pipelines' (tests/data/children/), for the `pipeline` steps here."""
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from collections.abc import Iterator
@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from legato import Legato, Llm, Pipeline
+from legato import Legato, Llm, Pipeline, PipelineStep
 from legato.compile import DEFAULT_QUEUES
 from legato.fields import Concurrency
 from legato.local import processes
 from legato.local.redis_server import RedisServer
 from legato.models.config import ModelConfig, Prices
 from legato.settings import Settings
-from tests.conftest import FAST_RECOVERY, ROOT, FakeModel
+from tests.conftest import FAST_RECOVERY, ROOT, FakeModel, environ
 
 POLICY = """
 capacity: 8
@@ -52,36 +52,24 @@ def stack(fake_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     with RedisServer() as redis_server:
         env = {**FAST_RECOVERY, "LEGATO_STALL_SECONDS": "10", "LEGATO_MAX_RECOVERIES": "5",
                "LEGATO_REDIS_URL": redis_server.url, "LEGATO_MODEL_BASE_URL": fake_model,
-               "LEGATO_PIPELINES_DIR": str(ROOT / "pipelines"), "LEGATO_HTTP_TIMEOUT": "10",
+               "LEGATO_PIPELINES_DIR": str(ROOT / "tests" / "data" / "children"),
+               "LEGATO_MODELS_FILE": str(ROOT / "pipelines" / "models.yaml"),
+               "LEGATO_HTTP_TIMEOUT": "10",
                "LEGATO_TENANTS_FILE": str(policy), "PYTHONPATH": str(ROOT)}
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
         stack = Stack(env, logs)
-        try:
-            stack.add()
-            stack.add()
-            yield stack
-        finally:
-            for service in stack.live:
-                service.stop()
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        with environ(env):
+            try:
+                stack.add()
+                stack.add()
+                yield stack
+            finally:
+                for service in stack.live:
+                    service.stop()
 
 
 @pytest.fixture
 def legato(stack: Stack) -> Legato:
     return Legato(Settings.from_env())
-
-
-@pytest.fixture
-def fake(fake_model: str) -> Iterator[FakeModel]:
-    admin = FakeModel(fake_model)
-    admin.reset()
-    yield admin
-    admin.reset()
 
 
 ONE_CALL = Pipeline(name="fair", steps=[Llm(id="a", model="small", prompt="{{ input.text }}")])
@@ -158,6 +146,36 @@ def test_a_spend_cap_fails_or_holds_new_runs(legato, fake, fake_model):
     for key in store.redis.scan_iter(f"{store.keys.adm_base}spend:caphold:*"):
         store.redis.delete(key)  # as a new day would: the sweeper releases it
     assert legato.wait(held_id, timeout=30).status == "succeeded"
+
+
+def test_a_child_run_is_its_parents_tenants_and_charged_to_it(legato, fake):
+    parent = Pipeline(name="fair_parent", steps=[
+        PipelineStep(id="kid", pipeline="child_echo", input={"text": "{{ input.text }}"})])
+    run_id = legato.submit(parent, {"text": "family"}, tenant="family", priority=5)
+    record = legato.wait(run_id, timeout=60)
+    assert record.status == "succeeded", record.error
+    (child_id,) = legato.store.children(run_id).values()
+    child = legato.status(child_id)
+    assert (child.status, child.tenant, child.priority) == ("succeeded", "family", 5)
+    # the parent was admitted and holds the slot; the child is not held for one
+    assert record.admitted_at is not None and child.admitted_at is None
+    assert child.usage.total_tokens > 0 and record.usage.total_tokens == 0
+    used = legato.store.keys.adm_used("family")
+    raw = legato.store.redis
+
+    def charged() -> tuple[int, int]:
+        fields = raw.hgetall(used)
+        return (sum(int(v) for k, v in fields.items() if k.endswith(":t")),
+                sum(int(v) for k, v in fields.items() if k.endswith(":r")))
+
+    # the child's tokens are the tenant's, once; the family is one run of the tenant's (each
+    # run's settle follows its end, so it is waited for)
+    want, deadline = (child.usage.total_tokens, 1), time.monotonic() + 20
+    while charged() != want and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert charged() == want
+    assert {r.id for r in legato.runs(tenant="family")} == {run_id, child_id}
+    assert child_id not in {r.id for r in legato.runs(tenant="default")}
 
 
 def test_a_concurrency_key_caps_steps_across_the_cluster(legato, fake):

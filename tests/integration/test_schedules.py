@@ -8,18 +8,16 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from legato.client import Legato
 from legato.envelope import UNFINISHED, RunRecord
 from legato.local import processes
-from tests.conftest import ROOT
+from tests.conftest import ROOT, eventually
 
 # A pipeline whose one step goes to a queue no worker serves: its runs stay unfinished.
 STUCK = """
@@ -29,17 +27,6 @@ steps:
 """
 SUBMITTED = re.compile(r"schedule (\S+) tick (\S+): submitted run (\w+)")
 TAKEN = re.compile(r"schedule (\S+) tick (\S+): taken by another beat")
-
-
-def eventually(what: Callable[[], Any], timeout: float = 90.0) -> Any:
-    """`what()` once it is truthy (a bound on waiting, not a timing assertion)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = what()
-        if value or time.monotonic() > deadline:
-            assert value, f"still not so after {timeout}s"
-            return value
-        time.sleep(0.2)
 
 
 @pytest.fixture
@@ -54,19 +41,14 @@ def beat_env(stack_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def beats(beat_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., processes.Service]]:
-    started: list[processes.Service] = []
-
+def beats(beat_env: dict[str, str], tmp_path: Path, services: Callable[..., processes.Service]
+          ) -> Callable[..., processes.Service]:
     def start(name: str, *, wait: bool = True) -> processes.Service:
-        service = processes.Service(name, [sys.executable, "-m", "legato.cli", "beat"],
-                                    env=beat_env, ready=r"legato beat: \d+ schedules? from",
-                                    log_dir=tmp_path)
-        started.append(service.start(timeout=90, wait=wait))
-        return service
+        return services(processes.Service(
+            name, [sys.executable, "-m", "legato.cli", "beat"], env=beat_env,
+            ready=r"legato beat: \d+ schedules? from", log_dir=tmp_path), timeout=90, wait=wait)
 
-    yield start
-    for service in started:
-        service.stop()
+    return start
 
 
 def write(env: dict[str, str], text: str) -> None:
@@ -94,7 +76,8 @@ def test_schedules_fire_at_their_interval_and_skip_while_their_previous_run_goes
   {allow}: {{pipeline: stuck, every: 1, overlap: allow}}
 """)
     beat = beats("beat")
-    eventually(lambda: min(len(runs_of(legato, runs)), len(runs_of(legato, allow))) >= 4)
+    eventually(lambda: min(len(runs_of(legato, runs)), len(runs_of(legato, allow))) >= 4,
+               timeout=90, every=0.2)
     beat.stop()
 
     made = runs_of(legato, runs)
@@ -126,7 +109,7 @@ def test_two_beats_never_fire_the_same_tick_twice(legato, beats, beat_env):
     first.wait_ready(90)
     second.wait_ready(90)
     both_up = len(runs_of(legato, name))
-    eventually(lambda: len(runs_of(legato, name)) >= both_up + 4)
+    eventually(lambda: len(runs_of(legato, name)) >= both_up + 4, timeout=90, every=0.2)
     first.stop()
     second.stop()
     logs = [first.log_path.read_text(), second.log_path.read_text()]

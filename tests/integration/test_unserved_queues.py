@@ -16,6 +16,7 @@ import pytest
 
 from legato import Llm, Pipeline
 from legato.local import processes
+from tests.conftest import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 UNSERVED_SECONDS = 4
@@ -36,19 +37,9 @@ def _lonely(queue: str) -> Pipeline:
                                               queue=queue)])
 
 
-def _wait_for(predicate, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("timed out")
-
-
 def test_workers_advertise_the_queues_they_consume(legato, sweeping_worker):
     queues = ["legato.llm", "legato.branch.technical", "legato.test.sweeper", "nobody.here"]
-    _wait_for(lambda: legato.store.served(["legato.test.sweeper"], now=time.time())
+    eventually(lambda: legato.store.served(["legato.test.sweeper"], now=time.time())
               ["legato.test.sweeper"])
     served = legato.store.served(queues, now=time.time())
     assert served == {"legato.llm": True, "legato.branch.technical": True,

@@ -21,7 +21,7 @@ from legato.errors import RunNotFound
 from legato.keys import lease_member
 from legato.local import processes
 from legato.waits import signal_json
-from tests.conftest import FAST_RECOVERY
+from tests.conftest import FAST_RECOVERY, eventually
 from tests.integration.test_cli import legato_cli
 
 APPROVAL = {"type": "object", "required": ["approved"], "additionalProperties": False,
@@ -49,15 +49,6 @@ def _approval(tag: str, **wait: Any) -> Pipeline:
     ])
 
 
-def _until(predicate, timeout: float = 30.0, every: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(every)
-    raise AssertionError(f"condition not met within {timeout}s")
-
-
 def _waiting(legato: Legato, run_id: str) -> bool:
     return legato.status(run_id).status == "waiting"
 
@@ -78,7 +69,7 @@ def _legato_tasks(app: Celery) -> list[dict[str, Any]]:
 
 def test_a_wait_parks_holding_nothing_and_a_signal_resumes_it(legato, fake):
     run_id = legato.submit(_approval("basic"), {})
-    _until(lambda: _waiting(legato, run_id))
+    eventually(lambda: _waiting(legato, run_id))
     run = legato.status(run_id)
     assert run.awaiting == "a signal at step approve" and run.awaiting_since
     assert "waiting for a signal at step approve since" in (run.waiting or "")
@@ -113,7 +104,7 @@ def test_a_signal_that_comes_early_is_kept_and_consumed_on_arrival(legato, fake)
 
 def test_duplicate_and_concurrent_signals_resume_exactly_once(legato, fake):
     run_id = legato.submit(_approval("dupes"), {})
-    _until(lambda: _waiting(legato, run_id))
+    eventually(lambda: _waiting(legato, run_id))
     replies: list[str] = []
     barrier = threading.Barrier(8)
 
@@ -147,7 +138,7 @@ def test_a_signal_whose_sender_died_before_resuming_is_resumed_by_the_sweeper(
     # atomic signal script runs (as a sender killed right after it would leave things), the
     # send never happens.
     run_id = legato.submit(_approval("orphan"), {})
-    _until(lambda: _waiting(legato, run_id))
+    eventually(lambda: _waiting(legato, run_id))
     now = time.time()
     taken = legato.store.waits.signal(run_id, "approve", signal_json({"approved": True}, at=now),
                                       now=now)
@@ -206,7 +197,7 @@ def test_a_timeout_can_jump_over_the_steps_between(legato, fake, fast_sweeper):
 
 def test_a_signal_before_the_timeout_wins_over_it(legato, fake, fast_sweeper):
     run_id = legato.submit(_approval("beat", timeout=3), {})
-    _until(lambda: _waiting(legato, run_id))
+    eventually(lambda: _waiting(legato, run_id))
     legato.signal(run_id, "approve", {"approved": True})
     assert legato.wait(run_id, timeout=30).status == "succeeded"
     time.sleep(0)  # the deadline's entry went with the signal
@@ -216,7 +207,7 @@ def test_a_signal_before_the_timeout_wins_over_it(legato, fake, fast_sweeper):
 
 def test_bad_signals_are_refused_clearly_and_change_nothing(legato, fake):
     run_id = legato.submit(_approval("bad"), {})
-    _until(lambda: _waiting(legato, run_id))
+    eventually(lambda: _waiting(legato, run_id))
     before = legato.store.redis.hgetall(legato.store.keys.run(run_id))
 
     with pytest.raises(RunNotFound, match="no run 'no-such-run'"):
@@ -256,13 +247,13 @@ def test_many_waiting_runs_hold_no_task_and_all_resume(legato, fake):
         return pipe.execute()
 
     # (a loaded 2-core machine takes a while to begin 1,000 tasks: no timing is asserted)
-    _until(lambda: statuses() == ["waiting"] * len(ids), timeout=800, every=1.0)
+    eventually(lambda: statuses() == ["waiting"] * len(ids), timeout=800, every=1.0)
     parked = legato.store.redis.hmget(legato.store.keys.park_sig,
                                       [lease_member(r, "gate") for r in ids])
     assert all(parked)
     # 1,000 runs waiting: no task runs, none reserved (a task that just parked its run may still
     # be returning: it is given the moment it needs)
-    _until(lambda: _legato_tasks(legato.app) == [], timeout=60, every=0.5)
+    eventually(lambda: _legato_tasks(legato.app) == [], timeout=60, every=0.5)
 
     with ThreadPoolExecutor(8) as pool:
         states = list(pool.map(lambda i: legato.signal(ids[i], "gate", {"n": i}).state,
@@ -275,7 +266,7 @@ def test_many_waiting_runs_hold_no_task_and_all_resume(legato, fake):
 
 def test_the_cli_and_the_public_task_signal_and_show_waiting(legato, fake, stack_env, tmp_path):
     run_id = legato.submit(_approval("cli"), {})
-    _until(lambda: _waiting(legato, run_id))
+    eventually(lambda: _waiting(legato, run_id))
 
     listed = legato_cli("runs", "--status", "waiting", "--json", "--limit", "200", env=stack_env)
     assert run_id in [r["id"] for r in json.loads(listed.stdout)]
@@ -300,7 +291,7 @@ def test_the_cli_and_the_public_task_signal_and_show_waiting(legato, fake, stack
     assert legato.wait(run_id, timeout=30).status == "succeeded"
 
     other = legato.submit(_approval("task"), {})
-    _until(lambda: _waiting(legato, other))
+    eventually(lambda: _waiting(legato, other))
     bare = Celery(broker=stack_env["LEGATO_REDIS_URL"], backend=stack_env["LEGATO_REDIS_URL"])
     refused_task = bare.send_task("legato.signal", kwargs={
         "run_id": other, "step": "approve", "data": {"approved": "maybe"}})
