@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from legato.envelope import UNFINISHED, StepRecord
 from legato.keys import Keys, lease_member
-from legato.lua import lua_set
+from legato.lua import lua_set, one_trip, one_trip_call
 
 # KEYS: run, steps, outputs, leases, owner, sig, active, attempts
 # ARGV: path, running record (a JSON object without `attempt`), now, lease until, member, token,
@@ -131,6 +131,14 @@ return claimed
 """
 
 
+END_SCRIPT = _END  # the run store's finish rides a last step's end too (store.py)
+
+# A segment's hand-off: one step's end and the next step's begin, in one round trip.
+_END_THEN_BEGIN = one_trip(_END, _BEGIN)
+
+Call = dict[str, list[Any]]  # a script call's keys and args
+
+
 BeginState = Literal["go", "done", "busy", "stopped", "missing"]
 
 
@@ -174,13 +182,27 @@ class Journal:
         self._end = client.register_script(_END)
         self._renew = client.register_script(_RENEW)
         self._claim = client.register_script(_CLAIM)
+        self._end_then_begin = client.register_script(_END_THEN_BEGIN)
 
     def begin(self, run_id: str, record: StepRecord, reads: tuple[str, ...], *, token: str,
-              signature: dict[str, Any], now: float, lease_seconds: float) -> Begin:
-        reply = self._begin(**self._begin_call(run_id, record, reads, token=token,
-                                               signature=signature, now=now,
-                                               lease_seconds=lease_seconds))
-        return _parse_begin(reply, reads)
+              signature: dict[str, Any], now: float, lease_seconds: float,
+              ending: Call | None = None, before: Callable[[Any], None] | None = None
+              ) -> Begin:
+        """`ending`: the previous step's end (`end_call`), written first in the same round
+        trip (a segment's hand-off); `before(pipeline)`: commands to send first with it."""
+        call = self._begin_call(run_id, record, reads, token=token, signature=signature,
+                                now=now, lease_seconds=lease_seconds)
+        if ending is None:
+            return _parse_begin(self._begin(**call), reads)
+        both = one_trip_call([(ending["keys"], ending["args"]), (call["keys"], call["args"])])
+        if before is None:
+            reply = self._end_then_begin(**both)
+        else:
+            pipe = self.redis.pipeline(transaction=False)
+            before(pipe)
+            self._end_then_begin(**both, client=pipe)
+            reply = pipe.execute()[-1]
+        return _parse_begin(reply[1], reads)
 
     def begin_many(self, run_id: str, steps: list[tuple[StepRecord, tuple[str, ...]]], *,
                    token: str, signature: dict[str, Any], task_id: str, now: float,
@@ -221,9 +243,13 @@ class Journal:
         """`before(pipeline)`: commands to send first, in the same round trip (the step's
         last run events)."""
         if before is None:
-            self._end(**self._end_call(run_id, record, publishes, token=token, now=now))
+            self._end(**self.end_call(run_id, record, publishes, token=token, now=now))
             return
         self.end_many(run_id, [(record, publishes)], token=token, now=now, before=before)
+
+    def end_with(self, call: Call) -> None:
+        """Write an end made by `end_call`, on its own."""
+        self._end(**call)
 
     def end_many(self, run_id: str, steps: list[tuple[StepRecord, tuple[str, ...]]], *,
                  token: str, now: float, before: Callable[[Any], None] | None = None) -> None:
@@ -232,12 +258,14 @@ class Journal:
         if before is not None:
             before(pipe)
         for record, publishes in steps:
-            self._end(**self._end_call(run_id, record, publishes, token=token, now=now),
+            self._end(**self.end_call(run_id, record, publishes, token=token, now=now),
                       client=pipe)
         pipe.execute()
 
-    def _end_call(self, run_id: str, record: StepRecord, publishes: tuple[str, ...], *,
-                  token: str, now: float) -> dict[str, list[Any]]:
+    def end_call(self, run_id: str, record: StepRecord, publishes: tuple[str, ...], *,
+                 token: str, now: float) -> Call:
+        """The end script's keys and args: for `end`, or to ride the next call's round trip
+        (`begin(ending=...)`, `RunStore.end_run(ending=...)`)."""
         k = self.keys
         ids = publishes if record.ok else ()
         u = record.usage

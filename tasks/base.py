@@ -44,7 +44,7 @@ from legato.models.credentials import redact
 from legato.publisher import Fields, StepStream
 from legato.settings import Settings, get_settings
 from legato.spec import Pipeline
-from legato.tasks.finish import close_run
+from legato.tasks.finish import Handoff, close_run
 from legato.workers import lifeline, observability, resources
 from legato.workers.app import app
 
@@ -124,6 +124,17 @@ def journaled(task: Task, step: StepInput, kind: str, work: Work, *,
     A delivery of a step that another delivery is working on (a live lease) is dropped with
     `Ignore`: no result, no chain continuation, so it is never started twice.
     """
+    return journal_step(task, step, kind, work, final=final)[0]
+
+
+def journal_step(task: Task, step: StepInput, kind: str, work: Work, *, final: bool,
+                 ending: Handoff | None = None, hand_off: bool = False,
+                 ) -> tuple[StepResult, Handoff | None]:
+    """`journaled`, for the steps of a segment: `ending` (the previous step's end, not yet
+    written) rides this step's begin; with `hand_off`, this step's end is not written but
+    returned, to ride the next begin or the run's finish — so a segment of n steps costs n + 1
+    journal round trips, not 2n. An end that must be written now (the step retries, or has run
+    events to flush first) is written now, and None returned."""
     settings = get_settings()
     store = resources.store()
     spec = store.get_spec(step.spec_hash)
@@ -132,11 +143,12 @@ def journaled(task: Task, step: StepInput, kind: str, work: Work, *,
     token = uuid.uuid4().hex
     begin = store.journal.begin(step.run_id, record, node.reads, token=token,
                                 signature=lifeline.signature_json(task), now=time.time(),
-                                lease_seconds=settings.lease_seconds)
+                                lease_seconds=settings.lease_seconds,
+                                ending=ending.call if ending else None)
     if begin.state == "busy":
         raise Ignore()
     if begin.state != "go":
-        return _not_run(step, begin)
+        return _not_run(step, begin), None
     record.attempt = begin.attempt
     try:
         waiting = _concurrency_slot(step, node, begin)
@@ -156,12 +168,16 @@ def journaled(task: Task, step: StepInput, kind: str, work: Work, *,
     finally:
         keeper.release(step.run_id, step.path)
     retry_in = _hold_for_retry(task, record, error, settings)
+    publishes = node.publishes if final else ()
+    now = record.ended_at or time.time()
+    if hand_off and retry_in is None and stream is None:
+        call = store.journal.end_call(step.run_id, record, publishes, token=token, now=now)
+        return record.result(), Handoff(call, record.output, publishes)
     with _ending(step.run_id, [(stream, record, retry_in)]) as before:
-        store.journal.end(step.run_id, record, node.publishes if final else (), token=token,
-                          now=record.ended_at or time.time(), before=before)
+        store.journal.end(step.run_id, record, publishes, token=token, now=now, before=before)
     if retry_in is not None:
         raise task.retry(countdown=retry_in, max_retries=settings.step_retries)
-    return record.result()
+    return record.result(), None
 
 
 def journaled_many(task: Task, steps: list[StepInput], kind: str,

@@ -16,8 +16,15 @@ from legato.kinds.llm import Llm
 from legato.kinds.orchestrate import Orchestrate
 from legato.kinds.tool import Tool
 from legato.spec import Pipeline
-from legato.tasks.base import StepTask, journaled, journaled_many, step_task, upstream_failure
-from legato.tasks.finish import close_run
+from legato.tasks.base import (
+    StepTask,
+    journal_step,
+    journaled,
+    journaled_many,
+    step_task,
+    upstream_failure,
+)
+from legato.tasks.finish import Handoff, close_run
 from legato.workers import resources
 
 
@@ -77,13 +84,18 @@ def segment(self: StepTask, prev: Any = None, *, steps: list[StepInput],
     """Chain steps that share a queue, in order, stopping at the first failure; `finalize`: the
     run's last steps, so close the run here too. A redelivery skips the steps already done."""
     result = upstream_failure(prev)
+    handoff: Handoff | None = None  # each step's end rides the next begin (or the finish)
     if result is None:
         for step in steps:
-            result = journaled(self, step, "llm", _llm, final=True).wire()
+            done, handoff = journal_step(self, step, "llm", _llm, final=True, ending=handoff,
+                                         hand_off=True)
+            result = done.wire()
             if result["status"] != "succeeded":
                 break
     if finalize:
-        close_run(steps[0].run_id, steps[0].spec_hash, result)
+        close_run(steps[0].run_id, steps[0].spec_hash, result, last=handoff)
+    elif handoff is not None:
+        resources.store().journal.end_with(handoff.call)
     return result or {}
 
 
