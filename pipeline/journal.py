@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from legato.envelope import UNFINISHED, StepRecord
 from legato.keys import Keys, lease_member
-from legato.lua import lua_set, one_trip, one_trip_call
+from legato.lua import Part, Trips, lua_set
 
 # KEYS: run, steps, outputs, leases, owner, sig, active, attempts
 # ARGV: path, running record (a JSON object without `attempt`), now, lease until, member, token,
@@ -131,12 +131,10 @@ return claimed
 """
 
 
-END_SCRIPT = _END  # the run store's finish rides a last step's end too (store.py)
-
-# A segment's hand-off: one step's end and the next step's begin, in one round trip.
-_END_THEN_BEGIN = one_trip(_END, _BEGIN)
-
-Call = dict[str, list[Any]]  # a script call's keys and args
+# A signature kept once for many leases (a segment's or a batch's: `@<task id>`), and let go.
+# KEYS: sig. ARGV: ref, signature (to keep) or ref (to forget).
+_KEEP_SIG = "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\nreturn 1"
+_FORGET_SIG = "redis.call('HDEL', KEYS[1], ARGV[1])\nreturn 1"
 
 
 BeginState = Literal["go", "done", "busy", "stopped", "missing"]
@@ -182,27 +180,30 @@ class Journal:
         self._end = client.register_script(_END)
         self._renew = client.register_script(_RENEW)
         self._claim = client.register_script(_CLAIM)
-        self._end_then_begin = client.register_script(_END_THEN_BEGIN)
+        # Parts that ride one round trip together (a segment's hand-off: one step's end, the
+        # next one's begin; the run store adds its finish).
+        self.trips = Trips(client, {"end": _END, "begin": _BEGIN, "keep_sig": _KEEP_SIG,
+                                    "forget_sig": _FORGET_SIG})
 
     def begin(self, run_id: str, record: StepRecord, reads: tuple[str, ...], *, token: str,
-              signature: dict[str, Any], now: float, lease_seconds: float,
-              ending: Call | None = None, before: Callable[[Any], None] | None = None
-              ) -> Begin:
-        """`ending`: the previous step's end (`end_call`), written first in the same round
-        trip (a segment's hand-off); `before(pipeline)`: commands to send first with it."""
+              signature: dict[str, Any] | str, now: float, lease_seconds: float,
+              first: list[Part] | None = None) -> Begin:
+        """`first`: parts to run before, in the same round trip (a segment's hand-off: the
+        previous step's end, `end_call`; its signature kept, `keep_signature`)."""
         call = self._begin_call(run_id, record, reads, token=token, signature=signature,
                                 now=now, lease_seconds=lease_seconds)
-        if ending is None:
+        if not first:
             return _parse_begin(self._begin(**call), reads)
-        both = one_trip_call([(ending["keys"], ending["args"]), (call["keys"], call["args"])])
-        if before is None:
-            reply = self._end_then_begin(**both)
-        else:
-            pipe = self.redis.pipeline(transaction=False)
-            before(pipe)
-            self._end_then_begin(**both, client=pipe)
-            reply = pipe.execute()[-1]
-        return _parse_begin(reply[1], reads)
+        reply = self.trips([*first, ("begin", call["keys"], call["args"])])
+        return _parse_begin(reply[-1], reads)
+
+    def keep_signature(self, ref: str, signature: dict[str, Any]) -> Part:
+        """The part that keeps a task's signature once under `ref` (`@<task id>`), for the
+        leases of its steps to refer to (the sweeper's claim follows the reference)."""
+        return ("keep_sig", [self.keys.lease_sig], [ref, _signature_json(signature)])
+
+    def forget_signature(self, ref: str) -> Part:
+        return ("forget_sig", [self.keys.lease_sig], [ref])
 
     def begin_many(self, run_id: str, steps: list[tuple[StepRecord, tuple[str, ...]]], *,
                    token: str, signature: dict[str, Any], task_id: str, now: float,
@@ -247,9 +248,9 @@ class Journal:
             return
         self.end_many(run_id, [(record, publishes)], token=token, now=now, before=before)
 
-    def end_with(self, call: Call) -> None:
-        """Write an end made by `end_call`, on its own."""
-        self._end(**call)
+    def end_with(self, parts: list[Part]) -> None:
+        """Write ends made by `end_call` (and other parts), in one round trip."""
+        self.trips(parts)
 
     def end_many(self, run_id: str, steps: list[tuple[StepRecord, tuple[str, ...]]], *,
                  token: str, now: float, before: Callable[[Any], None] | None = None) -> None:
@@ -263,9 +264,19 @@ class Journal:
         pipe.execute()
 
     def end_call(self, run_id: str, record: StepRecord, publishes: tuple[str, ...], *,
-                 token: str, now: float) -> Call:
-        """The end script's keys and args: for `end`, or to ride the next call's round trip
-        (`begin(ending=...)`, `RunStore.end_run(ending=...)`)."""
+                 token: str, now: float) -> dict[str, list[Any]]:
+        """The end script's keys and args (`end`)."""
+        return self._end_args(run_id, record, publishes, token=token, now=now)
+
+    def end_part(self, run_id: str, record: StepRecord, publishes: tuple[str, ...], *,
+                 token: str, now: float) -> Part:
+        """The end as a part, to ride the next call's round trip (`begin(first=...)`,
+        `RunStore.end_run(first=...)`)."""
+        call = self._end_args(run_id, record, publishes, token=token, now=now)
+        return ("end", call["keys"], call["args"])
+
+    def _end_args(self, run_id: str, record: StepRecord, publishes: tuple[str, ...], *,
+                  token: str, now: float) -> dict[str, list[Any]]:
         k = self.keys
         ids = publishes if record.ok else ()
         u = record.usage

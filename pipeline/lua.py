@@ -47,3 +47,30 @@ def one_trip_call(parts: list[tuple[list[Any], list[Any]]]) -> dict[str, list[An
         args += part_args
         sizes += [len(part_keys), len(part_args)]
     return {"keys": keys, "args": sizes + args}
+
+
+Part = tuple[str, list[Any], list[Any]]  # a named script's call: name, keys, args
+
+
+class Trips:
+    """Named scripts, several run in one round trip (`one_trip`): each combination of names is
+    registered once, when first used."""
+
+    def __init__(self, client: Any, scripts: dict[str, str]) -> None:
+        self.redis = client
+        self.scripts = dict(scripts)
+        self._combined: dict[tuple[str, ...], Any] = {}
+
+    def add(self, name: str, text: str) -> None:
+        self.scripts[name] = text
+
+    def __call__(self, parts: list[Part], *, client: Any = None) -> list[Any]:
+        """Run `parts` in order in one call; their replies (with `client`, a pipeline: queued)."""
+        names = tuple(name for name, _, _ in parts)
+        script = self._combined.get(names)
+        if script is None:
+            script = self.redis.register_script(one_trip(*(self.scripts[n] for n in names)))
+            self._combined[names] = script
+        call = one_trip_call([(keys, args) for _, keys, args in parts])
+        reply: list[Any] = script(keys=call["keys"], args=call["args"], client=client)
+        return reply

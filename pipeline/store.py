@@ -31,10 +31,10 @@ from legato.envelope import (
     Usage,
 )
 from legato.errors import RunNotFound
-from legato.journal import END_SCRIPT, Call, Journal
+from legato.journal import Journal
 from legato.keys import Keys, lease_member, split_member
 from legato.kinds.orchestrate import plan_path
-from legato.lua import lua_set, one_trip, one_trip_call
+from legato.lua import Part, lua_set
 from legato.spec import Pipeline, pipeline_from_json
 from legato.tenants import Policies
 from legato.voting import Ballot
@@ -120,9 +120,6 @@ end
 table.insert(family, 1, callbacks)
 return family
 """
-
-# A run's last step's end (journal.py) and the run's finish, in one round trip.
-_END_THEN_FINISH = one_trip(END_SCRIPT, _FINISH)
 
 # KEYS: runs index, active, waiting, then the run's keys (Keys.of_run). ARGV: run id, cutoff,
 # idempotency key prefix. A finished run that finished before the cutoff goes with all its keys;
@@ -268,7 +265,7 @@ class RunStore:
         self.waits = Waits(client, self.keys)  # parked steps and their signals
         self._create = client.register_script(_CREATE)
         self._finish = client.register_script(_FINISH)
-        self._end_then_finish = client.register_script(_END_THEN_FINISH)
+        self.journal.trips.add("finish", _FINISH)  # a run's last step's end rides its finish
         self._reopen = client.register_script(_REOPEN)
         self._claim_stalled = client.register_script(_CLAIM_STALLED)
         self._mark_waiting = client.register_script(_MARK_WAITING)
@@ -390,12 +387,12 @@ class RunStore:
 
     def end_run(
         self, run_id: str, status: TerminalStatus, *, output: Any = None,
-        error: str | None = None, ending: Call | None = None
+        error: str | None = None, first: list[Part] | None = None
     ) -> Finished:
         """`finish_run`, saying whether the run has callbacks, now due: a run that has them
         enters the callbacks set either way, and `callbacks.finish` also sends them at once.
-        `ending`: the last step's end (`Journal.end_call`), written first in the same round
-        trip."""
+        `first`: parts to run before, in the same round trip (the last step's end,
+        `Journal.end_part`)."""
         if status not in TERMINAL:
             raise ValueError(f"{status!r} is not a terminal state ({', '.join(sorted(TERMINAL))})")
         now = time.time()
@@ -407,11 +404,10 @@ class RunStore:
                 self.keys.idem(""), repr(now + self.callback_hold), *flat]
         keys = [self.keys.active, self.keys.waiting, self.keys.ended_children,
                 self.keys.callbacks, *self.keys.of_run(run_id)]
-        if ending is None:
+        if not first:
             reply = self._finish(keys=keys, args=args)
         else:
-            both = one_trip_call([(ending["keys"], ending["args"]), (keys, args)])
-            reply = self._end_then_finish(keys=both["keys"], args=both["args"])[1]
+            reply = self.journal.trips([*first, ("finish", keys, args)])[-1]
         if not reply:
             return Finished.NO
         callbacks, parent_run, parent_step, *children = reply

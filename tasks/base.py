@@ -17,6 +17,7 @@ to become the next part of the canvas. The base owns the rest:
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import random
@@ -40,11 +41,13 @@ from legato.errors import PermanentError, StepError, TransientError
 from legato.graph import Node
 from legato.journal import Begin
 from legato.keys import lease_member
+from legato.lua import Part
 from legato.models.credentials import redact
 from legato.publisher import Fields, StepStream
 from legato.settings import Settings, get_settings
 from legato.spec import Pipeline
 from legato.tasks.finish import Handoff, close_run
+from legato.tasks.stages import follow, with_then
 from legato.workers import lifeline, observability, resources
 from legato.workers.app import app
 
@@ -68,8 +71,9 @@ def upstream_failure(prev: Any) -> dict[str, Any] | None:
 class StepTask(Task):
     """The base of every step task (see the module's docstring)."""
 
-    def failed(self, exc: BaseException, kwargs: dict[str, Any]) -> Any:
-        """The failed result for an exception out of the body, journaled on the step."""
+    def failed(self, exc: BaseException, kwargs: dict[str, Any], *, closes: bool = False) -> Any:
+        """The failed result for an exception out of the body, journaled on the step.
+        `closes`: nothing follows it (its run's next stage could not be made): close the run."""
         envelopes = kwargs.get("steps") or [kwargs.get("step")]
         first = envelopes[0] if isinstance(envelopes, list) and envelopes else None
         first = first if isinstance(first, dict) else {}  # a forged envelope names no step
@@ -81,7 +85,7 @@ class StepTask(Task):
                             started_at=time.time(), ended_at=time.time())
         if run_id:
             resources.store().fail_step(run_id, record)
-            if kwargs.get("finalize"):
+            if kwargs.get("finalize") or closes:
                 close_run(run_id, first.get("spec_hash", ""), record.result().wire())
         result = record.result().wire()
         return [result] if self.name == "legato.llm_batch" else result  # a batch returns a list
@@ -93,14 +97,18 @@ def step_task(name: str, **options: Any) -> Callable[[Body], StepTask]:
 
     def register(body: Body) -> StepTask:
         @functools.wraps(body)
-        def guarded(self: StepTask, *args: Any, **kwargs: Any) -> Any:
+        def guarded(self: StepTask, *args: Any, then: Any = None, **kwargs: Any) -> Any:
             try:
+                if then is not None:
+                    follow(self, kwargs, then)
                 return body(self, *args, **_typed(kwargs))
             except _PASS_THROUGH:
                 raise
             except Exception as exc:  # failure is a value
-                return self.failed(exc, kwargs)
+                return self.failed(exc, kwargs, closes=then is not None and
+                                   not self.request.chain)
 
+        guarded.__signature__ = with_then(inspect.signature(body))  # type: ignore[attr-defined]
         return app.task(name=name, bind=True, base=StepTask, **options)(guarded)
 
     return register
@@ -128,10 +136,11 @@ def journaled(task: Task, step: StepInput, kind: str, work: Work, *,
 
 
 def journal_step(task: Task, step: StepInput, kind: str, work: Work, *, final: bool,
-                 ending: Handoff | None = None, hand_off: bool = False,
-                 ) -> tuple[StepResult, Handoff | None]:
-    """`journaled`, for the steps of a segment: `ending` (the previous step's end, not yet
-    written) rides this step's begin; with `hand_off`, this step's end is not written but
+                 first: list[Part] | None = None, signature: str | None = None,
+                 hand_off: bool = False) -> tuple[StepResult, Handoff | None]:
+    """`journaled`, for the steps of a segment: `first` (the previous step's end, not yet
+    written) rides this step's begin; `signature`: a reference to the task's signature, kept
+    once (`Journal.keep_signature`); with `hand_off`, this step's end is not written but
     returned, to ride the next begin or the run's finish — so a segment of n steps costs n + 1
     journal round trips, not 2n. An end that must be written now (the step retries, or has run
     events to flush first) is written now, and None returned."""
@@ -142,9 +151,9 @@ def journal_step(task: Task, step: StepInput, kind: str, work: Work, *, final: b
     record = _running(task.request, step, kind)
     token = uuid.uuid4().hex
     begin = store.journal.begin(step.run_id, record, node.reads, token=token,
-                                signature=lifeline.signature_json(task), now=time.time(),
-                                lease_seconds=settings.lease_seconds,
-                                ending=ending.call if ending else None)
+                                signature=signature or lifeline.signature_json(task),
+                                now=time.time(), lease_seconds=settings.lease_seconds,
+                                first=first)
     if begin.state == "busy":
         raise Ignore()
     if begin.state != "go":
@@ -171,8 +180,8 @@ def journal_step(task: Task, step: StepInput, kind: str, work: Work, *, final: b
     publishes = node.publishes if final else ()
     now = record.ended_at or time.time()
     if hand_off and retry_in is None and stream is None:
-        call = store.journal.end_call(step.run_id, record, publishes, token=token, now=now)
-        return record.result(), Handoff(call, record.output, publishes)
+        part = store.journal.end_part(step.run_id, record, publishes, token=token, now=now)
+        return record.result(), Handoff([part], record.output, publishes)
     with _ending(step.run_id, [(stream, record, retry_in)]) as before:
         store.journal.end(step.run_id, record, publishes, token=token, now=now, before=before)
     if retry_in is not None:

@@ -14,42 +14,43 @@ from celery import Task
 from legato import callbacks, templates
 from legato.admission import send
 from legato.envelope import StepResult, TerminalStatus
-from legato.journal import Call
+from legato.lua import Part
 from legato.workers import resources
 from legato.workers.app import app
 
 
 @dataclass
 class Handoff:
-    """A step's end not yet written (`Journal.end_call`): it rides the next step's begin, or
+    """A step's end not yet written (`Journal.end_part`): it rides the next step's begin, or
     the run's finish (tasks/base.py, `journal_step`)."""
 
-    call: Call
+    parts: list[Part]
     output: Any
     publishes: tuple[str, ...]
 
 
 def _finish(run_id: str, status: TerminalStatus, *, output: Any = None,
-            error: str | None = None, last: Handoff | None = None) -> dict[str, Any]:
-    """Finish the run (`last`: the last step's end, in the same round trip), send its
+            error: str | None = None, first: list[Part] | None = None) -> dict[str, Any]:
+    """Finish the run (`first`: the last step's end, in the same round trip), send its
     completion callbacks if it has any (callbacks.py), and settle its tenant's share
     (admission.py)."""
     if callbacks.finish(resources.store(), app, run_id, status, output=output, error=error,
-                        ending=last.call if last else None):
+                        first=first):
         settle(run_id)
     return {"run_id": run_id, "status": status}
 
 
 def close_run(run_id: str, spec_hash: str, result_wire: Any, *,
-              last: Handoff | None = None) -> dict[str, Any]:
+              last: Handoff | None = None, also: tuple[Part, ...] = ()) -> dict[str, Any]:
     """Finish the run from the last step's wire result (or an upstream failure it carried).
     `last`: that step's end, not yet written: its output is read from it, and it is written
-    with the finish."""
+    with the finish, as are `also`."""
     store = resources.store()
+    first = [*(last.parts if last else ()), *also]
     result = StepResult.model_validate(result_wire) if isinstance(result_wire, dict) else None
     if result is None or not result.ok:
         reason = f"{result.path}: {result.error}" if result else "no result reached the end"
-        return _finish(run_id, "failed", error=reason, last=last)
+        return _finish(run_id, "failed", error=reason, first=first)
     try:
         spec = store.get_spec(spec_hash)
         output: Any
@@ -66,8 +67,8 @@ def close_run(run_id: str, spec_hash: str, result_wire: Any, *,
             output = record.output if record else None
     except Exception as exc:
         return _finish(run_id, "failed", error=f"output failed: {type(exc).__name__}: {exc}",
-                       last=last)
-    return _finish(run_id, "succeeded", output=output, last=last)
+                       first=first)
+    return _finish(run_id, "succeeded", output=output, first=first)
 
 
 def settle(run_id: str) -> None:

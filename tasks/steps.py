@@ -15,6 +15,7 @@ from legato.kinds import tool as tool_kind
 from legato.kinds.llm import Llm
 from legato.kinds.orchestrate import Orchestrate
 from legato.kinds.tool import Tool
+from legato.lua import Part
 from legato.spec import Pipeline
 from legato.tasks.base import (
     StepTask,
@@ -25,7 +26,7 @@ from legato.tasks.base import (
     upstream_failure,
 )
 from legato.tasks.finish import Handoff, close_run
-from legato.workers import resources
+from legato.workers import lifeline, resources
 
 
 def _llm(ctx: StepContext, node: Node, _: Pipeline) -> Outcome:
@@ -85,17 +86,23 @@ def segment(self: StepTask, prev: Any = None, *, steps: list[StepInput],
     run's last steps, so close the run here too. A redelivery skips the steps already done."""
     result = upstream_failure(prev)
     handoff: Handoff | None = None  # each step's end rides the next begin (or the finish)
+    journal = resources.store().journal
+    ref = f"@{self.request.id}"  # the segment's signature, kept once for its steps' leases
+    keep = [journal.keep_signature(ref, lifeline.signature_json(self))]
+    forget: tuple[Part, ...] = ()
     if result is None:
         for step in steps:
-            done, handoff = journal_step(self, step, "llm", _llm, final=True, ending=handoff,
-                                         hand_off=True)
+            first = [*keep, *(handoff.parts if handoff else ())]
+            keep, forget = [], (journal.forget_signature(ref),)
+            done, handoff = journal_step(self, step, "llm", _llm, final=True, first=first,
+                                         signature=ref, hand_off=True)
             result = done.wire()
             if result["status"] != "succeeded":
                 break
     if finalize:
-        close_run(steps[0].run_id, steps[0].spec_hash, result, last=handoff)
-    elif handoff is not None:
-        resources.store().journal.end_with(handoff.call)
+        close_run(steps[0].run_id, steps[0].spec_hash, result, last=handoff, also=forget)
+    elif handoff is not None or forget:
+        journal.end_with([*(handoff.parts if handoff else ()), *forget])
     return result or {}
 
 
