@@ -76,6 +76,10 @@ class Compiler:
             last_task(sig).kwargs["then"] = {"at": at + 1}
         return sig
 
+    def stages(self, pipeline: Pipeline) -> list[Signature]:
+        """Every stage of a run, in order (sent one at a time; for tools and tests)."""
+        return [self.stage(pipeline, i) for i in range(len(self.plan(pipeline)))]
+
     def stage_of(self, pipeline: Pipeline, step_id: str) -> int | None:
         """The stage that starts with the top-level step `step_id` (a wait's jump target)."""
         for i, g in enumerate(self.plan(pipeline)):
