@@ -115,8 +115,15 @@ local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0
 local claimed = {}
 for _, member in ipairs(expired) do
   local sig = redis.call('HGET', KEYS[3], member)
-  if sig and string.sub(sig, 1, 1) == '@' then  -- a batch member: its batch's signature
-    sig = redis.call('HGET', KEYS[3], sig)
+  if sig and string.sub(sig, 1, 1) == '@' then  -- a batch's or a segment's signature
+    local ref = sig
+    sig = redis.call('HGET', KEYS[3], ref)
+    if sig and string.sub(ref, 1, 2) == '@@' then
+      -- a segment's: one lease refers to it at a time, and its delivery is gone; the lease
+      -- keeps the signature itself (a claim again finds it) and the reference goes
+      redis.call('HSET', KEYS[3], member, sig)
+      redis.call('HDEL', KEYS[3], ref)
+    end
   end
   if sig then
     redis.call('ZADD', KEYS[1], ARGV[2], member)
@@ -198,8 +205,10 @@ class Journal:
         return _parse_begin(reply[-1], reads)
 
     def keep_signature(self, ref: str, signature: dict[str, Any]) -> Part:
-        """The part that keeps a task's signature once under `ref` (`@<task id>`), for the
-        leases of its steps to refer to (the sweeper's claim follows the reference)."""
+        """The part that keeps a task's signature once under `ref` (`@<task id>` for a batch;
+        `@@<task id>:<delivery>` for a segment, whose one lease at a time refers to it: a claim
+        moves it to the lease), for the leases of its steps to refer to (the sweeper's claim
+        follows the reference)."""
         return ("keep_sig", [self.keys.lease_sig], [ref, _signature_json(signature)])
 
     def forget_signature(self, ref: str) -> Part:

@@ -5,7 +5,10 @@ members at once (`legato.llm_batch`). Every step is journaled on its own either 
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
+
+from celery.exceptions import Ignore, Retry
 
 from legato.context import Outcome, StepContext
 from legato.envelope import StepInput, StepRecord
@@ -87,11 +90,13 @@ def segment(self: StepTask, prev: Any = None, *, steps: list[StepInput],
     result = upstream_failure(prev)
     handoff: Handoff | None = None  # each step's end rides the next begin (or the finish)
     journal = resources.store().journal
-    ref = f"@{self.request.id}"  # the segment's signature, kept once for its steps' leases
+    # The segment's signature, kept once for its steps' leases, under a name of this delivery's
+    # own (a duplicate that finds a step busy lets its own go, never the live one's).
+    ref = f"@@{self.request.id}:{uuid.uuid4().hex[:8]}"
     keep = [journal.keep_signature(ref, lifeline.signature_json(self))]
     forget: tuple[Part, ...] = ()
-    if result is None:
-        for step in steps:
+    try:
+        for step in steps if result is None else ():
             first = [*keep, *(handoff.parts if handoff else ())]
             keep, forget = [], (journal.forget_signature(ref),)
             done, handoff = journal_step(self, step, "llm", _llm, final=True, first=first,
@@ -99,6 +104,10 @@ def segment(self: StepTask, prev: Any = None, *, steps: list[StepInput],
             result = done.wire()
             if result["status"] != "succeeded":
                 break
+    except (Ignore, Retry):  # busy, or retrying later: no lease of this delivery refers to it
+        if forget:
+            journal.end_with(list(forget))
+        raise
     if finalize:
         close_run(steps[0].run_id, steps[0].spec_hash, result, last=handoff, also=forget)
     elif handoff is not None or forget:

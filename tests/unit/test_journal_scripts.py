@@ -244,19 +244,21 @@ def test_a_hand_off_ends_one_step_and_begins_the_next_in_one_call(runs: RunStore
     assert begin(runs, run_id, "a", token="t1").state == "go"
     done = succeeded("a")
     ending = runs.journal.end_part(run_id, done, ("a",), token="t1", now=time.time())
-    keep = runs.journal.keep_signature("@seg", {"task": "legato.segment"})
+    keep = runs.journal.keep_signature("@@seg", {"task": "legato.segment"})
     nxt = StepRecord(path="b", status="running", kind="llm", started_at=time.time())
-    second = runs.journal.begin(run_id, nxt, ("a",), token="t2", signature="@seg",
+    second = runs.journal.begin(run_id, nxt, ("a",), token="t2", signature="@@seg",
                                 now=time.time(), lease_seconds=15, first=[keep, ending])
     assert second.state == "go" and second.outputs == {"a": {"answer": 42}}  # read after the end
     assert runs.get_step(run_id, "a").status == "succeeded"
     members = runs.redis.zrange(runs.keys.leases, 0, -1)
     assert f"{run_id}|a" not in members and f"{run_id}|b" in members  # a's lease let go
-    # b's lease refers to the segment's signature, kept once: the sweeper's claim follows it
+    # b's lease refers to the segment's signature, kept once: the sweeper's claim follows it,
+    # and moves it to the lease (the delivery that kept it is gone), so a claim again finds it
     claimed = runs.journal.claim_expired(now=time.time() + 60, grace_seconds=15)
     assert claimed == [(f"{run_id}|b", {"task": "legato.segment"})]
-    runs.journal.end_with([runs.journal.forget_signature("@seg")])
-    assert runs.redis.hget(runs.keys.lease_sig, "@seg") is None
+    assert runs.redis.hget(runs.keys.lease_sig, "@@seg") is None
+    again = runs.journal.claim_expired(now=time.time() + 120, grace_seconds=15)
+    assert again == [(f"{run_id}|b", {"task": "legato.segment"})]
 
 
 def test_the_last_steps_end_rides_the_runs_finish(runs: RunStore) -> None:
