@@ -4,6 +4,8 @@
 calls `journaled` with the kind's work and returns a result, or raises `task.replace(signature)`
 to become the next part of the canvas. The base owns the rest:
 
+- `then` (on a stage's last task): the run's next stage is compiled into the task's
+  continuation before the body runs (tasks/stages.py);
 - an upstream failure (a failed result from an earlier step in the chain) is passed on as it is;
 - `journaled`: memo check, running record and lease, the work, the result record (one round trip
   each way), retry of the whole task later when the error *is a* TransientError;
