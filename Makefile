@@ -10,7 +10,7 @@ LINKED := $(VENV)/.linked
 FOLDERS := $(shell find pipeline tasks workers -type d ! -name __pycache__)
 STRICT  := --config-settings editable_mode=strict
 
-.PHONY: install demo test compose-test lint bench bench-retention bench-fairness clean
+.PHONY: install demo test compose-test lint bench bench-retention bench-fairness bench-scale clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,13 @@ bench: install
 bench-fairness: install
 	$(BIN)/pip install -q -e '.[bench]' $(STRICT)
 	$(BIN)/python -m bench.fairness
+
+# Cost growth (~5 min, so not part of `bench`): time and Redis bytes per step for chains of 10,
+# 100 and 1,000 steps, a 10,000-call fan-out against a concurrency limit, 10,000 runs in flight;
+# writes its block of docs/benchmarks.md and docs/scale.png.
+bench-scale: install
+	$(BIN)/pip install -q -e '.[bench]' $(STRICT)
+	$(BIN)/python -m bench.scale
 
 # Retention (~20 min, so not part of `bench`): Redis bytes per finished run of each example
 # pipeline, and Redis memory under a steady stream of 20,000 runs with a short LEGATO_RUN_TTL;

@@ -47,6 +47,7 @@ from pydantic import ValidationError
 
 from legato.envelope import Delivery, DeliveryTarget, OnDone, RunRecord, TerminalStatus
 from legato.errors import InputError, PermanentError, TransientError
+from legato.lua import Part
 from legato.queues import CONTROL
 from legato.settings import Settings
 from legato.store import Finished, RunStore
@@ -103,10 +104,11 @@ def announce(app: Celery, run_id: str) -> None:
 
 
 def finish(store: RunStore, app: Celery, run_id: str, status: TerminalStatus, *,
-           output: Any = None, error: str | None = None) -> bool:
+           output: Any = None, error: str | None = None,
+           first: list[Part] | None = None) -> bool:
     """`store.finish_run`, then announce the run's callbacks if it has any. False if the run had
-    finished already."""
-    done = store.end_run(run_id, status, output=output, error=error)
+    finished already. `first`: parts written in the same round trip (the last step's end)."""
+    done = store.end_run(run_id, status, output=output, error=error, first=first)
     if done is Finished.WITH_CALLBACKS:
         announce(app, run_id)
     return bool(done)

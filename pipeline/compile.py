@@ -20,10 +20,11 @@ Messages carry a `StepInput` (run id, spec hash, step path) and nothing else.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from celery import Celery, chain
-from celery.canvas import Signature
+from celery import Celery, chord, group
+from celery.canvas import Signature, _chain
 
 from legato import paths, tree
 from legato.envelope import StepInput
@@ -61,33 +62,67 @@ class Compiler:
         return self.app.signature(name, kwargs={"step": step}, queue=queue)
 
     def run(self, pipeline: Pipeline) -> Signature:
+        """What to send to start a run: its first stage (`stage`)."""
+        return self.stage(pipeline, 0)
+
+    def stage(self, pipeline: Pipeline, at: int) -> Signature:
+        """The run's stage `at`: one top-level step's canvas, a fused segment, or the closing
+        `legato.finalize`. A run is sent one stage at a time: the stage's last task carries
+        `then: {at: <next>}`, and the step-task base compiles that stage when it runs
+        (tasks/base.py), so no message or stored signature holds the rest of the run."""
+        groups = self.plan(pipeline)
+        sig = self._build(groups[at])
+        if at + 1 < len(groups):
+            last_task(sig).kwargs["then"] = {"at": at + 1}
+        return sig
+
+    def stages(self, pipeline: Pipeline) -> list[Signature]:
+        """Every stage of a run, in order (sent one at a time; for tools and tests)."""
+        return [self.stage(pipeline, i) for i in range(len(self.plan(pipeline)))]
+
+    def stage_of(self, pipeline: Pipeline, step_id: str) -> int | None:
+        """The stage that starts with the top-level step `step_id` (a wait's jump target)."""
+        for i, g in enumerate(self.plan(pipeline)):
+            if g.paths and g.paths[0] == step_id:
+                return i
+        return None
+
+    def plan(self, pipeline: Pipeline) -> list[Group]:
+        """The run's stages, cached per pinned spec (a pipeline object, held while cached)."""
         self.fuse = pipeline.fuse
-        steps = self.sequence(pipeline.steps, "", None, last=True)
-        if steps[-1].task == "legato.segment":
-            steps[-1].kwargs["finalize"] = True
-            return chain(*steps)
-        finalize = self.app.signature(
-            "legato.finalize", kwargs={"run_id": self.run_id, "spec_hash": self.spec_hash},
-            queue=CONTROL,
-        )
-        return chain(*steps, finalize)
+        key = (id(pipeline), self.fuse)
+        cached = _PLANS.get(key)
+        if cached is not None and cached[0] is pipeline:
+            return cached[1]
+        groups = self._groups(pipeline.steps, "", None, last=True)
+        if groups[-1].kind == "segment":
+            groups[-1] = Group("segment", groups[-1].paths, groups[-1].queue, finalize=True)
+        else:
+            groups.append(Group("finalize", (), CONTROL))
+        if len(_PLANS) >= _PLANS_KEPT:
+            _PLANS.clear()
+        _PLANS[key] = (pipeline, groups)
+        return groups
 
     def sequence(self, steps: list[Step], prefix: str, queue: str | None, *,
                  last: bool = False) -> list[Signature]:
-        """Signatures for steps run in order. Consecutive llm steps on one queue become one
-        segment; a lone llm step stays a plain task, unless it ends the run (`last`), where a
-        segment of one also closes the run."""
-        out: list[Signature] = []
+        """Signatures for steps run in order (see `_groups`)."""
+        return [self._build(g) for g in self._groups(steps, prefix, queue, last=last)]
+
+    def _groups(self, steps: list[Step], prefix: str, queue: str | None, *,
+                last: bool = False) -> list[Group]:
+        """Steps run in order, grouped into tasks. Consecutive llm steps on one queue become
+        one segment; a lone llm step stays a plain task, unless it ends the run (`last`), where
+        a segment of one also closes the run."""
+        out: list[Group] = []
         run: list[str] = []  # paths of the llm steps being fused
         run_queue = ""
 
         def flush(ending: bool = False) -> None:
             if len(run) > 1 or (run and ending):
-                envelopes = [self.envelope(path) for path in run]
-                out.append(self.app.signature("legato.segment", kwargs={"steps": envelopes},
-                                              queue=run_queue))
+                out.append(Group("segment", tuple(run), run_queue))
             elif run:
-                out.append(self.task("legato.llm", run_queue, run[0]))
+                out.append(Group("llm", (run[0],), run_queue))
             run.clear()
 
         targets = jump_targets(steps)  # a wait's timeout may jump there: it starts a task
@@ -103,9 +138,24 @@ class Compiler:
                 run_queue = q
                 continue
             flush()
-            out.append(self.step(s, path, queue))
+            out.append(Group("step", (path,), queue, step=s))
         flush(ending=last)
         return out
+
+    def _build(self, group: Group) -> Signature:
+        if group.kind == "segment":
+            kwargs: dict[str, Any] = {"steps": [self.envelope(p) for p in group.paths]}
+            if group.finalize:
+                kwargs["finalize"] = True
+            return self.app.signature("legato.segment", kwargs=kwargs, queue=group.queue)
+        if group.kind == "llm":
+            return self.task("legato.llm", group.queue or LLM, group.paths[0])
+        if group.kind == "finalize":
+            return self.app.signature(
+                "legato.finalize", kwargs={"run_id": self.run_id, "spec_hash": self.spec_hash},
+                queue=CONTROL)
+        assert group.step is not None
+        return self.step(group.step, group.paths[0], group.queue)
 
     def step(self, step: Step, path: str, queue: str | None = None) -> Signature:
         """The canvas of one step at `path`, inside a step on `queue` (None at the top)."""
@@ -120,7 +170,7 @@ class Compiler:
                 paths_there = found.setdefault(queue, [])
                 if visit.path not in paths_there:
                     paths_there.append(visit.path)
-        if self.run(pipeline).tasks[-1].task != "legato.segment":
+        if self.plan(pipeline)[-1].kind == "finalize":
             found.setdefault(CONTROL, [])  # legato.finalize
         return found
 
@@ -151,6 +201,34 @@ class Compiler:
                 start: int = 0, round_no: int = 0) -> Signature:
         """The orchestrator's workers, then its synthesizer (legato.kinds.orchestrate)."""
         return workers(step, path, subtasks, queue, self, start=start, round_no=round_no)
+
+
+@dataclass(frozen=True)
+class Group:
+    """One task of a sequence, before it is built: a segment of llm steps, a lone llm step,
+    another step's canvas, or the run's `legato.finalize`. At the top, one is a stage."""
+
+    kind: Literal["segment", "llm", "step", "finalize"]
+    paths: tuple[str, ...]
+    queue: str | None
+    step: Step | None = None
+    finalize: bool = False  # a segment that ends the run closes it
+
+
+# Stage plans of the specs this process has compiled (pinned specs live as long as the process).
+_PLANS: dict[tuple[int, bool], tuple[Pipeline, list[Group]]] = {}
+_PLANS_KEPT = 256
+
+
+def last_task(sig: Any) -> Signature:
+    """The task that ends a canvas: a chain's last, a chord's body's."""
+    if isinstance(sig, _chain):
+        return last_task(sig.tasks[-1])
+    if isinstance(sig, chord):
+        return last_task(sig.body)
+    if isinstance(sig, group):
+        raise TypeError("a stage cannot end with a bare group")
+    return sig
 
 
 def _queues_in(sig: Any) -> set[str]:

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from legato.envelope import UNFINISHED, StepRecord
 from legato.keys import Keys, lease_member
-from legato.lua import lua_set
+from legato.lua import Part, Trips, lua_set
 
 # KEYS: run, steps, outputs, leases, owner, sig, active, attempts
 # ARGV: path, running record (a JSON object without `attempt`), now, lease until, member, token,
@@ -115,8 +115,15 @@ local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0
 local claimed = {}
 for _, member in ipairs(expired) do
   local sig = redis.call('HGET', KEYS[3], member)
-  if sig and string.sub(sig, 1, 1) == '@' then  -- a batch member: its batch's signature
-    sig = redis.call('HGET', KEYS[3], sig)
+  if sig and string.sub(sig, 1, 1) == '@' then  -- a batch's or a segment's signature
+    local ref = sig
+    sig = redis.call('HGET', KEYS[3], ref)
+    if sig and string.sub(ref, 1, 2) == '@@' then
+      -- a segment's: one lease refers to it at a time, and its delivery is gone; the lease
+      -- keeps the signature itself (a claim again finds it) and the reference goes
+      redis.call('HSET', KEYS[3], member, sig)
+      redis.call('HDEL', KEYS[3], ref)
+    end
   end
   if sig then
     redis.call('ZADD', KEYS[1], ARGV[2], member)
@@ -129,6 +136,12 @@ for _, member in ipairs(expired) do
 end
 return claimed
 """
+
+
+# A signature kept once for many leases (a segment's or a batch's: `@<task id>`), and let go.
+# KEYS: sig. ARGV: ref, signature (to keep) or ref (to forget).
+_KEEP_SIG = "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\nreturn 1"
+_FORGET_SIG = "redis.call('HDEL', KEYS[1], ARGV[1])\nreturn 1"
 
 
 BeginState = Literal["go", "done", "busy", "stopped", "missing"]
@@ -174,13 +187,32 @@ class Journal:
         self._end = client.register_script(_END)
         self._renew = client.register_script(_RENEW)
         self._claim = client.register_script(_CLAIM)
+        # Parts that ride one round trip together (a segment's hand-off: one step's end, the
+        # next one's begin; the run store adds its finish).
+        self.trips = Trips(client, {"end": _END, "begin": _BEGIN, "keep_sig": _KEEP_SIG,
+                                    "forget_sig": _FORGET_SIG})
 
     def begin(self, run_id: str, record: StepRecord, reads: tuple[str, ...], *, token: str,
-              signature: dict[str, Any], now: float, lease_seconds: float) -> Begin:
-        reply = self._begin(**self._begin_call(run_id, record, reads, token=token,
-                                               signature=signature, now=now,
-                                               lease_seconds=lease_seconds))
-        return _parse_begin(reply, reads)
+              signature: dict[str, Any] | str, now: float, lease_seconds: float,
+              first: list[Part] | None = None) -> Begin:
+        """`first`: parts to run before, in the same round trip (a segment's hand-off: the
+        previous step's end, `end_call`; its signature kept, `keep_signature`)."""
+        call = self._begin_call(run_id, record, reads, token=token, signature=signature,
+                                now=now, lease_seconds=lease_seconds)
+        if not first:
+            return _parse_begin(self._begin(**call), reads)
+        reply = self.trips([*first, ("begin", call["keys"], call["args"])])
+        return _parse_begin(reply[-1], reads)
+
+    def keep_signature(self, ref: str, signature: dict[str, Any]) -> Part:
+        """The part that keeps a task's signature once under `ref` (`@<task id>` for a batch;
+        `@@<task id>:<delivery>` for a segment, whose one lease at a time refers to it: a claim
+        moves it to the lease), for the leases of its steps to refer to (the sweeper's claim
+        follows the reference)."""
+        return ("keep_sig", [self.keys.lease_sig], [ref, _signature_json(signature)])
+
+    def forget_signature(self, ref: str) -> Part:
+        return ("forget_sig", [self.keys.lease_sig], [ref])
 
     def begin_many(self, run_id: str, steps: list[tuple[StepRecord, tuple[str, ...]]], *,
                    token: str, signature: dict[str, Any], task_id: str, now: float,
@@ -221,9 +253,13 @@ class Journal:
         """`before(pipeline)`: commands to send first, in the same round trip (the step's
         last run events)."""
         if before is None:
-            self._end(**self._end_call(run_id, record, publishes, token=token, now=now))
+            self._end(**self.end_call(run_id, record, publishes, token=token, now=now))
             return
         self.end_many(run_id, [(record, publishes)], token=token, now=now, before=before)
+
+    def end_with(self, parts: list[Part]) -> None:
+        """Write ends made by `end_call` (and other parts), in one round trip."""
+        self.trips(parts)
 
     def end_many(self, run_id: str, steps: list[tuple[StepRecord, tuple[str, ...]]], *,
                  token: str, now: float, before: Callable[[Any], None] | None = None) -> None:
@@ -232,11 +268,23 @@ class Journal:
         if before is not None:
             before(pipe)
         for record, publishes in steps:
-            self._end(**self._end_call(run_id, record, publishes, token=token, now=now),
+            self._end(**self.end_call(run_id, record, publishes, token=token, now=now),
                       client=pipe)
         pipe.execute()
 
-    def _end_call(self, run_id: str, record: StepRecord, publishes: tuple[str, ...], *,
+    def end_call(self, run_id: str, record: StepRecord, publishes: tuple[str, ...], *,
+                 token: str, now: float) -> dict[str, list[Any]]:
+        """The end script's keys and args (`end`)."""
+        return self._end_args(run_id, record, publishes, token=token, now=now)
+
+    def end_part(self, run_id: str, record: StepRecord, publishes: tuple[str, ...], *,
+                 token: str, now: float) -> Part:
+        """The end as a part, to ride the next call's round trip (`begin(first=...)`,
+        `RunStore.end_run(first=...)`)."""
+        call = self._end_args(run_id, record, publishes, token=token, now=now)
+        return ("end", call["keys"], call["args"])
+
+    def _end_args(self, run_id: str, record: StepRecord, publishes: tuple[str, ...], *,
                   token: str, now: float) -> dict[str, list[Any]]:
         k = self.keys
         ids = publishes if record.ok else ()

@@ -34,7 +34,7 @@ from legato.errors import RunNotFound
 from legato.journal import Journal
 from legato.keys import Keys, lease_member, split_member
 from legato.kinds.orchestrate import plan_path
-from legato.lua import lua_set
+from legato.lua import Part, lua_set
 from legato.spec import Pipeline, pipeline_from_json
 from legato.tenants import Policies
 from legato.voting import Ballot
@@ -265,6 +265,7 @@ class RunStore:
         self.waits = Waits(client, self.keys)  # parked steps and their signals
         self._create = client.register_script(_CREATE)
         self._finish = client.register_script(_FINISH)
+        self.journal.trips.add("finish", _FINISH)  # a run's last step's end rides its finish
         self._reopen = client.register_script(_REOPEN)
         self._claim_stalled = client.register_script(_CLAIM_STALLED)
         self._mark_waiting = client.register_script(_MARK_WAITING)
@@ -386,10 +387,12 @@ class RunStore:
 
     def end_run(
         self, run_id: str, status: TerminalStatus, *, output: Any = None,
-        error: str | None = None
+        error: str | None = None, first: list[Part] | None = None
     ) -> Finished:
         """`finish_run`, saying whether the run has callbacks, now due: a run that has them
-        enters the callbacks set either way, and `callbacks.finish` also sends them at once."""
+        enters the callbacks set either way, and `callbacks.finish` also sends them at once.
+        `first`: parts to run before, in the same round trip (the last step's end,
+        `Journal.end_part`)."""
         if status not in TERMINAL:
             raise ValueError(f"{status!r} is not a terminal state ({', '.join(sorted(TERMINAL))})")
         now = time.time()
@@ -399,8 +402,12 @@ class RunStore:
         flat = [x for kv in fields.items() for x in kv]
         args = [self.keys.done(run_id), status, run_id, repr(self.run_ttl),
                 self.keys.idem(""), repr(now + self.callback_hold), *flat]
-        reply = self._finish(keys=[self.keys.active, self.keys.waiting, self.keys.ended_children,
-                                   self.keys.callbacks, *self.keys.of_run(run_id)], args=args)
+        keys = [self.keys.active, self.keys.waiting, self.keys.ended_children,
+                self.keys.callbacks, *self.keys.of_run(run_id)]
+        if not first:
+            reply = self._finish(keys=keys, args=args)
+        else:
+            reply = self.journal.trips([*first, ("finish", keys, args)])[-1]
         if not reply:
             return Finished.NO
         callbacks, parent_run, parent_step, *children = reply

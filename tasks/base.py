@@ -4,6 +4,8 @@
 calls `journaled` with the kind's work and returns a result, or raises `task.replace(signature)`
 to become the next part of the canvas. The base owns the rest:
 
+- `then` (on a stage's last task): the run's next stage is compiled into the task's
+  continuation before the body runs (tasks/stages.py);
 - an upstream failure (a failed result from an earlier step in the chain) is passed on as it is;
 - `journaled`: memo check, running record and lease, the work, the result record (one round trip
   each way), retry of the whole task later when the error *is a* TransientError;
@@ -17,6 +19,7 @@ to become the next part of the canvas. The base owns the rest:
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import random
@@ -40,11 +43,13 @@ from legato.errors import PermanentError, StepError, TransientError
 from legato.graph import Node
 from legato.journal import Begin
 from legato.keys import lease_member
+from legato.lua import Part
 from legato.models.credentials import redact
 from legato.publisher import Fields, StepStream
 from legato.settings import Settings, get_settings
 from legato.spec import Pipeline
-from legato.tasks.finish import close_run
+from legato.tasks.finish import Handoff, close_run
+from legato.tasks.stages import follow, with_then
 from legato.workers import lifeline, observability, resources
 from legato.workers.app import app
 
@@ -68,8 +73,9 @@ def upstream_failure(prev: Any) -> dict[str, Any] | None:
 class StepTask(Task):
     """The base of every step task (see the module's docstring)."""
 
-    def failed(self, exc: BaseException, kwargs: dict[str, Any]) -> Any:
-        """The failed result for an exception out of the body, journaled on the step."""
+    def failed(self, exc: BaseException, kwargs: dict[str, Any], *, closes: bool = False) -> Any:
+        """The failed result for an exception out of the body, journaled on the step.
+        `closes`: nothing follows it (its run's next stage could not be made): close the run."""
         envelopes = kwargs.get("steps") or [kwargs.get("step")]
         first = envelopes[0] if isinstance(envelopes, list) and envelopes else None
         first = first if isinstance(first, dict) else {}  # a forged envelope names no step
@@ -81,7 +87,7 @@ class StepTask(Task):
                             started_at=time.time(), ended_at=time.time())
         if run_id:
             resources.store().fail_step(run_id, record)
-            if kwargs.get("finalize"):
+            if kwargs.get("finalize") or closes:
                 close_run(run_id, first.get("spec_hash", ""), record.result().wire())
         result = record.result().wire()
         return [result] if self.name == "legato.llm_batch" else result  # a batch returns a list
@@ -93,14 +99,18 @@ def step_task(name: str, **options: Any) -> Callable[[Body], StepTask]:
 
     def register(body: Body) -> StepTask:
         @functools.wraps(body)
-        def guarded(self: StepTask, *args: Any, **kwargs: Any) -> Any:
+        def guarded(self: StepTask, *args: Any, then: Any = None, **kwargs: Any) -> Any:
             try:
+                if then is not None:
+                    follow(self, kwargs, then)
                 return body(self, *args, **_typed(kwargs))
             except _PASS_THROUGH:
                 raise
             except Exception as exc:  # failure is a value
-                return self.failed(exc, kwargs)
+                return self.failed(exc, kwargs, closes=then is not None and
+                                   not self.request.chain)
 
+        guarded.__signature__ = with_then(inspect.signature(body))  # type: ignore[attr-defined]
         return app.task(name=name, bind=True, base=StepTask, **options)(guarded)
 
     return register
@@ -124,6 +134,18 @@ def journaled(task: Task, step: StepInput, kind: str, work: Work, *,
     A delivery of a step that another delivery is working on (a live lease) is dropped with
     `Ignore`: no result, no chain continuation, so it is never started twice.
     """
+    return journal_step(task, step, kind, work, final=final)[0]
+
+
+def journal_step(task: Task, step: StepInput, kind: str, work: Work, *, final: bool,
+                 first: list[Part] | None = None, signature: str | None = None,
+                 hand_off: bool = False) -> tuple[StepResult, Handoff | None]:
+    """`journaled`, for the steps of a segment: `first` (the previous step's end, not yet
+    written) rides this step's begin; `signature`: a reference to the task's signature, kept
+    once (`Journal.keep_signature`); with `hand_off`, this step's end is not written but
+    returned, to ride the next begin or the run's finish — so a segment of n steps costs n + 1
+    journal round trips, not 2n. An end that must be written now (the step retries, or has run
+    events to flush first) is written now, and None returned."""
     settings = get_settings()
     store = resources.store()
     spec = store.get_spec(step.spec_hash)
@@ -131,12 +153,13 @@ def journaled(task: Task, step: StepInput, kind: str, work: Work, *,
     record = _running(task.request, step, kind)
     token = uuid.uuid4().hex
     begin = store.journal.begin(step.run_id, record, node.reads, token=token,
-                                signature=lifeline.signature_json(task), now=time.time(),
-                                lease_seconds=settings.lease_seconds)
+                                signature=signature or lifeline.signature_json(task),
+                                now=time.time(), lease_seconds=settings.lease_seconds,
+                                first=first)
     if begin.state == "busy":
         raise Ignore()
     if begin.state != "go":
-        return _not_run(step, begin)
+        return _not_run(step, begin), None
     record.attempt = begin.attempt
     try:
         waiting = _concurrency_slot(step, node, begin)
@@ -156,12 +179,16 @@ def journaled(task: Task, step: StepInput, kind: str, work: Work, *,
     finally:
         keeper.release(step.run_id, step.path)
     retry_in = _hold_for_retry(task, record, error, settings)
+    publishes = node.publishes if final else ()
+    now = record.ended_at or time.time()
+    if hand_off and retry_in is None and stream is None:
+        part = store.journal.end_part(step.run_id, record, publishes, token=token, now=now)
+        return record.result(), Handoff([part], record.output, publishes)
     with _ending(step.run_id, [(stream, record, retry_in)]) as before:
-        store.journal.end(step.run_id, record, node.publishes if final else (), token=token,
-                          now=record.ended_at or time.time(), before=before)
+        store.journal.end(step.run_id, record, publishes, token=token, now=now, before=before)
     if retry_in is not None:
         raise task.retry(countdown=retry_in, max_retries=settings.step_retries)
-    return record.result()
+    return record.result(), None
 
 
 def journaled_many(task: Task, steps: list[StepInput], kind: str,

@@ -5,7 +5,10 @@ members at once (`legato.llm_batch`). Every step is journaled on its own either 
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
+
+from celery.exceptions import Ignore, Retry
 
 from legato.context import Outcome, StepContext
 from legato.envelope import StepInput, StepRecord
@@ -15,10 +18,18 @@ from legato.kinds import tool as tool_kind
 from legato.kinds.llm import Llm
 from legato.kinds.orchestrate import Orchestrate
 from legato.kinds.tool import Tool
+from legato.lua import Part
 from legato.spec import Pipeline
-from legato.tasks.base import StepTask, journaled, journaled_many, step_task, upstream_failure
-from legato.tasks.finish import close_run
-from legato.workers import resources
+from legato.tasks.base import (
+    StepTask,
+    journal_step,
+    journaled,
+    journaled_many,
+    step_task,
+    upstream_failure,
+)
+from legato.tasks.finish import Handoff, close_run
+from legato.workers import lifeline, resources
 
 
 def _llm(ctx: StepContext, node: Node, _: Pipeline) -> Outcome:
@@ -77,13 +88,30 @@ def segment(self: StepTask, prev: Any = None, *, steps: list[StepInput],
     """Chain steps that share a queue, in order, stopping at the first failure; `finalize`: the
     run's last steps, so close the run here too. A redelivery skips the steps already done."""
     result = upstream_failure(prev)
-    if result is None:
-        for step in steps:
-            result = journaled(self, step, "llm", _llm, final=True).wire()
+    handoff: Handoff | None = None  # each step's end rides the next begin (or the finish)
+    journal = resources.store().journal
+    # The segment's signature, kept once for its steps' leases, under a name of this delivery's
+    # own (a duplicate that finds a step busy lets its own go, never the live one's).
+    ref = f"@@{self.request.id}:{uuid.uuid4().hex[:8]}"
+    keep = [journal.keep_signature(ref, lifeline.signature_json(self))]
+    forget: tuple[Part, ...] = ()
+    try:
+        for step in steps if result is None else ():
+            first = [*keep, *(handoff.parts if handoff else ())]
+            keep, forget = [], (journal.forget_signature(ref),)
+            done, handoff = journal_step(self, step, "llm", _llm, final=True, first=first,
+                                         signature=ref, hand_off=True)
+            result = done.wire()
             if result["status"] != "succeeded":
                 break
+    except (Ignore, Retry):  # busy, or retrying later: no lease of this delivery refers to it
+        if forget:
+            journal.end_with(list(forget))
+        raise
     if finalize:
-        close_run(steps[0].run_id, steps[0].spec_hash, result)
+        close_run(steps[0].run_id, steps[0].spec_hash, result, last=handoff, also=forget)
+    elif handoff is not None or forget:
+        journal.end_with([*(handoff.parts if handoff else ()), *forget])
     return result or {}
 
 

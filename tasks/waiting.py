@@ -18,6 +18,7 @@ from celery import Task
 from celery.utils.log import get_task_logger
 
 from legato import graph, paths
+from legato.compile import Compiler
 from legato.context import Outcome, StepContext
 from legato.envelope import StepInput, StepRecord
 from legato.errors import LegatoError
@@ -25,6 +26,7 @@ from legato.graph import Node
 from legato.kinds import wait as wait_kind
 from legato.kinds.wait import Wait
 from legato.spec import Pipeline
+from legato.tasks import stages
 from legato.tasks.base import StepTask, journaled, step_task, upstream_failure
 from legato.tasks.submit import SubmitFailed, _fail, _legato, _one_line
 from legato.waits import Parked
@@ -72,11 +74,19 @@ def wait(self: StepTask, prev: Any = None, *, step: StepInput) -> dict[str, Any]
 
 
 def _jump_if_timed_out(task: Task, step: StepInput, target: str) -> None:
-    """After a timeout that jumps (on this delivery or a memoized one): drop the chain's next
-    tasks up to the target step's, so Celery continues there. The steps between never run."""
+    """After a timeout that jumps (on this delivery or a memoized one): continue at the target
+    step, so the steps between never run. A top-level wait's continuation is the run's next
+    stage (tasks/stages.py): it becomes the target's stage; inside a chain, the chain's next
+    tasks up to the target step's are dropped."""
     record = resources.store().get_step(step.run_id, step.path)
     if record is None or not record.detail.get("timed_out"):
         return
+    if not paths.parent(step.node):
+        spec = resources.store().get_spec(step.spec_hash)
+        at = Compiler(app, step.run_id, step.spec_hash, fuse=spec.fuse).stage_of(spec, target)
+        if at is not None:
+            stages.set_stage(task, step, at)
+            return
     chain = list(task.request.chain or [])  # the continuation, its next task last
     target_path = paths.child(paths.parent(step.node), target)
     while chain and wait_kind.jumps_past(chain[-1], target_path):

@@ -90,8 +90,9 @@ def create_app(settings: Settings | None = None) -> LegatoApp:
         broker_transport_options={"visibility_timeout": 6 * 3600},
         broker_transport=broker.transport_for(settings.broker),  # Redis: clients made once
         worker_hijack_root_logger=False,
-        # A malformed message is set aside (acked, kept, counted), never fatal: workers/poison.py
-        worker_consumer="legato.workers.poison:Consumer",
+        # A malformed message is set aside (acked, kept, counted), never fatal (workers/poison.py);
+        # task events go in batches (workers/consumer.py)
+        worker_consumer="legato.workers.consumer:Consumer",
         imports=list(settings.tool_modules),
     )
     load_tool_modules(settings.tool_modules)

@@ -54,3 +54,25 @@ def test_bench_fairness_quick_produces_every_row(tmp_path: Path) -> None:
     assert rt_on["per_run"] > rt_off["per_run"] > 0  # admission costs round trips, counted
     assert rt_on["by_command"]["EVALSHA"] > rt_off["by_command"]["EVALSHA"]
     assert all(n > 0 for n in res["shares"]["tokens"].values())
+
+
+def test_bench_scale_quick_produces_every_row(tmp_path: Path) -> None:
+    import json
+
+    from bench.scale import ROWS as SCALE_ROWS
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LEGATO_", "BENCH_"))}
+    out = tmp_path / "benchmarks.md"
+    proc = subprocess.run([sys.executable, "-m", "bench.scale", "--quick", "--out", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = out.read_text()
+    assert "<!-- scale:begin -->" in doc and "Failed runs: none" in doc, doc
+    assert all(name in doc for name in SCALE_ROWS)
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [r["steps"] for r in res["chains"]["fused"]] == res["config"]["chains"]
+    assert all(r["bytes_in_per_step"] > 0 for k in ("fused", "unfused")
+               for r in res["chains"][k])
+    assert res["in_flight"]["parked"] == res["config"]["inflight_runs"]  # all parked at once
+    if importlib.util.find_spec("matplotlib"):
+        assert (tmp_path / "scale.png").stat().st_size > 1000

@@ -101,6 +101,8 @@ def test_a_healthy_long_step_is_never_started_twice(legato, fake, durable_worker
     store = legato.store
     member = lease_member(run_id, "slow")
     signature = eventually(lambda: store.redis.hget(store.keys.lease_sig, member))
+    if signature.startswith("@"):  # a segment's own signature, kept once for its steps
+        signature = store.redis.hget(store.keys.lease_sig, signature)
 
     time.sleep(2.5)  # longer than the lease: only heartbeats keep it alive
     legato.app.signature(json.loads(signature)).apply_async()  # the broker delivers it again

@@ -260,7 +260,7 @@ def test_orchestrate_is_a_plan_task_then_workers_and_a_synthesizer(app: Celery) 
 
 
 def test_the_run_canvas_runs_every_step_then_finalize(app: Celery) -> None:
-    canvas = _compiler(app).run(PIPELINE)
+    canvas = _whole_run(app, PIPELINE)
     order = [(s.task, s.options.get("queue")) for s in tasks_in_order(canvas)]
     assert order == [
         ("legato.llm", "q.chain"), ("legato.tool", "q.chain"),
@@ -283,7 +283,7 @@ def test_consecutive_llm_steps_on_one_queue_fuse_and_the_last_segment_finalizes(
         app: Celery) -> None:
     steps: list = [*_llms(("a", None), ("b", None)), Tool(id="t", tool="word_count"),
                    *_llms(("c", None), ("d", "gpu"), ("e", "gpu"))]
-    canvas = _compiler(app).run(Pipeline(name="f", steps=steps))
+    canvas = _whole_run(app, Pipeline(name="f", steps=steps))
     shape = [(s.task, s.options.get("queue"),
               [e["path"] for e in s.kwargs["steps"]] if "steps" in s.kwargs else
               s.kwargs["step"]["path"], s.kwargs.get("finalize"))
@@ -298,21 +298,42 @@ def test_consecutive_llm_steps_on_one_queue_fuse_and_the_last_segment_finalizes(
 
 def test_fuse_false_keeps_a_task_per_step_and_a_finalize_task(app: Celery) -> None:
     spec = Pipeline(name="f", fuse=False, steps=_llms(("a", None), ("b", None)))
-    canvas = _compiler(app).run(spec)
+    canvas = _whole_run(app, spec)
     assert [s.task for s in tasks_in_order(canvas)] == [
         "legato.llm", "legato.llm", "legato.finalize"]
 
 
 def test_messages_carry_only_ids(app: Celery) -> None:
-    canvas = _compiler(app).run(PIPELINE)
+    canvas = _whole_run(app, PIPELINE)
     allowed = {"run_id", "spec_hash", "node", "path", "index"}
     for sig in tasks_in_order(canvas):
         if sig.task == "legato.finalize":
             continue
         envelopes = sig.kwargs["steps"] if "steps" in sig.kwargs else [sig.kwargs["step"]]
-        assert set(sig.kwargs) <= {"step", "steps", "finalize"}
+        assert set(sig.kwargs) <= {"step", "steps", "finalize", "then"}
         for envelope in envelopes:
             assert set(envelope) <= allowed, sig.kwargs
             assert envelope["run_id"] == "RUN" and sig.args == ()
     wire = json.dumps(canvas)  # a canvas is a dict: this is what would be sent
     assert SECRET_PROMPT not in wire and "word_count" not in wire
+
+
+def _whole_run(app: Celery, spec: Pipeline) -> Signature:
+    """A run's stages (sent one at a time, tasks/stages.py) as one chain, to read its shape."""
+    from celery import chain
+
+    return chain(*_compiler(app).stages(spec))
+
+
+def test_a_run_is_sent_one_stage_at_a_time_each_naming_the_next(app: Celery) -> None:
+    compiler = _compiler(app)
+    first = compiler.run(PIPELINE)
+    stages = compiler.stages(PIPELINE)
+    assert [s.task for s in tasks_in_order(first)] == [s.task for s in tasks_in_order(stages[0])]
+    for i, stage in enumerate(stages[:-1]):  # each stage's last task names the next stage
+        assert list(tasks_in_order(stage))[-1].kwargs["then"] == {"at": i + 1}
+    assert "then" not in list(tasks_in_order(stages[-1]))[-1].kwargs
+    # no stage's message holds another stage's steps
+    seen = [{e["path"] for t in tasks_in_order(s)
+             for e in (t.kwargs.get("steps") or [t.kwargs.get("step")]) if e} for s in stages]
+    assert all(not (a & b) for i, a in enumerate(seen) for b in seen[i + 1:])

@@ -228,3 +228,45 @@ def test_the_sweeper_prunes_the_runs_index_every_prune_seconds(runs: RunStore) -
     assert sweeper._prune() == 1
     keeps = Sweeper(runs, app=None, settings=Settings(run_ttl=0))  # type: ignore[arg-type]
     assert keeps._prune() == 0  # LEGATO_RUN_TTL=0: nothing expires, nothing to prune
+
+
+def test_one_trip_runs_each_part_on_its_own_keys_and_args(runs: RunStore) -> None:
+    from legato.lua import one_trip, one_trip_call
+
+    echo = "return {#KEYS, #ARGV, KEYS[1] or '', ARGV[#ARGV] or ''}"
+    script = runs.redis.register_script(one_trip(echo, "return nil", echo))
+    reply = script(**one_trip_call([(["k1", "k2"], ["a", "b", "c"]), ([], []), (["k3"], ["z"])]))
+    assert reply == [[2, 3, "k1", "c"], 0, [1, 1, "k3", "z"]]
+
+
+def test_a_hand_off_ends_one_step_and_begins_the_next_in_one_call(runs: RunStore) -> None:
+    run_id = new_run(runs)
+    assert begin(runs, run_id, "a", token="t1").state == "go"
+    done = succeeded("a")
+    ending = runs.journal.end_part(run_id, done, ("a",), token="t1", now=time.time())
+    keep = runs.journal.keep_signature("@@seg", {"task": "legato.segment"})
+    nxt = StepRecord(path="b", status="running", kind="llm", started_at=time.time())
+    second = runs.journal.begin(run_id, nxt, ("a",), token="t2", signature="@@seg",
+                                now=time.time(), lease_seconds=15, first=[keep, ending])
+    assert second.state == "go" and second.outputs == {"a": {"answer": 42}}  # read after the end
+    assert runs.get_step(run_id, "a").status == "succeeded"
+    members = runs.redis.zrange(runs.keys.leases, 0, -1)
+    assert f"{run_id}|a" not in members and f"{run_id}|b" in members  # a's lease let go
+    # b's lease refers to the segment's signature, kept once: the sweeper's claim follows it,
+    # and moves it to the lease (the delivery that kept it is gone), so a claim again finds it
+    claimed = runs.journal.claim_expired(now=time.time() + 60, grace_seconds=15)
+    assert claimed == [(f"{run_id}|b", {"task": "legato.segment"})]
+    assert runs.redis.hget(runs.keys.lease_sig, "@@seg") is None
+    again = runs.journal.claim_expired(now=time.time() + 120, grace_seconds=15)
+    assert again == [(f"{run_id}|b", {"task": "legato.segment"})]
+
+
+def test_the_last_steps_end_rides_the_runs_finish(runs: RunStore) -> None:
+    run_id = new_run(runs, "running")
+    assert begin(runs, run_id, "a", token="t1").state == "go"
+    ending = runs.journal.end_part(run_id, succeeded("a"), ("a",), token="t1", now=time.time())
+    assert runs.end_run(run_id, "succeeded", output={"answer": 42}, first=[ending])
+    assert runs.get_step(run_id, "a").status == "succeeded"
+    assert runs.get_outputs(run_id) == {"a": {"answer": 42}}
+    assert runs.get_run(run_id).status == "succeeded"
+    assert not runs.end_run(run_id, "failed", first=[ending])  # terminal is final, sent twice too
