@@ -123,7 +123,9 @@ def test_duplicate_and_concurrent_signals_resume_exactly_once(legato, fake):
         t.join()
     assert replies.count("resumed") == 1
     refused = [r for r in replies if r != "resumed"]
-    assert len(refused) == 7 and all("already signalled" in r for r in refused)
+    # A sender whose turn comes after the resumed run has already finished is refused for that.
+    assert len(refused) == 7 and all("already signalled" in r or "the run is succeeded" in r
+                                     for r in refused), refused
     assert legato.wait(run_id, timeout=30).status == "succeeded"
     with pytest.raises(SignalRefused, match="the run is succeeded"):
         legato.signal(run_id, "approve", {"approved": True})
