@@ -281,10 +281,9 @@ class Legato:
             return self.store.list_runs(status=status, schedule=schedule, tenant=tenant,
                                         limit=limit)
         query = RunQuery(status=status, limit=limit, pipeline=pipeline, tags=dict(tags or {}),
-                         since=since, until=until, text=text)
+                         since=since, until=until, text=text, tenant=tenant)
         return [r for r in find_runs(self.store, query).runs
-                if (schedule is None or r.schedule == schedule)
-                and (tenant is None or r.tenant == tenant)]
+                if schedule is None or r.schedule == schedule]
 
 
 def check_input(spec: Pipeline, value: Any, *, max_bytes: int | None = None) -> None:

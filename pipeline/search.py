@@ -1,4 +1,5 @@
-"""Finding runs: by pipeline, state, tags, creation time and text in their input, output or error.
+"""Finding runs: by pipeline, state, tenant, priority, tags, creation time and text in their input,
+output or error.
 
     find_runs(store, RunQuery(tags={"team": "billing"}, text="refund", limit=20))
 
@@ -21,6 +22,7 @@ from legato.envelope import RUN_STATUSES, RunRecord
 from legato.errors import InputError
 from legato.store import RunStore, run_from_hash
 from legato.tags import check_tags, matches
+from legato.tenants import DEFAULT_TENANT
 
 MAX_LIMIT = 10_000
 DEFAULT_SCAN = 10_000
@@ -31,6 +33,8 @@ class RunQuery(BaseModel):
 
     pipeline: str | None = None
     status: str | None = None
+    tenant: str | None = Field(default=None, max_length=64)
+    priority: int | None = Field(default=None, ge=-1000, le=1000)
     tags: dict[str, str] = Field(default_factory=dict)
     since: float | None = Field(default=None, description="created at or after (Unix s)")
     until: float | None = Field(default=None, description="created before (Unix s)")
@@ -82,6 +86,10 @@ def _matches(raw: dict[str, str], q: RunQuery, needle: str | None) -> bool:
     if q.status is not None and raw.get("status") != q.status:
         return False
     if q.pipeline is not None and raw.get("pipeline") != q.pipeline:
+        return False
+    if q.tenant is not None and (raw.get("tenant") or DEFAULT_TENANT) != q.tenant:
+        return False
+    if q.priority is not None and int(raw.get("priority") or 0) != q.priority:
         return False
     if q.tags and not matches(json.loads(raw.get("tags") or "{}"), q.tags):
         return False
