@@ -44,8 +44,14 @@ def events(completion: dict[str, Any], *, chunk_chars: int, include_usage: bool)
 
     out = [chunk({"role": "assistant", "content": ""})]
     content = message.get("content") or ""
+    # The content events differ only in their delta: the rest is dumped once, not per event
+    # (this server shares the machine with what it measures).
+    marker = "\x00delta\x00"
+    before, after = chunk(marker).split(json.dumps(marker).encode(), 1)  # type: ignore[arg-type]
     for i in range(0, len(content), chunk_chars):
-        out.append(chunk({"content": content[i:i + chunk_chars]}))
+        out.append(before + json.dumps({"content": content[i:i + chunk_chars]},
+                                       ensure_ascii=False, separators=(",", ":")).encode()
+                   + after)
     for n, call in enumerate(message.get("tool_calls") or []):
         arguments = call["function"]["arguments"]
         half = len(arguments) // 2
