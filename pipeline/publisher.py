@@ -2,8 +2,9 @@
 
 The hot path never waits on Redis for an event: `Publisher.add` appends to a buffer (a call's
 consecutive deltas merge into one entry), and a thread writes, all runs in one pipeline, what
-has waited `flush_seconds`: a step that ends sooner costs no write of its own. A step's remaining events ride its journal end
-(`Publisher.ending`), so they are in Redis before the chain goes on (and before `run_finished`).
+has waited `flush_seconds` (a step that ends sooner costs no write of its own). A step's
+remaining events ride its journal end (`Publisher.ending`), so they are in Redis before the
+chain goes on (and before `run_finished`).
 Writes of one run are ordered: the thread and a step's end both hold the run's lock stripe while
 they take its events and write them. A failed write loses events, never a step: they are a view.
 
