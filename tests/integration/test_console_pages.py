@@ -275,7 +275,7 @@ def test_an_agent_tool_approval_through_the_form(console, legato, fake, tmp_path
                              f"form.querySelector('button[data-decision={decision}]').click();"
                              "})()")
             await browser.until("document.body.dataset.status === 'succeeded'", timeout=90)
-            done = await browser.screenshot(tmp_path / f"console-agent-{decision}d.png")
+            done = await browser.screenshot(tmp_path / f"console-agent-{decision}-done.png")
             forms = await browser.js("document.querySelectorAll('form.wait').length")
             return {"shown": shown, "offered": offered, "waiting": waiting, "done": done,
                     "forms": forms, "dialogs": browser.dialogs}
