@@ -40,6 +40,9 @@ SERVICES = sorted(COMPOSE_FILE["services"])
 EXAMPLES = sorted(p.stem for p in (ROOT / "pipelines").glob("*.yaml") if p.stem != "models")
 DEFAULT_QUEUES = {"legato.control", "legato.llm", "legato.tools"}
 RUN_TIMEOUT = 600.0
+# The answer each example with a wait step gets (else it waits for a person forever).
+ANSWERS = {"approval_flow": ("approve", {"approved": True, "reviewer": "compose",
+                                         "reply": "It ships today."})}
 
 pytestmark = pytest.mark.timeout(1800)
 
@@ -227,6 +230,11 @@ def test_every_queue_the_pipelines_name_has_a_worker(stack):
 def test_every_example_pipeline_succeeds_through_the_stack(stack):
     ids = stack.submit([[name, json.loads((ROOT / "pipelines" / f"{name}.input.json")
                                           .read_text())] for name in EXAMPLES])
+    for name, run_id in zip(EXAMPLES, ids, strict=True):  # examples that wait for a person
+        if name in ANSWERS:  # sent early, a signal is kept until the run reaches the step
+            step, data = ANSWERS[name]
+            stack.compose("exec", "-T", "worker-control", "legato", "signal", run_id, step,
+                          "--data", json.dumps(data), "--by", "compose-test")
     runs = stack.wait(ids)
     assert_succeeded(runs, ids)
     stack.example_runs = dict(zip(EXAMPLES, ids, strict=True))

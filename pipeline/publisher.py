@@ -1,9 +1,10 @@
 """Writing run events (events.py) cheaply: a process's `Publisher`, and a step's `StepStream`.
 
 The hot path never waits on Redis for an event: `Publisher.add` appends to a buffer (a call's
-consecutive deltas merge into one entry), and a thread writes what piled up every
-`flush_seconds`, all runs in one pipeline. A step's remaining events ride its journal end
-(`Publisher.ending`), so they are in Redis before the chain goes on (and before `run_finished`).
+consecutive deltas merge into one entry), and a thread writes, all runs in one pipeline, what
+has waited `flush_seconds` (a step that ends sooner costs no write of its own). A step's
+remaining events ride its journal end (`Publisher.ending`), so they are in Redis before the
+chain goes on (and before `run_finished`).
 Writes of one run are ordered: the thread and a step's end both hold the run's lock stripe while
 they take its events and write them. A failed write loses events, never a step: they are a view.
 
@@ -38,6 +39,7 @@ class Publisher:
         self.flush_seconds = flush_seconds
         self._lock = threading.Lock()  # guards _pending
         self._pending: dict[str, list[Fields]] = {}
+        self._since: dict[str, float] = {}  # when each run's oldest pending event came
         self._stripes = [threading.Lock() for _ in range(_STRIPES)]
         self._wake = threading.Event()
         self._closed = False
@@ -49,6 +51,7 @@ class Publisher:
             events = self._pending.get(run_id)
             if events is None:
                 events = self._pending[run_id] = []
+                self._since[run_id] = time.monotonic()
                 self._wake.set()
             last = events[-1] if events else None
             if (last is not None and fields["type"] == "delta" and last["type"] == "delta"
@@ -77,12 +80,19 @@ class Publisher:
         with self._stripe(run_id):
             with self._lock:
                 events = self._pending.pop(run_id, []) + tail
+                self._since.pop(run_id, None)
             yield lambda pipe: self._xadd(pipe, run_id, events)
 
-    def flush(self) -> None:
-        """Write everything buffered now (the thread does this every `flush_seconds`)."""
+    def flush(self, older_than: float | None = None) -> None:
+        """Write what is buffered now: everything, or (the thread) the runs whose oldest event
+        waited at least `older_than` seconds — a step quicker than that writes its events
+        with its journal end alone, in a round trip it makes anyway."""
         with self._lock:
-            runs = list(self._pending)
+            if older_than is None:
+                runs = list(self._pending)
+            else:
+                due = time.monotonic() - older_than
+                runs = [r for r, since in self._since.items() if since <= due]
         if not runs:
             return
         stripes = sorted({hash(r) % _STRIPES for r in runs})  # one order: no deadlock
@@ -91,6 +101,8 @@ class Publisher:
         try:
             with self._lock:
                 batch = {r: self._pending.pop(r) for r in runs if r in self._pending}
+                for r in batch:
+                    self._since.pop(r, None)
             pipe = self.redis.pipeline(transaction=False)
             for run_id, events in batch.items():
                 self._xadd(pipe, run_id, events)
@@ -106,13 +118,15 @@ class Publisher:
             self._wake.wait()
             if self._closed:
                 return
-            time.sleep(self.flush_seconds)  # let a batch pile up
             with self._lock:
-                self._wake.clear()
-            self.flush()
-            with self._lock:
-                if self._pending:
-                    self._wake.set()
+                oldest = min(self._since.values(), default=None)
+                if oldest is None:  # all taken by journal ends meanwhile
+                    self._wake.clear()
+                    continue
+            wait = oldest + self.flush_seconds - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)  # let a batch pile up (or a step end and take it)
+            self.flush(older_than=self.flush_seconds)
 
     def close(self) -> None:
         """Write what is buffered and stop the thread."""

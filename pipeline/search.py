@@ -1,5 +1,5 @@
-"""Finding runs: by pipeline, state, tags, creation time, text in their input, output or error,
-the schedule that made them and their tenant.
+"""Finding runs: by pipeline, state, tenant, priority, tags, creation time, text in their input,
+output or error, and the schedule that made them.
 
     find_runs(store, RunQuery(tags={"team": "billing"}, text="refund", limit=20))
 
@@ -33,6 +33,8 @@ class RunQuery(BaseModel):
 
     pipeline: str | None = None
     status: str | None = None
+    tenant: str | None = Field(default=None, max_length=64, description="this tenant's runs")
+    priority: int | None = Field(default=None, ge=-1000, le=1000)
     tags: dict[str, str] = Field(default_factory=dict)
     since: float | None = Field(default=None, description="created at or after (Unix s)")
     until: float | None = Field(default=None, description="created before (Unix s)")
@@ -40,7 +42,6 @@ class RunQuery(BaseModel):
                              description="in the input, output or error; any case")
     schedule: str | None = Field(default=None, max_length=200,
                                  description="made by this schedule (schedules.yaml)")
-    tenant: str | None = Field(default=None, max_length=64, description="this tenant's runs")
     limit: int = Field(default=20, ge=1, le=MAX_LIMIT)
     scan: int = Field(default=DEFAULT_SCAN, ge=1, le=1_000_000,
                       description="run records read at most")
@@ -91,6 +92,8 @@ def _matches(raw: dict[str, str], q: RunQuery, needle: str | None) -> bool:
     if q.schedule is not None and raw.get("schedule") != q.schedule:
         return False
     if q.tenant is not None and (raw.get("tenant") or DEFAULT_TENANT) != q.tenant:
+        return False
+    if q.priority is not None and int(raw.get("priority") or 0) != q.priority:
         return False
     if q.tags and not matches(json.loads(raw.get("tags") or "{}"), q.tags):
         return False

@@ -53,6 +53,10 @@ class SubmitBody(BaseModel):
     input: Any = Field(default_factory=dict, description="the job input (its schema applies)")
     idempotency_key: str | None = Field(default=None, max_length=200)
     tags: dict[str, str] = Field(default_factory=dict, description="labels: key -> value")
+    tenant: str | None = Field(default=None, max_length=200, description="whose fair share it "
+                               "runs in (legato.tenants); `default` unless given")
+    priority: int | None = Field(default=None, strict=True, description="-1000..1000, higher "
+                                 "first within its tenant; 0 unless given")
 
 
 class Submitted(BaseModel):
@@ -94,12 +98,13 @@ def view(record: RunRecord) -> RunView:
 @router.post("/runs", status_code=201, response_model=Submitted, responses=ERRORS,
              summary="Submit a job", tags=["runs"])
 def submit(body: SubmitBody, st: State) -> Submitted:
-    """Validated as `legato.submit` validates: an unknown pipeline, a bad input or bad tags are a
-    422 naming the field, and nothing is written or enqueued."""
+    """Validated as `legato.submit` validates: an unknown pipeline, a bad input, bad tags, tenant
+    or priority are a 422 naming the field, and nothing is written or enqueued."""
     if depth(body.input) > MAX_INPUT_DEPTH:
         raise InputError(f"input: nested too deeply (the limit is {MAX_INPUT_DEPTH} levels)")
     run_id = st.legato.submit(body.pipeline, body.input, idempotency_key=body.idempotency_key,
-                              names_only=True, tags=body.tags)
+                              names_only=True, tags=body.tags, tenant=body.tenant,
+                              priority=body.priority)
     return Submitted(run_id=run_id)
 
 
@@ -129,6 +134,8 @@ def search(
     st: State,
     pipeline: Annotated[str | None, Query(max_length=200)] = None,
     status: Annotated[str | None, Query(max_length=20)] = None,
+    tenant: Annotated[str | None, Query(max_length=64)] = None,
+    priority: Annotated[int | None, Query(ge=-1000, le=1000)] = None,
     tag: Annotated[list[str], Query(description="key=value; repeat: all of them")] = [],  # noqa: B006
     since: Annotated[str | None, Query(description="Unix seconds or ISO 8601")] = None,
     until: Annotated[str | None, Query(description="Unix seconds or ISO 8601")] = None,
@@ -141,6 +148,7 @@ def search(
     """Newest first. Reads at most 10,000 run records a query: `complete` says whether every run
     in the time range was looked at; pass `next_until` as `until` for the next page."""
     query = RunQuery.checked(pipeline=pipeline or None, status=status or None,
+                     tenant=tenant or None, priority=priority,
                      tags=parse_tags(tag, option="tag"), since=moment(since, "since"),
                      until=moment(until, "until"), text=q or None,
                      schedule=schedule or None, tenant=tenant or None, limit=limit)

@@ -1,6 +1,6 @@
-"""The console's web pages: `/` (runs, filtered and searched by query string) and `/runs/{id}`.
-Actions on them (cancel, resume, a waiting step's answer) go through the API, from
-static/console.js."""
+"""The console's web pages: `/` (runs, filtered and searched by query string, and a form to submit
+one) and `/runs/{id}`. Actions on them (submit, cancel, resume, a waiting step's answer) go
+through the API, from static/console.js."""
 
 from __future__ import annotations
 
@@ -22,13 +22,15 @@ Text = Annotated[str, Query(max_length=200)]
 
 
 @router.get("/", response_class=HTMLResponse)
-def runs(st: State, pipeline: Text = "", status: Text = "", tag: Text = "", since: Text = "",
-         until: Text = "", q: Text = "") -> HTMLResponse:
-    filters = {"pipeline": pipeline, "status": status, "tag": tag, "since": since,
-               "until": until, "q": q}
+def runs(st: State, pipeline: Text = "", status: Text = "", tenant: Text = "",
+         priority: Text = "", tag: Text = "", since: Text = "", until: Text = "", q: Text = ""
+         ) -> HTMLResponse:
+    filters = {"pipeline": pipeline, "status": status, "tenant": tenant, "priority": priority,
+               "tag": tag, "since": since, "until": until, "q": q}
     pipelines = available_pipelines(st.legato.settings.pipelines_dir)
     try:
         query = RunQuery.checked(pipeline=pipeline or None, status=status or None,
+                         tenant=tenant or None, priority=_level(priority),
                          tags=parse_tags(tag.split(), option="tags"),
                          since=moment(since, "since"), until=moment(until, "until"),
                          text=q or None, limit=render.PAGE_SIZE)
@@ -36,6 +38,15 @@ def runs(st: State, pipeline: Text = "", status: Text = "", tag: Text = "", sinc
         return HTMLResponse(render.runs_page(None, filters, pipelines, str(exc)), 422)
     found = find_runs(st.legato.store, query)
     return HTMLResponse(render.runs_page(found, filters, pipelines))
+
+
+def _level(text: str) -> int | None:
+    if text.strip() == "":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise InputError(f"priority: {text[:40]!r} is not an integer") from None
 
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)

@@ -1,6 +1,6 @@
-"""The console's pages, rendered on the server: the runs list (filters, search, paging) and a
-run's page (the report's header, timeline and step sections — html_report.py — plus actions,
-forms for waiting steps and a panel of live tokens, which static/console.js fills).
+"""The console's pages, rendered on the server: the runs list (filters, search, paging, a submit
+form) and a run's page (the report's header, timeline and step sections — html_report.py — plus
+actions, forms for waiting steps and a panel of live tokens, which static/console.js fills).
 
 Every value from a run (ids, names, inputs, outputs, errors, tags) is data: escaped with the
 report's `escape` (markup characters, and control characters shown), in text and attributes
@@ -42,6 +42,10 @@ margin:8px 0;display:flex;flex-direction:column;gap:6px;max-width:760px}
 form.wait h3{margin:0;font-size:14px}form.wait label{display:flex;flex-direction:column;
 font-size:12px;color:#444}form.wait label.check{flex-direction:row;gap:6px;align-items:center}
 form.wait .buttons{display:flex;gap:8px;align-items:center}.said{color:#b4232a}
+details.submit{margin-bottom:12px}details.submit summary{cursor:pointer;font-size:13px}
+form.submit{display:flex;flex-wrap:wrap;gap:8px 14px;align-items:end;background:#fff;
+border:1px solid #dde1e6;border-radius:6px;padding:10px 12px;margin-top:6px}
+form.submit label{display:flex;flex-direction:column;font-size:12px;color:#555}
 """
 PAGE_SIZE = 50
 
@@ -91,12 +95,16 @@ def runs_page(found: RunPage | None, filters: dict[str, str], pipelines: list[st
     pick_status = _select("status", sorted(RUN_STATUSES), filters.get("status"), "any")
     form = ('<form class="filters" method="get" action="/">'
             f'<label>pipeline{pick_pipeline}</label><label>status{pick_status}</label>'
+            + _field("tenant", "tenant", filters.get("tenant"), placeholder="default", size="10")
+            + _field("priority", "priority", filters.get("priority"), type="number", min="-1000",
+                     max="1000", style="width:6em")
             + _field("tags (key=value …)", "tag", filters.get("tag"), placeholder="team=billing")
             + _field("created since (UTC)", "since", filters.get("since"),
                      placeholder="2026-12-01T09:00")
             + _field("until (UTC)", "until", filters.get("until"), placeholder="Unix or ISO")
             + _field("text in input / output / error", "q", filters.get("q"), type="search")
             + '<button type="submit">Search</button></form>')
+    form += submit_form(pipelines)
     if problem is not None:
         return page("runs", f'<h1>Runs</h1>{form}<p class="problem" id="problem">'
                             f'{escape(problem)}</p>')
@@ -109,7 +117,9 @@ def runs_page(found: RunPage | None, filters: dict[str, str], pipelines: list[st
         said = r.error or r.waiting or ""
         rows.append(f'<tr class="run" data-run="{escape(r.id)}"><td class="id">'
                     f'<a href="/runs/{quote(r.id, safe="")}">{escape(r.id)}</a></td>'
-                    f'<td>{escape(r.pipeline)}</td><td>{_status(r.status)}</td><td>{tags}</td>'
+                    f'<td>{escape(r.pipeline)}</td><td>{_status(r.status)}</td>'
+                    f'<td class="tenant">{escape(r.tenant)}</td>'
+                    f'<td class="priority">{r.priority}</td><td>{tags}</td>'
                     f'<td>{_when(r.created_at)}</td><td>{took}</td>'
                     f'<td class="err">{escape(preview(said, 120))}</td></tr>')
     scanned = (f"every run in range looked at ({found.scanned})" if found.complete
@@ -119,11 +129,28 @@ def runs_page(found: RunPage | None, filters: dict[str, str], pipelines: list[st
         query = {k: v for k, v in filters.items() if v and k != "until"}
         query["until"] = repr(found.next_until)
         more = f'<p><a id="older" href="/?{escape(urlencode(query))}">older runs →</a></p>'
-    table = ('<table class="runs"><tr><th>run</th><th>pipeline</th><th>status</th><th>tags</th>'
+    table = ('<table class="runs"><tr><th>run</th><th>pipeline</th><th>status</th><th>tenant</th>'
+             '<th>priority</th><th>tags</th>'
              f'<th>created (UTC)</th><th>took</th><th>error</th></tr>{"".join(rows)}</table>'
              if rows else '<p class="notice">no run matches</p>')
     return page("runs", f'<h1>Runs</h1>{form}<p class="meta">{len(found.runs)} shown · '
                         f'{scanned}</p>{table}{more}')
+
+
+def submit_form(pipelines: list[str]) -> str:
+    """A job to submit: static/console.js posts it to /api/runs (so the API's checks apply, and
+    its one-line error is shown beside the button) and opens the new run's page."""
+    pick = _select("pipeline", pipelines, None, "choose…")
+    return ('<details class="submit"><summary>Submit a run</summary>'
+            '<form class="submit" id="submit" novalidate>'
+            f'<label>pipeline{pick}</label>'
+            '<label>input (JSON)<textarea name="input" rows="3" cols="48">{}</textarea></label>'
+            + _field("tenant", "tenant", "", placeholder="default", size="10")
+            + _field("priority", "priority", "", type="number", min="-1000", max="1000",
+                     placeholder="0", style="width:6em")
+            + _field("tags (key=value …)", "tags", "", placeholder="team=billing")
+            + '<button type="submit">Submit</button><span class="said" role="status"></span>'
+            '</form></details>')
 
 
 def run_page(run: RunRecord, steps: list[StepRecord], spec: Pipeline | None,

@@ -8,9 +8,9 @@ types as the OpenAI protocol (429/5xx/529 transient, other 4xx permanent).
 
 With `on_delta`, the answer is streamed (`stream: true`: message_start, content_block_start /
 _delta / _stop, message_delta, message_stop): text deltas — or, for a schema, the `answer` tool's
-`input_json_delta` pieces, which are the answer — go to `on_delta`, and the Completion's text
-is those pieces joined. An `error` event, a cut stream or one without `message_stop` is a
-TransientError.
+`input_json_delta` pieces, which are the answer — go to `on_delta` (one call a network read),
+and the Completion's text is those pieces joined. An `error` event, a cut stream or one without
+`message_stop` is a TransientError.
 """
 
 from __future__ import annotations
@@ -117,14 +117,20 @@ class _Streamed:
         self.usage: dict[str, int] = {}
         self.stop_reason: str | None = None
         self.done = False
+        self.fresh: list[str] = []
 
     def feed(self, piece: bytes) -> None:
-        for _, data in self.sse.feed(piece):
-            try:
-                self._event(json.loads(data))
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                raise TransientError(f"malformed response from {self.cfg.model}: "
-                                     f"{exc!r}") from exc
+        self.fresh = []  # this piece's answer: one delta a network read
+        try:
+            for _, data in self.sse.feed(piece):
+                try:
+                    self._event(json.loads(data))
+                except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                    raise TransientError(f"malformed response from {self.cfg.model}: "
+                                         f"{exc!r}") from exc
+        finally:  # what arrived before a broken event is published too (then aborted)
+            if self.fresh:
+                self.on_delta("".join(self.fresh))
 
     def _event(self, event: dict[str, Any]) -> None:
         kind = event["type"]
@@ -145,7 +151,7 @@ class _Streamed:
             if piece:
                 block["parts"].append(piece)
                 if self._is_answer(block):
-                    self.on_delta(piece)
+                    self.fresh.append(piece)
         elif kind == "message_delta":
             self.stop_reason = (event.get("delta") or {}).get("stop_reason") or self.stop_reason
             self.usage.update(event.get("usage") or {})

@@ -5,8 +5,9 @@ transient, other 4xx permanent; a context-length 400 says so). `chat` is `post` 
 `retry.MODEL_CALL`; the gateway (gateway.py) runs `post` under its own per-model policy instead.
 Keys are read from the environment of the process making the call, never from messages.
 
-With `on_delta`, the answer is streamed (`stream: true`, `stream_options.include_usage`): each
-piece of content goes to `on_delta` as it arrives, and the Completion is the pieces joined —
+With `on_delta`, the answer is streamed (`stream: true`, `stream_options.include_usage`): the
+content each network read brings goes to `on_delta` as it arrives (one call a read, however many
+events it holds), and the Completion is the pieces joined —
 exactly what was handed out (a server that sends no usage is charged a completion token per
 content chunk; one that ignores `stream: true` and answers with one JSON body is read whole, its
 text handed out at once). A stream that is cut off, ends before its finish, or carries an event
@@ -135,20 +136,26 @@ class _Streamed:
         self.finish: str | None = None
         self.done = False
         self.events = 0
+        self.fresh: list[str] = []
         self.unstreamed = bytearray()  # the body, until an event shows it is a stream
 
     def feed(self, piece: bytes) -> None:
         if not self.events and len(self.unstreamed) < _MAX_UNSTREAMED:
             self.unstreamed += piece
-        for _, data in self.sse.feed(piece):
-            self.events += 1
-            if data.strip() == "[DONE]":
-                self.done = True
-                continue
-            try:
-                self._chunk(json.loads(data))
-            except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
-                raise _malformed(self.cfg, exc) from exc
+        self.fresh = []  # this piece's content: one delta a network read, not one an event
+        try:
+            for _, data in self.sse.feed(piece):
+                self.events += 1
+                if data.strip() == "[DONE]":
+                    self.done = True
+                    continue
+                try:
+                    self._chunk(json.loads(data))
+                except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+                    raise _malformed(self.cfg, exc) from exc
+        finally:  # what arrived before a broken event is published too (then aborted)
+            if self.fresh:
+                self.on_delta("".join(self.fresh))
 
     def _chunk(self, chunk: dict[str, Any]) -> None:
         if chunk.get("error"):  # some servers report a failure inside the stream
@@ -162,7 +169,7 @@ class _Streamed:
             content = delta.get("content")
             if content:
                 self.text.append(content)
-                self.on_delta(content)
+                self.fresh.append(content)
             for fragment in delta.get("tool_calls") or []:
                 call = self.calls.setdefault(int(fragment.get("index", 0)),
                                              {"id": "", "name": "", "arguments": ""})

@@ -15,14 +15,13 @@ class SseDecoder:
         self._data: list[str] = []
 
     def feed(self, piece: bytes) -> list[tuple[str, str]]:
-        self._buffer += piece
+        # Split the piece once (not a slice of the buffer per line: a fast server's answer
+        # arrives as one piece of dozens of events).
+        lines = (self._buffer + piece).split(b"\n")
+        self._buffer = lines.pop()  # the unfinished last line (b"" after a newline)
         out: list[tuple[str, str]] = []
-        while True:
-            end = self._buffer.find(b"\n")
-            if end < 0:
-                return out
-            line = self._buffer[:end].rstrip(b"\r")
-            self._buffer = self._buffer[end + 1:]
+        for raw in lines:
+            line = raw.rstrip(b"\r")
             if not line:  # a blank line ends the event
                 if self._data:
                     out.append((self._event or "message", "\n".join(self._data)))
@@ -34,3 +33,4 @@ class SseDecoder:
                 self._data.append(value.decode("utf-8", errors="replace"))
             elif name == b"event":
                 self._event = value.decode("utf-8", errors="replace")
+        return out

@@ -166,6 +166,66 @@ def test_search_by_schedule_and_tenant_in_the_query_itself(stack_env, console, l
         assert console.wait(run_id)["status"] == "succeeded"
 
 
+def test_tenant_and_priority_on_submit_are_checked_shown_and_searched(console, legato):
+    before = _count_runs(legato)
+    job = {"pipeline": "summarize", "input": {"text": "x"}}
+    cases = [
+        ("tenant 'no spaces' refused: letters, digits", {**job, "tenant": "no spaces"}),
+        ("tenant 'aaaa", {**job, "tenant": "a" * 65}),
+        ("body.tenant: Input should be a valid string", {**job, "tenant": 7}),
+        ("priority 1001 refused: an integer from -1000 to 1000", {**job, "priority": 1001}),
+        ("body.priority: Input should be a valid integer", {**job, "priority": "high"}),
+        ("body.priority: Input should be a valid integer", {**job, "priority": True}),
+        ("body.priority: Input should be a valid integer", {**job, "priority": 2.5}),
+    ]
+    for message, body in cases:
+        refused = console.post("/api/runs", body)
+        assert refused.status_code == 422, (message, refused.text)
+        assert refused.json()["error"].startswith(message), (message, refused.text)
+    assert _count_runs(legato) == before  # nothing was written or enqueued
+
+    marker = f"tenant-{time.time_ns()}"
+    ids = {}
+    for name, extra in (("acme", {"tenant": "acme", "priority": 7}),
+                        ("acme_low", {"tenant": "acme", "priority": -3}),
+                        ("plain", {})):
+        made = console.post("/api/runs", {"pipeline": "summarize", "tags": {"suite": marker},
+                                          "input": {"text": f"{name} text"}, **extra})
+        assert made.status_code == 201, made.text
+        ids[name] = made.json()["run_id"]
+    for run_id in ids.values():
+        assert console.wait(run_id)["status"] == "succeeded"
+    record = console.get(f"/api/runs/{ids['acme']}").json()
+    assert (record["tenant"], record["priority"]) == ("acme", 7)
+    assert (legato.status(ids["plain"]).tenant, legato.status(ids["plain"]).priority) == (
+        "default", 0)
+
+    def found(**params: object) -> list[str]:
+        answer = console.get("/api/runs", params={"tag": f"suite={marker}", **params})
+        assert answer.status_code == 200, answer.text
+        return [r["id"] for r in answer.json()["runs"]]
+
+    assert found(tenant="acme") == [ids["acme_low"], ids["acme"]]
+    assert found(tenant="acme", priority=7) == [ids["acme"]]
+    assert found(tenant="default") == [ids["plain"]]
+    assert found(priority=-3) == [ids["acme_low"]] and found(tenant="nobody") == []
+    for bad, message in ((dict(priority="high"), "query.priority: Input should be a valid"),
+                         (dict(priority=5000), "query.priority: Input should be less than"),
+                         (dict(tenant="a" * 65), "query.tenant: String should have at most")):
+        refused = console.get("/api/runs", params=bad)
+        assert refused.status_code == 422 and message in refused.json()["error"], refused.text
+    # The page's filter form and its columns.
+    listed = console.get("/", params={"tenant": "acme", "priority": "7", "q": "acme text"})
+    assert listed.status_code == 200
+    assert f'data-run="{ids["acme"]}"' in listed.text
+    assert f'data-run="{ids["acme_low"]}"' not in listed.text
+    assert '<td class="tenant">acme</td><td class="priority">7</td>' in listed.text
+    assert 'name="tenant" value="acme"' in listed.text  # the filter shows what it filters by
+    bad_page = console.get("/", params={"priority": "high"})
+    assert bad_page.status_code == 422
+    assert "priority: &#x27;high&#x27; is not an integer" in bad_page.text
+
+
 def test_tags_from_the_command_line(stack_env, console, legato):
     made = legato_cli("submit", "summarize", "--input", '{"text": "from the cli"}',
                       "--tag", "origin=cli", "--tag", "team=ops", "--wait", "--json",

@@ -1,7 +1,8 @@
 """The console's pages in real headless Chromium (over the DevTools protocol), signed in with the
 console's credentials, against a real server, workers and the fake model: the runs list with a
-filter, a running run's live tokens, an approval sent through the form that resumes the run, and
-hostile run data that stays text. Screenshots are taken of each and checked for content."""
+filter, a running run's live tokens, an approval sent through the form that resumes the run, an
+agent's tool call approved, rejected or edited through its form, and hostile run data that stays
+text. Screenshots are taken of each and checked for content."""
 
 from __future__ import annotations
 
@@ -10,11 +11,16 @@ import base64
 import shutil
 from pathlib import Path
 
+import pytest
+
+from legato import Pipeline
+from legato.spec import Agent
 from tests.browser import Browser
 from tests.png import colours, read_png
 
 GREEN = bytes((0x2E, 0x9D, 0x4F))  # a succeeded status / bar
 HOSTILE = '<img src=x onerror=alert(1)><script>alert(2)</script>"\'><b>bold</b>'
+REFUND = {"name": "refund", "arguments": {"order": 7, "amount": 120}}
 SHOTS = Path(__file__).resolve().parents[2] / "build" / "console-screenshots"
 
 
@@ -75,6 +81,51 @@ def test_the_runs_list_filters_and_links(console, tmp_path):
     assert seen["all"][:2] == [second, first]  # newest first
     assert seen["filtered"] == [first] and seen["opened"] == first
     _check_shot(_keep(seen["shot"]), green=True)
+
+
+def test_a_run_submitted_through_the_form_with_tenant_and_priority(console, legato, tmp_path):
+    async def submit() -> dict:
+        async with Browser(tmp_path) as browser:
+            await browser.headers(_auth(console))
+            await browser.open(f"{console.url}/")
+            fill = """((tenant, priority) => {
+                const form = document.querySelector('form.submit');
+                form.elements.pipeline.value = 'summarize';
+                form.elements.input.value = '{"text": "from the form"}';
+                form.elements.tenant.value = tenant;
+                form.elements.priority.value = priority;
+                form.elements.tags.value = 'origin=form';
+                form.querySelector('button[type=submit]').click();
+            })"""
+            await browser.js(f"{fill}('bad tenant', '5')")
+            await browser.until("document.querySelector('form.submit .said').textContent")
+            refused = await browser.js("document.querySelector('form.submit .said').textContent")
+            await browser.js(f"{fill}('acme', '1001')")
+            await browser.until("document.querySelector('form.submit .said').textContent"
+                                ".startsWith('priority')")
+            too_high = await browser.js("document.querySelector('form.submit .said')"
+                                        ".textContent")
+            await browser.js(f"{fill}('acme', '5')")
+            await browser.until("document.body.dataset.run !== undefined", timeout=30)
+            run_id = await browser.js("document.body.dataset.run")
+            await browser.until("document.body.dataset.status === 'succeeded'", timeout=90)
+            await browser.open(f"{console.url}/?tenant=acme&priority=5&tag=origin%3Dform")
+            await browser.until("document.readyState === 'complete'")
+            listed = await browser.js("[...document.querySelectorAll('tr.run')].map(r => "
+                                      "[r.dataset.run, r.querySelector('.tenant').textContent, "
+                                      "r.querySelector('.priority').textContent])")
+            return {"refused": refused, "too_high": too_high, "run_id": run_id,
+                    "listed": listed}
+
+    before = legato.store.redis.zcard(legato.store.keys.runs)
+    seen = asyncio.run(submit())
+    assert seen["refused"].startswith("tenant 'bad tenant' refused"), seen["refused"]
+    assert seen["too_high"].startswith("priority 1001 refused"), seen["too_high"]
+    assert legato.store.redis.zcard(legato.store.keys.runs) == before + 1  # refusals: none
+    record = legato.status(seen["run_id"])
+    assert (record.tenant, record.priority, record.tags) == ("acme", 5, {"origin": "form"})
+    assert record.input == {"text": "from the form"}
+    assert seen["listed"][0] == [seen["run_id"], "acme", "5"]
 
 
 def test_a_running_run_shows_its_tokens_live(console, legato, fake, tmp_path):
@@ -170,3 +221,74 @@ def test_hostile_run_data_stays_text_in_the_browser(console, tmp_path):
         assert found["imgs"] == 0 and found["scripts"] == ["/static/console.js"], url
     page = seen["found"][f"{console.url}/runs/{run_id}"]
     assert page["text"]  # shown, as text
+
+
+def _agent_run(legato, fake, tag: str, rules: list[dict]) -> str:
+    """An agent whose one tool (`refund`, tests/tools.py) needs approval: the fake model
+    proposes REFUND, then answers by the rules once the tool's result (or refusal) is back."""
+    fake.script({"rules": [*rules, {"match": {"contains": f"request {tag}"},
+                                    "tool_calls": [REFUND]}]})
+    spec = Pipeline(name=f"console_approvals_{tag}", steps=[Agent(
+        id="helper", model="small", max_turns=4, tools=["refund"],
+        prompt=f"Handle the refund request {tag}: {{{{ input.text }}}}")])
+    return str(legato.submit(spec, {"text": "order 7"}))
+
+
+def test_an_agent_tool_approval_through_the_form(console, legato, fake, tmp_path):
+    """Approve, reject with a reason, edit the arguments: each through the page's approval form
+    of a parked agent, which shows the proposed call's arguments; each resumes the run."""
+    decide = {
+        "approve": "",
+        "reject": "form.querySelector('[name=reason]').value = 'over the limit';",
+        "edit": "form.querySelector('[name=arguments]').value = "
+                "JSON.stringify({order: 7, amount: 50});",
+    }
+    rules = {
+        "approve": [{"match": {"any_contains": "refunded 120 on order 7"},
+                     "reply": "Refund issued."}],
+        "reject": [{"match": {"any_contains": "rejected by a person: over the limit"},
+                    "reply": "I cannot refund that."}],
+        "edit": [{"match": {"any_contains": "refunded 50 on order 7"}, "reply": "Refunded 50."}],
+    }
+
+    async def answer(run_id: str, decision: str) -> dict:
+        async with Browser(tmp_path) as browser:
+            await browser.headers(_auth(console))
+            await browser.open(f"{console.url}/runs/{run_id}")
+            await browser.until("document.querySelector('form.wait[data-kind=approval]')",
+                                timeout=60)
+            shown = await browser.js("document.querySelector('form.wait pre').textContent")
+            offered = await browser.js("[...document.querySelectorAll('form.wait button')]"
+                                       ".map(b => b.dataset.decision)")
+            waiting = None
+            if decision == "approve":
+                waiting = await browser.screenshot(tmp_path / "console-agent-approval.png")
+            await browser.js("(() => { const form = document.querySelector('form.wait');"
+                             f"{decide[decision]}"
+                             f"form.querySelector('button[data-decision={decision}]').click();"
+                             "})()")
+            await browser.until("document.body.dataset.status === 'succeeded'", timeout=90)
+            done = await browser.screenshot(tmp_path / f"console-agent-{decision}-done.png")
+            forms = await browser.js("document.querySelectorAll('form.wait').length")
+            return {"shown": shown, "offered": offered, "waiting": waiting, "done": done,
+                    "forms": forms, "dialogs": browser.dialogs}
+
+    for decision, said in (("approve", "Refund issued."), ("reject", "I cannot refund that."),
+                           ("edit", "Refunded 50.")):
+        run_id = _agent_run(legato, fake, decision, rules[decision])
+        seen = asyncio.run(answer(run_id, decision))
+        assert '"name": "refund"' in seen["shown"], seen["shown"]
+        assert '"order": 7' in seen["shown"] and '"amount": 120' in seen["shown"]
+        assert seen["offered"] == ["approve", "reject", "edit"]
+        assert seen["forms"] == 0 and seen["dialogs"] == []
+        done = legato.wait(run_id, timeout=30)
+        assert done.status == "succeeded" and done.output == said, (decision, done.error)
+        approval = legato.store.get_step(run_id, "helper/approval[0]").detail["approval"]
+        assert approval["decision"] == decision
+        if decision == "reject":
+            assert approval["reason"] == "over the limit"
+        if decision == "edit":
+            assert approval["arguments"] == {"order": 7, "amount": 50}
+        if seen["waiting"] is not None:
+            _check_shot(_keep(seen["waiting"]), green=False)
+        _check_shot(_keep(seen["done"]), green=True)

@@ -5,8 +5,6 @@
   "use strict";
   const body = document.body;
   const run = body.dataset.run;
-  if (!run) return; // the runs list: plain HTML, nothing to do
-  const api = "/api/runs/" + encodeURIComponent(run);
 
   async function post(url, data) {
     const answer = await fetch(url, {
@@ -18,6 +16,43 @@
     if (!answer.ok) throw new Error(said.error || answer.status + " " + answer.statusText);
     return said;
   }
+
+  // The runs list's submit form: the job as the API takes it; the API checks it (422 naming
+  // the field, shown beside the button), and the new run's page opens.
+  function job(form) {
+    const data = {pipeline: form.elements.pipeline.value,
+                  input: JSON.parse(form.elements.input.value || "{}")};
+    const tenant = form.elements.tenant.value.trim();
+    if (tenant !== "") data.tenant = tenant;
+    const priority = form.elements.priority.value.trim();
+    if (priority !== "") data.priority = Number(priority);
+    const tags = form.elements.tags.value.trim();
+    if (tags !== "") {
+      data.tags = {};
+      for (const pair of tags.split(/\s+/)) {
+        const at = pair.indexOf("=");
+        if (at < 1) throw new Error("tags: " + JSON.stringify(pair) + " is not key=value");
+        data.tags[pair.slice(0, at)] = pair.slice(at + 1);
+      }
+    }
+    return data;
+  }
+  document.addEventListener("submit", async function (event) {
+    const form = event.target.closest("form.submit");
+    if (!form) return;
+    event.preventDefault();
+    const said = form.querySelector(".said");
+    said.textContent = "";
+    try {
+      const made = await post("/api/runs", job(form));
+      location.assign("/runs/" + encodeURIComponent(made.run_id));
+    } catch (error) {
+      said.textContent = error.message; // input that is not JSON, or the server's check
+    }
+  });
+
+  if (!run) return; // the runs list: nothing more to do
+  const api = "/api/runs/" + encodeURIComponent(run);
 
   // The parts of the page the server renders again as the run moves on.
   const PARTS = ["run-head", "actions", "waits", "run-body"];

@@ -44,8 +44,14 @@ def events(completion: dict[str, Any], *, chunk_chars: int, include_usage: bool)
 
     out = [chunk({"role": "assistant", "content": ""})]
     content = message.get("content") or ""
+    # The content events differ only in their delta: the rest is dumped once, not per event
+    # (this server shares the machine with what it measures).
+    marker = "\x00delta\x00"
+    before, after = chunk(marker).split(json.dumps(marker).encode(), 1)  # type: ignore[arg-type]
     for i in range(0, len(content), chunk_chars):
-        out.append(chunk({"content": content[i:i + chunk_chars]}))
+        out.append(before + json.dumps({"content": content[i:i + chunk_chars]},
+                                       ensure_ascii=False, separators=(",", ":")).encode()
+                   + after)
     for n, call in enumerate(message.get("tool_calls") or []):
         arguments = call["function"]["arguments"]
         half = len(arguments) // 2
@@ -74,18 +80,24 @@ STREAM_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
 
 
 async def write(writer: asyncio.StreamWriter, streamed: Streamed, *, keep_alive: bool) -> bool:
-    """Write the answer as HTTP chunks, one event each; False if the connection was cut."""
-    writer.write(STREAM_HEAD + (b"\r\n" if keep_alive else b"Connection: close\r\n\r\n"))
-    for n, event in enumerate(streamed.events):
-        if streamed.cut_after is not None and n >= streamed.cut_after:
-            await writer.drain()  # what was sent before the cut reaches the client
-            writer.transport.abort()
-            return False
-        if streamed.event_delay_s > 0:
+    """Write the answer as HTTP chunks, one event each; False if the connection was cut.
+    Paced (`stream_slow`), each event is sent on its own; else all in one write (one send, as
+    an answer that is ready at once would come, not a packet an event)."""
+    head = STREAM_HEAD + (b"\r\n" if keep_alive else b"Connection: close\r\n\r\n")
+    cut = streamed.cut_after
+    sent = streamed.events if cut is None else streamed.events[:cut]
+    if streamed.event_delay_s > 0:
+        writer.write(head)
+        for event in sent:
             await asyncio.sleep(streamed.event_delay_s)
-        writer.write(b"%x\r\n%s\r\n" % (len(event), event))
-        if streamed.event_delay_s > 0:  # paced: each event on its own; else one write
+            writer.write(b"%x\r\n%s\r\n" % (len(event), event))
             await writer.drain()
+    else:
+        writer.write(head + b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in sent))
+    if cut is not None and cut < len(streamed.events):
+        await writer.drain()  # what was sent before the cut reaches the client
+        writer.transport.abort()
+        return False
     writer.write(b"0\r\n\r\n")
     await writer.drain()
     return True
