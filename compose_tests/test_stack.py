@@ -227,14 +227,20 @@ def test_every_queue_the_pipelines_name_has_a_worker(stack):
     assert wanted <= consumed, f"unserved: {wanted - consumed}"
 
 
-def test_every_example_pipeline_succeeds_through_the_stack(stack):
+def _submit_examples(stack) -> list[str]:
+    """One run of every example, and the answers of those that wait for a person."""
     ids = stack.submit([[name, json.loads((ROOT / "pipelines" / f"{name}.input.json")
                                           .read_text())] for name in EXAMPLES])
-    for name, run_id in zip(EXAMPLES, ids, strict=True):  # examples that wait for a person
+    for name, run_id in zip(EXAMPLES, ids, strict=True):
         if name in ANSWERS:  # sent early, a signal is kept until the run reaches the step
             step, data = ANSWERS[name]
             stack.compose("exec", "-T", "worker-control", "legato", "signal", run_id, step,
                           "--data", json.dumps(data), "--by", "compose-test")
+    return ids
+
+
+def test_every_example_pipeline_succeeds_through_the_stack(stack):
+    ids = _submit_examples(stack)
     runs = stack.wait(ids)
     assert_succeeded(runs, ids)
     stack.example_runs = dict(zip(EXAMPLES, ids, strict=True))
@@ -297,8 +303,7 @@ def test_runs_survive_a_redis_restart(stack):
 
 
 def test_runs_survive_sigkill_of_redis_mid_run(stack):
-    ids = stack.submit([[name, json.loads((ROOT / "pipelines" / f"{name}.input.json")
-                                          .read_text())] for name in EXAMPLES])
+    ids = _submit_examples(stack)
     # Mid-run: some run has started and some has not finished.
     deadline = time.monotonic() + 120
     statuses: list[str | None] = []

@@ -142,16 +142,15 @@ def search(
     q: Annotated[str | None, Query(max_length=200, description="text in input/output/error")
                  ] = None,
     schedule: Annotated[str | None, Query(max_length=200)] = None,
-    tenant: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 20,
 ) -> RunPage:
     """Newest first. Reads at most 10,000 run records a query: `complete` says whether every run
     in the time range was looked at; pass `next_until` as `until` for the next page."""
     query = RunQuery.checked(pipeline=pipeline or None, status=status or None,
-                     tenant=tenant or None, priority=priority,
-                     tags=parse_tags(tag, option="tag"), since=moment(since, "since"),
-                     until=moment(until, "until"), text=q or None,
-                     schedule=schedule or None, tenant=tenant or None, limit=limit)
+                             tenant=tenant or None, priority=priority,
+                             tags=parse_tags(tag, option="tag"), since=moment(since, "since"),
+                             until=moment(until, "until"), text=q or None,
+                             schedule=schedule or None, limit=limit)
     return find_runs(st.legato.store, query)
 
 

@@ -11,8 +11,6 @@ import base64
 import shutil
 from pathlib import Path
 
-import pytest
-
 from legato import Pipeline
 from legato.spec import Agent
 from tests.browser import Browser
