@@ -20,7 +20,6 @@ Prints a table and, last, a JSON summary; writes the block between `<!-- fairnes
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -29,8 +28,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import options
 from bench.roundtrips import Monitor
-from bench.stack import ROOT, Stack
+from bench.stack import Stack
 from legato import Legato, Llm, Pipeline
 from legato.envelope import RunRecord
 from legato.settings import Settings
@@ -188,19 +188,14 @@ def write(out: Path, text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.fairness", description=__doc__)
-    p.add_argument("--quick", action="store_true", help="tiny sizes: a minute, not ten")
-    for name, value in asdict(Config()).items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=type(value), help=f"({value})")
-    p.add_argument("--out", type=Path, help="markdown to update (default docs/benchmarks.md)")
+    p = options.parser("python -m bench.fairness", __doc__, Config(),
+                       quick="tiny sizes: a minute, not ten")
     args = p.parse_args(argv)
-    base = QUICK if args.quick else Config()
-    cfg = Config(**{k: getattr(args, k) if getattr(args, k) is not None else v
-                    for k, v in asdict(base).items()})
+    cfg = options.config(args, QUICK if args.quick else Config())
     res = run(cfg)
     text = table(res)
     print(text)
-    out = args.out or (None if args.quick else ROOT / "docs" / "benchmarks.md")
+    out = options.out_path(args)
     if out is not None:
         write(out, text)
     print(json.dumps(res))

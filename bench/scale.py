@@ -22,7 +22,6 @@ when `--out` is given).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -33,9 +32,9 @@ from typing import Any
 
 import redis
 
-from bench import report
+from bench import options, report
 from bench.jobs import LegatoJobs, chain_pipeline
-from bench.stack import ROOT, Stack, rss_bytes
+from bench.stack import Stack, rss_bytes
 from legato import Pipeline
 from legato.settings import Settings
 
@@ -241,22 +240,16 @@ def chart(res: dict[str, Any], path: Path) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__)
-    p.add_argument("--quick", action="store_true", help="tiny sizes: a minute")
+    p = options.parser("python -m bench.scale", __doc__, Config(), quick="tiny sizes: a minute",
+                       skip=("chains",))
     p.add_argument("--chains", type=lambda s: [int(x) for x in s.split(",")],
                    help="chain lengths, comma separated (10,100,1000)")
-    for name, value in asdict(Config()).items():
-        if name != "chains":
-            p.add_argument(f"--{name.replace('_', '-')}", type=type(value), help=f"({value})")
-    p.add_argument("--out", type=Path, help="markdown to update (default docs/benchmarks.md)")
     args = p.parse_args(argv)
-    base = QUICK if args.quick else Config()
-    cfg = Config(**{k: getattr(args, k) if getattr(args, k) is not None else v
-                    for k, v in asdict(base).items()})
+    cfg = options.config(args, QUICK if args.quick else Config())
     res = run(cfg)
     text = table(res)
     print(text)
-    out = args.out or (None if args.quick else ROOT / "docs" / "benchmarks.md")
+    out = options.out_path(args)
     if out is not None:
         png = out.with_name("scale.png")
         if chart(res, png):
