@@ -19,7 +19,9 @@ when it is reached.
 Child runs (`pipeline` steps, legato.tasks.children) are their parent's tenant's but pass no
 admission: the parent holds the slot while it waits for them (a child held for a slot that only
 its waiting parent frees would never start). A child's usage is charged to the tenant when the
-child ends (`settle`, once: the run's `charged` field), not counted as one of the tenant's runs.
+child ends (`settle`, once: the run's `charged` field), not counted as one of the tenant's runs;
+a run's settle also charges its descendants that ended uncharged (cancelled with it, or their
+worker died before their own settle).
 """
 
 from __future__ import annotations
@@ -193,8 +195,26 @@ return reply
 
 # A run ended (ARGV[6], or '' for none): free its slot and charge its tokens and cost to its
 # tenant (or drop it from the held set, if it was cancelled there; or, a child run, charge its
-# usage to its tenant once); then release what fits.
-_SETTLE = _COMMON + """
+# usage to its tenant once); then charge its descendants that ended and were not charged (a
+# child cancelled with its parent ends in the store's finish, with no settle of its own; one
+# whose worker died before its settle is charged here too); then release what fits.
+_SETTLE = _COMMON + "local terminal = {" + ", ".join(f"{s} = true" for s in sorted(TERMINAL)) \
+    + "}\n" + """
+local function charge_family(t, id)
+  local todo, seen = {id}, 0
+  while #todo > 0 and seen < 10000 do
+    local kids = redis.call('HVALS', run_key(table.remove(todo)) .. ':children')
+    for _, kid in ipairs(kids) do
+      seen = seen + 1
+      local rk = run_key(kid)
+      local r = redis.call('HMGET', rk, 'status', 'prompt_tokens', 'completion_tokens', 'cost')
+      if terminal[r[1]] and redis.call('HSETNX', rk, 'charged', '1') == 1 then
+        charge(t, (tonumber(r[2]) or 0) + (tonumber(r[3]) or 0), tonumber(r[4]) or 0, 0)
+      end
+      todo[#todo + 1] = kid
+    end
+  end
+end
 local id = ARGV[6]
 if id ~= '' then
   local t = redis.call('HGET', KEYS[2], id)
@@ -217,6 +237,7 @@ if id ~= '' then
       redis.call('ZREM', base .. 'held:' .. t, id)
     end
   end
+  charge_family(t, id)
 end
 return release()
 """

@@ -153,3 +153,51 @@ def test_reconcile_frees_the_slot_of_a_run_ended_without_settling(store):
     assert [r for r, _ in admission.reconcile()] == [second]
     assert admission.reconcile() == []  # repeated: nothing more
     assert int(store.redis.hget(store.keys.run(second), "admissions")) == 1
+
+
+def _child(store: RunStore, parent: str, path: str, tenant: str, tokens: int) -> str:
+    record = RunRecord(id=uuid.uuid4().hex, pipeline="c", spec_hash="h", status="running",
+                       created_at=time.time(), tenant=tenant, parent_run=parent,
+                       parent_step=path)
+    child = store.create_run(record)
+    store.add_child(parent, path, child)
+    store.redis.hset(store.keys.run(child), "prompt_tokens", tokens)
+    return child
+
+
+def _used(store: RunStore, tenant: str) -> tuple[int, int]:
+    """The tokens and runs charged to `tenant` (every bucket)."""
+    fields = store.redis.hgetall(store.keys.adm_used(tenant))
+    return (sum(int(v) for k, v in fields.items() if k.endswith(":t")),
+            sum(int(v) for k, v in fields.items() if k.endswith(":r")))
+
+
+def test_a_parents_settle_charges_the_children_that_ended_without_one(store):
+    """A child cancelled with its parent ends in the store's finish (no settle of its own), and
+    one whose worker died before its settle was never charged: the parent's settle charges
+    both, and a grandchild, each once."""
+    admission = Admission(store.redis, store.keys, Policies(capacity=2))
+    parent, released = _admit(store, admission, "fam")
+    assert released == [parent]
+    died = _child(store, parent, "a", "fam", tokens=7)  # ended; its settle never ran
+    assert store.finish_run(died, "succeeded")
+    waiting = _child(store, parent, "b", "fam", tokens=20)  # still running at the parent's end
+    grandchild = _child(store, waiting, "inner", "fam", tokens=300)
+    assert _end(store, admission, parent, tokens=100) == []
+    assert {store.get_run(r).status for r in (waiting, grandchild)} == {"cancelled"}
+    assert _used(store, "fam") == (100 + 7 + 20 + 300, 1)  # one run of the tenant's own
+    for again in (parent, died, waiting, grandchild):  # late or repeated settles: no double
+        admission.settle(again)
+    assert _used(store, "fam") == (427, 1)
+
+
+def test_a_child_still_running_is_charged_by_its_own_settle_not_its_parents(store):
+    admission = Admission(store.redis, store.keys, Policies(capacity=2))
+    parent, _ = _admit(store, admission, "fam")
+    child = _child(store, parent, "a", "fam", tokens=5)
+    admission.settle(parent)  # settled by hand while the child still runs
+    assert _used(store, "fam") == (0, 1)  # the child's not charged: its usage may still grow
+    store.redis.hset(store.keys.run(child), "prompt_tokens", 9)
+    assert store.finish_run(child, "succeeded")
+    admission.settle(child)
+    assert _used(store, "fam") == (9, 1)
