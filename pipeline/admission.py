@@ -37,6 +37,7 @@ from celery.canvas import Signature
 from legato.compile import Compiler
 from legato.envelope import TERMINAL
 from legato.keys import Keys
+from legato.lua import lua_set
 from legato.tenants import Policies
 
 log = logging.getLogger("legato.admission")
@@ -198,8 +199,7 @@ return reply
 # usage to its tenant once); then charge its descendants that ended and were not charged (a
 # child cancelled with its parent ends in the store's finish, with no settle of its own; one
 # whose worker died before its settle is charged here too); then release what fits.
-_SETTLE = _COMMON + "local terminal = {" + ", ".join(f"{s} = true" for s in sorted(TERMINAL)) \
-    + "}\n" + """
+_SETTLE = _COMMON + lua_set("TERMINAL", TERMINAL) + """
 local function charge_family(t, id)
   local todo, seen = {id}, 0
   while #todo > 0 and seen < 10000 do
@@ -208,7 +208,7 @@ local function charge_family(t, id)
       seen = seen + 1
       local rk = run_key(kid)
       local r = redis.call('HMGET', rk, 'status', 'prompt_tokens', 'completion_tokens', 'cost')
-      if terminal[r[1]] and redis.call('HSETNX', rk, 'charged', '1') == 1 then
+      if TERMINAL[r[1]] and redis.call('HSETNX', rk, 'charged', '1') == 1 then
         charge(t, (tonumber(r[2]) or 0) + (tonumber(r[3]) or 0), tonumber(r[4]) or 0, 0)
       end
       todo[#todo + 1] = kid
