@@ -150,7 +150,7 @@ local function release()  -- {id, spec hash, ...} of the runs admitted now
         redis.call('HINCRBY', KEYS[3], best.t, 1)
         redis.call('HDEL', rk, 'held')
         redis.call('HSET', rk, 'admitted_at', ARGV[3])
-        redis.call('HINCRBY', rk, 'admissions', 1)  -- 1, always: a run leaves `held` once
+        redis.call('HINCRBY', rk, 'admissions', 1)  -- once per submit (and resume)
         redis.call('ZADD', KEYS[6], now, id)  -- watched for signs of life from now on
         best.n, running = best.n + 1, running + 1
         out[#out + 1] = id
@@ -222,8 +222,14 @@ if id ~= '' then
   if t then
     redis.call('HDEL', KEYS[2], id)
     if redis.call('HINCRBY', KEYS[3], t, -1) <= 0 then redis.call('HDEL', KEYS[3], t) end
-    local r = redis.call('HMGET', rk, 'prompt_tokens', 'completion_tokens', 'cost')
-    charge(t, (tonumber(r[1]) or 0) + (tonumber(r[2]) or 0), tonumber(r[3]) or 0, 1)
+    -- charged what it used since its last charge (a resumed run was charged when it ended)
+    local r = redis.call('HMGET', rk, 'prompt_tokens', 'completion_tokens', 'cost',
+      'billed_tokens', 'billed_cost')
+    local tokens, cost = (tonumber(r[1]) or 0) + (tonumber(r[2]) or 0), tonumber(r[3]) or 0
+    charge(t, tokens - (tonumber(r[4]) or 0), cost - (tonumber(r[5]) or 0), 1)
+    if redis.call('EXISTS', rk) == 1 then
+      redis.call('HSET', rk, 'billed_tokens', tokens, 'billed_cost', cost)
+    end
   else
     local r = redis.call('HMGET', rk, 'tenant', 'parent_run', 'prompt_tokens',
       'completion_tokens', 'cost')
@@ -233,8 +239,8 @@ if id ~= '' then
       if redis.call('HSETNX', rk, 'charged', '1') == 1 then
         charge(t, (tonumber(r[3]) or 0) + (tonumber(r[4]) or 0), tonumber(r[5]) or 0, 0)
       end
-    else
-      redis.call('ZREM', base .. 'held:' .. t, id)
+    elseif redis.call('ZREM', base .. 'held:' .. t, id) == 1 then
+      redis.call('HDEL', rk, 'held')  -- cancelled while it waited: it waits no more
     end
   end
   charge_family(t, id)

@@ -197,14 +197,21 @@ class Legato:
         return send_signal(self.store, self.app, run_id, step, data, by=by)
 
     def resume(self, run_id: str) -> None:
-        """Continue a failed or cancelled run: its completed steps are reused, the rest run."""
-        state = self.store.reopen_run(run_id, allowed=tuple(sorted(RESUMABLE)))
+        """Continue a failed or cancelled run: its completed steps are reused, the rest run.
+        With a tenants file it waits for admission as a new run does (and is charged, when it
+        ends, only for what it used since it last ended)."""
+        admitted = self.admission is not None and self.store.get_run(run_id).parent_run is None
+        state = self.store.reopen_run(run_id, allowed=tuple(sorted(RESUMABLE)),
+                                      status="queued" if admitted else "running")
         if state == "missing":
             raise RunNotFound(f"no run {run_id!r}")
         if state != "ok":
             only = " or ".join(sorted(RESUMABLE, reverse=True))
             raise InputError(f"run {run_id} is {state}: only {only} runs resume")
         run = self.store.get_run(run_id)
+        if admitted:
+            self._admit(run_id, run.tenant, run.priority)  # waits its turn, as a new run does
+            return
         self._compiler(run_id, run.spec_hash).run(self.store.get_spec(run.spec_hash)).apply_async()
 
     def _compiler(self, run_id: str, digest: str) -> Compiler:

@@ -143,7 +143,7 @@ _REOPEN = _EACH_KEY + """
 local status = redis.call('HGET', KEYS[3], 'status')
 if not status then return 'missing' end
 if not string.find(' ' .. ARGV[3] .. ' ', ' ' .. status .. ' ', 1, true) then return status end
-redis.call('HSET', KEYS[3], 'status', 'running')
+redis.call('HSET', KEYS[3], 'status', ARGV[5])
 redis.call('HDEL', KEYS[3], 'error', 'finished_at', 'output', 'waiting_for', 'waiting_since',
            'awaiting', 'awaiting_since', 'deliveries')
 redis.call('HINCRBY', KEYS[3], 'resumes', 1)
@@ -439,9 +439,11 @@ class RunStore:
                                            start=0, num=limit)
         return [StepRef(run_id=r, path=p) for r, p in map(split_member, members)]
 
-    def reopen_run(self, run_id: str, *, allowed: tuple[str, ...]) -> str:
-        """Set a run in one of `allowed` states running again; returns 'ok' or its state."""
-        args = [run_id, repr(time.time()), " ".join(allowed), self.keys.idem("")]
+    def reopen_run(self, run_id: str, *, allowed: tuple[str, ...],
+                   status: str = "running") -> str:
+        """Set a run in one of `allowed` states going again (`status`: running, or queued for
+        admission); returns 'ok' or its state."""
+        args = [run_id, repr(time.time()), " ".join(allowed), self.keys.idem(""), status]
         return str(self._reopen(keys=[self.keys.active, self.keys.callbacks,
                                       *self.keys.of_run(run_id)], args=args))
 

@@ -201,3 +201,17 @@ def test_a_child_still_running_is_charged_by_its_own_settle_not_its_parents(stor
     assert store.finish_run(child, "succeeded")
     admission.settle(child)
     assert _used(store, "fam") == (9, 1)
+
+
+def test_a_resumed_run_is_charged_only_for_what_it_used_since_it_ended(store):
+    admission = Admission(store.redis, store.keys, Policies(capacity=1))
+    run_id, released = _admit(store, admission, "r")
+    assert released == [run_id]
+    _end(store, admission, run_id, tokens=100, cost=0.5)
+    assert _used(store, "r") == (100, 1)
+    assert store.reopen_run(run_id, allowed=("succeeded",), status="queued") == "ok"  # resume
+    assert [r for r, _ in admission.admit(run_id, "r", 0).released] == [run_id]
+    _end(store, admission, run_id, tokens=130, cost=0.75)  # the run's totals: 30 more
+    assert _used(store, "r") == (130, 2)
+    spend = store.redis.get(f"{store.keys.adm_base}spend:r:d:{time.strftime('%Y%m%d', time.gmtime())}")
+    assert float(spend) == pytest.approx(0.75)

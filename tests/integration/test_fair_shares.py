@@ -116,6 +116,22 @@ def test_priorities_hold_within_a_tenant(legato, fake):
     assert [r.priority for r in started] == [9, 3, 3, 0, 0]
 
 
+def test_a_resumed_run_waits_for_its_tenants_turn(legato, fake):
+    _slow(fake, 1500, contains="blocker")
+    blocker = legato.submit(ONE_CALL, {"text": "blocker"}, tenant="solo")
+    later = legato.submit(ONE_CALL, {"text": "later"}, tenant="solo")
+    assert legato.status(later).held  # behind the blocker
+    assert legato.cancel(later)
+    assert legato.status(later).held is None  # it waits no more
+    legato.resume(later)  # while the blocker still holds solo's one slot
+    resumed = legato.status(later)
+    assert resumed.status == "queued", resumed
+    assert resumed.held == "waiting for admission: tenant solo has 1 of 1 runs in flight"
+    first, second = _wait_all(legato, [blocker, later])
+    assert (first.status, second.status) == ("succeeded", "succeeded"), second.error
+    assert second.admitted_at >= first.finished_at  # ran after it, not beside it
+
+
 def test_limits_delay_work_and_never_drop_it(legato, fake):
     _slow(fake, 150)
     run_ids = [legato.submit(ONE_CALL, {"text": f"pair {i}"}, tenant="pair") for i in range(8)]
