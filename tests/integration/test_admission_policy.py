@@ -213,5 +213,5 @@ def test_a_resumed_run_is_charged_only_for_what_it_used_since_it_ended(store):
     assert [r for r, _ in admission.admit(run_id, "r", 0).released] == [run_id]
     _end(store, admission, run_id, tokens=130, cost=0.75)  # the run's totals: 30 more
     assert _used(store, "r") == (130, 2)
-    spend = store.redis.get(f"{store.keys.adm_base}spend:r:d:{time.strftime('%Y%m%d', time.gmtime())}")
-    assert float(spend) == pytest.approx(0.75)
+    today = time.strftime("%Y%m%d", time.gmtime())
+    assert float(store.redis.get(f"{store.keys.adm_base}spend:r:d:{today}")) == pytest.approx(0.75)
