@@ -101,16 +101,15 @@ class Publisher:
         round trip of its run (a segment's hand-off: the next step's begin, or the run's
         finish). Taken under the run's lock, so what the thread took of the step before is
         written already; the step adds no more, so its events stay in order."""
-        with self._stripe(run_id):
-            with self._lock:
-                pending = self._pending.get(run_id, [])
-                mine = [e for e in pending if e.get("path") == path]
-                rest = [e for e in pending if e.get("path") != path]
-                if rest:
-                    self._pending[run_id] = rest
-                elif run_id in self._pending:
-                    del self._pending[run_id]
-                    self._since.pop(run_id, None)
+        with self._stripe(run_id), self._lock:
+            pending = self._pending.get(run_id, [])
+            mine = [e for e in pending if e.get("path") == path]
+            rest = [e for e in pending if e.get("path") != path]
+            if rest:
+                self._pending[run_id] = rest
+            elif run_id in self._pending:
+                del self._pending[run_id]
+                self._since.pop(run_id, None)
         args: list[Any] = [self.maxlen]
         for fields in mine + tail:
             args.append(2 * len(fields))
