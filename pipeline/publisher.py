@@ -2,7 +2,8 @@
 
 The hot path never waits on Redis for an event: `Publisher.add` appends to a buffer (a call's
 consecutive deltas merge into one entry), and a thread writes, all runs in one pipeline, what
-has waited `flush_seconds` (a step that ends sooner costs no write of its own). A step's
+has waited `flush_seconds` (and, in the same write, what has waited half that; a step that ends
+sooner costs no write of its own). A step's
 remaining events ride its journal end (`Publisher.ending`), so they are in Redis before the
 chain goes on (and before `run_finished`); a segment's step that hands its end off takes its
 own events along as a part of that end's round trip (`Publisher.handing_off`, `EVENTS`).
@@ -160,7 +161,9 @@ class Publisher:
             wait = oldest + self.flush_seconds - time.monotonic()
             if wait > 0:
                 time.sleep(wait)  # let a batch pile up (or a step end and take it)
-            self.flush(older_than=self.flush_seconds)
+            # What waited half as long goes too: one write (and wakeup) for the runs that
+            # came meanwhile, at most two a period, not one per run's first event.
+            self.flush(older_than=self.flush_seconds / 2)
 
     def close(self) -> None:
         """Write what is buffered and stop the thread."""

@@ -42,12 +42,12 @@ def events(completion: dict[str, Any], *, chunk_chars: int, include_usage: bool)
         return _event({**head, "choices": [{"index": 0, "delta": delta, "logprobs": None,
                                             "finish_reason": finish}]})
 
-    out = [chunk({"role": "assistant", "content": ""})]
-    content = message.get("content") or ""
     # The content events differ only in their delta: the rest is dumped once, not per event
     # (this server shares the machine with what it measures).
     marker = "\x00delta\x00"
     before, after = chunk(marker).split(json.dumps(marker).encode(), 1)  # type: ignore[arg-type]
+    out = [before + b'{"role":"assistant","content":""}' + after]
+    content = message.get("content") or ""
     for i in range(0, len(content), chunk_chars):
         out.append(before + json.dumps({"content": content[i:i + chunk_chars]},
                                        ensure_ascii=False, separators=(",", ":")).encode()
@@ -81,8 +81,9 @@ STREAM_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
 
 async def write(writer: asyncio.StreamWriter, streamed: Streamed, *, keep_alive: bool) -> bool:
     """Write the answer as HTTP chunks, one event each; False if the connection was cut.
-    Paced (`stream_slow`), each event is sent on its own; else all in one write (one send, as
-    an answer that is ready at once would come, not a packet an event)."""
+    Paced (`stream_slow`), each event is sent on its own; else all in one write, the body's
+    last chunk too (one send, as an answer that is ready at once would come, not a packet an
+    event, nor a packet for the end that wakes the client's loop once more)."""
     head = STREAM_HEAD + (b"\r\n" if keep_alive else b"Connection: close\r\n\r\n")
     cut = streamed.cut_after
     sent = streamed.events if cut is None else streamed.events[:cut]
@@ -93,7 +94,11 @@ async def write(writer: asyncio.StreamWriter, streamed: Streamed, *, keep_alive:
             writer.write(b"%x\r\n%s\r\n" % (len(event), event))
             await writer.drain()
     else:
-        writer.write(head + b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in sent))
+        writer.write(head + b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in sent)
+                     + (b"0\r\n\r\n" if cut is None else b""))  # whole, its end too: one send
+        if cut is None:
+            await writer.drain()
+            return True
     if cut is not None and cut < len(streamed.events):
         await writer.drain()  # what was sent before the cut reaches the client
         writer.transport.abort()
