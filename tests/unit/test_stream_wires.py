@@ -18,7 +18,7 @@ from legato.local.fake_model import start_in_thread
 from legato.lua import Trips
 from legato.models import anthropic, openai_compat
 from legato.models.config import ModelConfig
-from legato.models.sse import SseDecoder
+from legato.models.sse import SseDecoder, data_json
 from legato.models.transport import HttpxTransport, LoopTransport
 from legato.publisher import EVENTS, Publisher, StepStream
 
@@ -231,6 +231,18 @@ def test_the_fake_models_stream_faults_are_checked_and_only_meet_streams(fake_ur
     from legato.local.fake_model import validate_script
     with pytest.raises(ValueError, match=r"faults\[0\]\.after: expected an integer"):
         validate_script({"faults": [{"kind": "stream_drop", "after": "3"}]})
+
+
+@pytest.mark.parametrize("data", ['{"a": [1, "é"]}', ' {"a":1}\r\n', '"x"', "[DONE]", '{"a":',
+                                  '{"a":1} x', '{"a":1}{"b":2}', "", "\x0b{}"])
+def test_an_events_data_reads_as_json_loads_reads_it(data: str) -> None:
+    try:
+        expected: Any = json.loads(data)
+    except ValueError:
+        with pytest.raises(json.JSONDecodeError):
+            data_json(data)
+        return
+    assert data_json(data) == expected
 
 
 @pytest.fixture

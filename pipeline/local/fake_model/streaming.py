@@ -26,9 +26,12 @@ class Streamed:
     cut_after: int | None = None  # close the connection after this many events
 
 
+# One encoder, made once: `json.dumps` with options builds a new one per call.
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 def _event(payload: Any) -> bytes:
-    return b"data: " + json.dumps(payload, ensure_ascii=False,
-                                  separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + _dumps(payload).encode() + b"\n\n"
 
 
 def events(completion: dict[str, Any], *, chunk_chars: int, include_usage: bool) -> list[bytes]:
@@ -49,9 +52,8 @@ def events(completion: dict[str, Any], *, chunk_chars: int, include_usage: bool)
     out = [before + b'{"role":"assistant","content":""}' + after]
     content = message.get("content") or ""
     for i in range(0, len(content), chunk_chars):
-        out.append(before + json.dumps({"content": content[i:i + chunk_chars]},
-                                       ensure_ascii=False, separators=(",", ":")).encode()
-                   + after)
+        out.append(before + b'{"content":' + _dumps(content[i:i + chunk_chars]).encode()
+                   + b"}" + after)
     for n, call in enumerate(message.get("tool_calls") or []):
         arguments = call["function"]["arguments"]
         half = len(arguments) // 2
