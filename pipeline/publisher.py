@@ -2,9 +2,11 @@
 
 The hot path never waits on Redis for an event: `Publisher.add` appends to a buffer (a call's
 consecutive deltas merge into one entry), and a thread writes, all runs in one pipeline, what
-has waited `flush_seconds` (a step that ends sooner costs no write of its own). A step's
+has waited `flush_seconds` (and, in the same write, what has waited half that; a step that ends
+sooner costs no write of its own). A step's
 remaining events ride its journal end (`Publisher.ending`), so they are in Redis before the
-chain goes on (and before `run_finished`).
+chain goes on (and before `run_finished`); a segment's step that hands its end off takes its
+own events along as a part of that end's round trip (`Publisher.handing_off`, `EVENTS`).
 Writes of one run are ordered: the thread and a step's end both hold the run's lock stripe while
 they take its events and write them. A failed write loses events, never a step: they are a view.
 
@@ -23,11 +25,23 @@ from contextlib import contextmanager
 from typing import Any
 
 from legato.keys import Keys
+from legato.lua import Part
 
 log = logging.getLogger(__name__)
 
 Fields = dict[str, str]
 _STRIPES = 64
+
+# A `Part` (lua.Trips' "events") that appends entries to a run's event stream. KEYS: the stream.
+# ARGV: its MAXLEN ~, then each entry as its number of field/value strings, then those.
+EVENTS = """
+local i = 2
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
+"""
 
 
 class Publisher:
@@ -83,6 +97,27 @@ class Publisher:
                 self._since.pop(run_id, None)
             yield lambda pipe: self._xadd(pipe, run_id, events)
 
+    def handing_off(self, run_id: str, path: str, tail: list[Fields]) -> Part:
+        """A step's own buffered events (those of `path`) and `tail`, as a part for a later
+        round trip of its run (a segment's hand-off: the next step's begin, or the run's
+        finish). Taken under the run's lock, so what the thread took of the step before is
+        written already; the step adds no more, so its events stay in order."""
+        with self._stripe(run_id), self._lock:
+            pending = self._pending.get(run_id, [])
+            mine = [e for e in pending if e.get("path") == path]
+            rest = [e for e in pending if e.get("path") != path]
+            if rest:
+                self._pending[run_id] = rest
+            elif run_id in self._pending:
+                del self._pending[run_id]
+                self._since.pop(run_id, None)
+        args: list[Any] = [self.maxlen]
+        for fields in mine + tail:
+            args.append(2 * len(fields))
+            for name, value in fields.items():
+                args += (name, value)
+        return ("events", [self.keys.events(run_id)], args)
+
     def flush(self, older_than: float | None = None) -> None:
         """Write what is buffered now: everything, or (the thread) the runs whose oldest event
         waited at least `older_than` seconds — a step quicker than that writes its events
@@ -126,7 +161,9 @@ class Publisher:
             wait = oldest + self.flush_seconds - time.monotonic()
             if wait > 0:
                 time.sleep(wait)  # let a batch pile up (or a step end and take it)
-            self.flush(older_than=self.flush_seconds)
+            # What waited half as long goes too: one write (and wakeup) for the runs that
+            # came meanwhile, at most two a period, not one per run's first event.
+            self.flush(older_than=self.flush_seconds / 2)
 
     def close(self) -> None:
         """Write what is buffered and stop the thread."""
@@ -208,6 +245,11 @@ class StepStream:
         if error:
             fields["error"] = error[:500]
         return fields
+
+    def ending_part(self, status: str, error: str | None) -> Part:
+        """This attempt's buffered events and its `step_finished`, as a part of its handed-off
+        end's round trip (`Publisher.handing_off`)."""
+        return self.publisher.handing_off(self.run_id, self.path, [self.finished(status, error)])
 
 
 @contextmanager

@@ -35,6 +35,7 @@ from legato.journal import Journal
 from legato.keys import Keys, lease_member, split_member
 from legato.kinds.orchestrate import plan_path
 from legato.lua import Part, lua_set
+from legato.publisher import EVENTS
 from legato.spec import Pipeline, pipeline_from_json
 from legato.tenants import Policies
 from legato.voting import Ballot
@@ -266,6 +267,7 @@ class RunStore:
         self._create = client.register_script(_CREATE)
         self._finish = client.register_script(_FINISH)
         self.journal.trips.add("finish", _FINISH)  # a run's last step's end rides its finish
+        self.journal.trips.add("events", EVENTS)  # and a streamed step's events its end
         self._reopen = client.register_script(_REOPEN)
         self._claim_stalled = client.register_script(_CLAIM_STALLED)
         self._mark_waiting = client.register_script(_MARK_WAITING)

@@ -181,9 +181,11 @@ def journal_step(task: Task, step: StepInput, kind: str, work: Work, *, final: b
     retry_in = _hold_for_retry(task, record, error, settings)
     publishes = node.publishes if final else ()
     now = record.ended_at or time.time()
-    if hand_off and retry_in is None and stream is None:
-        part = store.journal.end_part(step.run_id, record, publishes, token=token, now=now)
-        return record.result(), Handoff([part], record.output, publishes)
+    if hand_off and retry_in is None:
+        parts = [store.journal.end_part(step.run_id, record, publishes, token=token, now=now)]
+        if stream is not None:  # its events ride with its end, first
+            parts.insert(0, stream.ending_part(record.status, record.error))
+        return record.result(), Handoff(parts, record.output, publishes)
     with _ending(step.run_id, [(stream, record, retry_in)]) as before:
         store.journal.end(step.run_id, record, publishes, token=token, now=now, before=before)
     if retry_in is not None:

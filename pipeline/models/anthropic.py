@@ -23,7 +23,7 @@ from legato.envelope import Messages, ToolCall, Usage, as_messages
 from legato.errors import TransientError
 from legato.models.config import ModelConfig
 from legato.models.openai_compat import Completion, OnDelta
-from legato.models.sse import SseDecoder
+from legato.models.sse import SseDecoder, data_json
 from legato.models.transport import Client
 from legato.models.wire import send
 
@@ -124,7 +124,7 @@ class _Streamed:
         try:
             for _, data in self.sse.feed(piece):
                 try:
-                    self._event(json.loads(data))
+                    self._event(data_json(data))
                 except (ValueError, KeyError, TypeError, AttributeError) as exc:
                     raise TransientError(f"malformed response from {self.cfg.model}: "
                                          f"{exc!r}") from exc

@@ -26,7 +26,7 @@ from legato.envelope import Messages, ToolCall, Usage, as_messages
 from legato.errors import TransientError
 from legato.models.config import ModelConfig
 from legato.models.retry import MODEL_CALL
-from legato.models.sse import SseDecoder
+from legato.models.sse import SseDecoder, data_json
 from legato.models.transport import Client
 from legato.models.wire import send
 
@@ -150,7 +150,7 @@ class _Streamed:
                     self.done = True
                     continue
                 try:
-                    self._chunk(json.loads(data))
+                    self._chunk(data_json(data))
                 except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
                     raise _malformed(self.cfg, exc) from exc
         finally:  # what arrived before a broken event is published too (then aborted)

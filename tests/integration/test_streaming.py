@@ -172,6 +172,11 @@ def test_segments_stream_every_fused_step(legato, fake):
     assert len({s.task_id for s in legato.steps(run.id)}) == 1  # one segment task
     assert list(committed(events)) == ["s0", "s1", "s2"]
     assert_kept_is_journaled(legato, run.id, events)
+    # Each step's events ride its handed-off end: written before the next step begins.
+    bounds = [(e.type, getattr(e, "path", "")) for e in events
+              if e.type in ("step_started", "step_finished", "run_finished")]
+    assert bounds == [(kind, f"s{i}") for i in range(3)
+                      for kind in ("step_started", "step_finished")] + [("run_finished", "")]
 
 
 def test_vote_members_stream_from_their_batch(legato, fake):

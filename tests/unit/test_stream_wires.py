@@ -15,11 +15,12 @@ from legato.errors import PermanentError, TransientError
 from legato.events import Delta, RunFinished, StepStarted, parse, read
 from legato.keys import Keys
 from legato.local.fake_model import start_in_thread
+from legato.lua import Trips
 from legato.models import anthropic, openai_compat
 from legato.models.config import ModelConfig
-from legato.models.sse import SseDecoder
+from legato.models.sse import SseDecoder, data_json
 from legato.models.transport import HttpxTransport, LoopTransport
-from legato.publisher import Publisher, StepStream
+from legato.publisher import EVENTS, Publisher, StepStream
 
 SCHEMA = {"type": "object", "properties": {"label": {"type": "string"}}, "required": ["label"]}
 
@@ -232,6 +233,18 @@ def test_the_fake_models_stream_faults_are_checked_and_only_meet_streams(fake_ur
         validate_script({"faults": [{"kind": "stream_drop", "after": "3"}]})
 
 
+@pytest.mark.parametrize("data", ['{"a": [1, "é"]}', ' {"a":1}\r\n', '"x"', "[DONE]", '{"a":',
+                                  '{"a":1} x', '{"a":1}{"b":2}', "", "\x0b{}"])
+def test_an_events_data_reads_as_json_loads_reads_it(data: str) -> None:
+    try:
+        expected: Any = json.loads(data)
+    except ValueError:
+        with pytest.raises(json.JSONDecodeError):
+            data_json(data)
+        return
+    assert data_json(data) == expected
+
+
 @pytest.fixture
 def client(redis_server: Any) -> Any:
     return redis_lib.Redis.from_url(redis_server.url, decode_responses=True)
@@ -271,3 +284,32 @@ def test_the_publisher_thread_writes_what_piled_up(client: Any) -> None:
         stream.call("m").delta(f"{i} ")
     publisher.close()
     assert 50 <= client.xlen(keys.events("r2")) < 400  # bounded: MAXLEN ~ trims whole nodes
+
+
+def test_a_handed_off_end_takes_only_its_steps_events_as_one_part(client: Any) -> None:
+    keys = Keys(f"h{id(client)}")
+    publisher = Publisher(client, keys, flush_seconds=60)  # only explicit writes here
+    mine, other = StepStream(publisher, "r3", "a", 2), StepStream(publisher, "r3", "b", 1)
+    mine.started()
+    other.started()
+    with mine.answer():
+        call = mine.call("m")
+        call.delta("héllo\n")
+        call.delta("wörld")
+        call.answered()
+    other.call("m").delta("still going")
+    part = mine.ending_part("succeeded", None)
+    assert client.xlen(keys.events("r3")) == 0  # a part: written with the round trip it rides
+
+    Trips(client, {"events": EVENTS})([part])
+    entries = [parse(i, f) for i, f in client.xrange(keys.events("r3"))]
+    assert [(e.type, e.path) for e in entries] == [  # type: ignore[union-attr]
+        ("step_started", "a"), ("attempt_started", "a"), ("delta", "a"),
+        ("attempt_committed", "a"), ("step_finished", "a")]
+    assert isinstance(entries[2], Delta) and entries[2].text == "héllo\nwörld"
+    assert all(e.attempt == 2 for e in entries)  # type: ignore[union-attr]
+    publisher.flush()  # the other step's events stayed buffered, and follow in order
+    rest = [parse(i, f) for i, f in client.xrange(keys.events("r3"))][5:]
+    assert [(e.type, e.path) for e in rest] == [  # type: ignore[union-attr]
+        ("step_started", "b"), ("attempt_started", "b"), ("delta", "b")]
+    publisher.close()

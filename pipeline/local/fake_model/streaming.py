@@ -26,9 +26,12 @@ class Streamed:
     cut_after: int | None = None  # close the connection after this many events
 
 
+# One encoder, made once: `json.dumps` with options builds a new one per call.
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 def _event(payload: Any) -> bytes:
-    return b"data: " + json.dumps(payload, ensure_ascii=False,
-                                  separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + _dumps(payload).encode() + b"\n\n"
 
 
 def events(completion: dict[str, Any], *, chunk_chars: int, include_usage: bool) -> list[bytes]:
@@ -42,16 +45,15 @@ def events(completion: dict[str, Any], *, chunk_chars: int, include_usage: bool)
         return _event({**head, "choices": [{"index": 0, "delta": delta, "logprobs": None,
                                             "finish_reason": finish}]})
 
-    out = [chunk({"role": "assistant", "content": ""})]
-    content = message.get("content") or ""
     # The content events differ only in their delta: the rest is dumped once, not per event
     # (this server shares the machine with what it measures).
     marker = "\x00delta\x00"
     before, after = chunk(marker).split(json.dumps(marker).encode(), 1)  # type: ignore[arg-type]
+    out = [before + b'{"role":"assistant","content":""}' + after]
+    content = message.get("content") or ""
     for i in range(0, len(content), chunk_chars):
-        out.append(before + json.dumps({"content": content[i:i + chunk_chars]},
-                                       ensure_ascii=False, separators=(",", ":")).encode()
-                   + after)
+        out.append(before + b'{"content":' + _dumps(content[i:i + chunk_chars]).encode()
+                   + b"}" + after)
     for n, call in enumerate(message.get("tool_calls") or []):
         arguments = call["function"]["arguments"]
         half = len(arguments) // 2
@@ -81,8 +83,9 @@ STREAM_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
 
 async def write(writer: asyncio.StreamWriter, streamed: Streamed, *, keep_alive: bool) -> bool:
     """Write the answer as HTTP chunks, one event each; False if the connection was cut.
-    Paced (`stream_slow`), each event is sent on its own; else all in one write (one send, as
-    an answer that is ready at once would come, not a packet an event)."""
+    Paced (`stream_slow`), each event is sent on its own; else all in one write, the body's
+    last chunk too (one send, as an answer that is ready at once would come, not a packet an
+    event, nor a packet for the end that wakes the client's loop once more)."""
     head = STREAM_HEAD + (b"\r\n" if keep_alive else b"Connection: close\r\n\r\n")
     cut = streamed.cut_after
     sent = streamed.events if cut is None else streamed.events[:cut]
@@ -93,7 +96,11 @@ async def write(writer: asyncio.StreamWriter, streamed: Streamed, *, keep_alive:
             writer.write(b"%x\r\n%s\r\n" % (len(event), event))
             await writer.drain()
     else:
-        writer.write(head + b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in sent))
+        writer.write(head + b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in sent)
+                     + (b"0\r\n\r\n" if cut is None else b""))  # whole, its end too: one send
+        if cut is None:
+            await writer.drain()
+            return True
     if cut is not None and cut < len(streamed.events):
         await writer.drain()  # what was sent before the cut reaches the client
         writer.transport.abort()
