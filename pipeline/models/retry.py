@@ -9,7 +9,7 @@ more than the wait left, retrying stops at once (the caller falls back instead o
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from tenacity import (
     RetryCallState,
@@ -25,6 +25,7 @@ from legato.errors import TransientError
 
 _backoff = wait_random_exponential(multiplier=0.5, max=20)
 MAX_HINTED_WAIT = 60.0
+T = TypeVar("T")
 
 
 def _hint(state: RetryCallState) -> float | None:
@@ -84,3 +85,22 @@ def for_model(
         "before_sleep": before_sleep,
     }
     return MODEL_CALL.copy(**kwargs)
+
+
+def first_then(policy: Callable[[], Retrying], call: Callable[[], T]) -> T:
+    """`policy()(call)`, with the first attempt made before the policy: most calls succeed at
+    once, and building and entering a tenacity policy costs more CPU than a model call's own
+    Python (~40 us a call here). When the first attempt raises a TransientError, the policy is
+    made and sees that very exception as its first attempt's outcome (its attempt count, waits
+    and stop conditions run as they would have), then calls `call` again for the rest."""
+    try:
+        return call()
+    except TransientError as exc:
+        first: list[BaseException] = [exc]
+
+    def attempt() -> T:
+        if first:
+            raise first.pop()
+        return call()
+
+    return policy()(attempt)
