@@ -33,6 +33,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from tenacity import Retrying
+
 from legato.envelope import (
     HttpAttempt,
     Message,
@@ -51,7 +53,7 @@ from legato.models.config import Budget, ModelConfig, RateLimit
 from legato.models.credentials import Credentials, for_process
 from legato.models.openai_compat import Completion
 from legato.models.ratelimit import RateLimiter, estimate_tokens
-from legato.models.retry import for_model
+from legato.models.retry import first_then, for_model
 from legato.models.telemetry import model_span
 from legato.models.transport import Client, as_transport
 from legato.publisher import StepStream
@@ -289,9 +291,13 @@ class Gateway:
                 return False
             return any(not breaker.is_open(other) for other in rest)
 
-        policy = for_model(cfg.max_attempts, cfg.max_retry_wait, give_up=give_up, waited=waited)
-        policy.sleep = self.sleep
-        return policy(once)
+        def policy() -> Retrying:  # made only when the first attempt fails transiently
+            made = for_model(cfg.max_attempts, cfg.max_retry_wait, give_up=give_up,
+                             waited=waited)
+            made.sleep = self.sleep
+            return made
+
+        return first_then(policy, once)
 
 
 def _candidates(models: dict[str, ModelConfig], alias: str) -> list[str]:

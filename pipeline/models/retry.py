@@ -2,14 +2,16 @@
 
 `MODEL_CALL` is the default; `for_model` narrows it to a model's config (attempts, total wait) and
 adds a stop condition from outside (the provider's circuit opened) and a hook that records each
-wait. Waits honour the server's `Retry-After` / `x-ratelimit-reset-*`; when the server asks for
-more than the wait left, retrying stops at once (the caller falls back instead of sleeping).
+wait. `first_then` makes a call's first attempt before its policy, which is built only for a
+call that needs it. Waits honour the server's `Retry-After` / `x-ratelimit-reset-*`; when the
+server asks for more than the wait left, retrying stops at once (the caller falls back instead
+of sleeping).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from tenacity import (
     RetryCallState,
@@ -25,6 +27,7 @@ from legato.errors import TransientError
 
 _backoff = wait_random_exponential(multiplier=0.5, max=20)
 MAX_HINTED_WAIT = 60.0
+T = TypeVar("T")
 
 
 def _hint(state: RetryCallState) -> float | None:
@@ -84,3 +87,22 @@ def for_model(
         "before_sleep": before_sleep,
     }
     return MODEL_CALL.copy(**kwargs)
+
+
+def first_then(policy: Callable[[], Retrying], call: Callable[[], T]) -> T:
+    """`policy()(call)`, with the first attempt made before the policy: most calls succeed at
+    once, and building and entering a tenacity policy for each was ~9 % of a worker's CPU per
+    job (docs/benchmarks.md). When the first attempt raises a TransientError, the policy is
+    made and sees that very exception as its first attempt's outcome (its attempt count, waits
+    and stop conditions run as they would have), then calls `call` again for the rest."""
+    try:
+        return call()
+    except TransientError as exc:
+        first: list[BaseException] = [exc]
+
+    def attempt() -> T:
+        if first:
+            raise first.pop()
+        return call()
+
+    return policy()(attempt)

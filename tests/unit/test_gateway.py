@@ -6,9 +6,11 @@ from typing import Any
 
 import httpx
 import pytest
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
 from legato.errors import PermanentError, TransientError
 from legato.models import Gateway
+from legato.models.retry import first_then
 from legato.spec import ModelConfig
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -53,6 +55,53 @@ def test_attempts_and_total_wait_are_bounded() -> None:
         down.complete(models(max_attempts=10, max_retry_wait=10), "a", MESSAGES, trace=trace)
     assert slept == [4.0, 4.0]  # a third wait of 4s would pass 10s in total: it gives up
     assert len(trace[0]["attempts"]) == 3
+
+
+def test_a_transient_failure_then_an_answer_retries_once_with_its_wait() -> None:
+    answers = iter([httpx.Response(503, headers={"Retry-After": "2"}), ok("second")])
+    slept: list[float] = []
+    trace: list[dict[str, Any]] = []
+    got = gateway(lambda r: next(answers), slept).complete(models(max_attempts=2), "a",
+                                                           MESSAGES, trace=trace)
+    assert got.text == "second" and slept == [2.0]
+    assert [a["status"] for a in trace[0]["attempts"]] == [503, 200]
+    assert trace[0]["attempts"][0]["wait"] == 2.0
+
+
+def test_first_then_builds_the_policy_only_for_a_transient_failure() -> None:
+    built: list[int] = []
+
+    def policy() -> Retrying:
+        built.append(1)
+        return Retrying(retry=retry_if_exception_type(TransientError),
+                        stop=stop_after_attempt(3), sleep=lambda s: None, reraise=True)
+
+    assert first_then(policy, lambda: "at once") == "at once" and built == []
+    calls: list[int] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise TransientError("not yet")
+        return "third"
+
+    assert first_then(policy, flaky) == "third" and built == [1] and len(calls) == 3
+    tries: list[int] = []
+
+    def down() -> str:
+        tries.append(1)
+        raise TransientError("down")
+
+    with pytest.raises(TransientError):
+        first_then(policy, down)
+    assert len(tries) == 3  # the first attempt counts: 3 in all, not 4
+
+    def refused() -> str:
+        raise PermanentError("no")
+
+    with pytest.raises(PermanentError):  # not retried, and no policy made for it
+        first_then(policy, refused)
+    assert built == [1, 1]
 
 
 def test_a_permanent_error_does_not_fall_back() -> None:
