@@ -200,17 +200,19 @@ return reply
 # child cancelled with its parent ends in the store's finish, with no settle of its own; one
 # whose worker died before its settle is charged here too); then release what fits.
 _SETTLE = _COMMON + lua_set("TERMINAL", TERMINAL) + """
+local function charge_child(t, rk)  -- an ended child run's usage, to its tenant, once
+  local r = redis.call('HMGET', rk, 'status', 'prompt_tokens', 'completion_tokens', 'cost')
+  if TERMINAL[r[1]] and redis.call('HSETNX', rk, 'charged', '1') == 1 then
+    charge(t, (tonumber(r[2]) or 0) + (tonumber(r[3]) or 0), tonumber(r[4]) or 0, 0)
+  end
+end
 local function charge_family(t, id)
   local todo, seen = {id}, 0
   while #todo > 0 and seen < 10000 do
     local kids = redis.call('HVALS', run_key(table.remove(todo)) .. ':children')
     for _, kid in ipairs(kids) do
       seen = seen + 1
-      local rk = run_key(kid)
-      local r = redis.call('HMGET', rk, 'status', 'prompt_tokens', 'completion_tokens', 'cost')
-      if TERMINAL[r[1]] and redis.call('HSETNX', rk, 'charged', '1') == 1 then
-        charge(t, (tonumber(r[2]) or 0) + (tonumber(r[3]) or 0), tonumber(r[4]) or 0, 0)
-      end
+      charge_child(t, run_key(kid))
       todo[#todo + 1] = kid
     end
   end
@@ -231,14 +233,11 @@ if id ~= '' then
       redis.call('HSET', rk, 'billed_tokens', tokens, 'billed_cost', cost)
     end
   else
-    local r = redis.call('HMGET', rk, 'tenant', 'parent_run', 'prompt_tokens',
-      'completion_tokens', 'cost')
+    local r = redis.call('HMGET', rk, 'tenant', 'parent_run')
     t = r[1] or 'default'
     if r[2] then  -- a child run: never admitted (its parent was); its usage is charged, once,
       -- to its tenant (its parent's), and it is no run of the tenant's own in the averages
-      if redis.call('HSETNX', rk, 'charged', '1') == 1 then
-        charge(t, (tonumber(r[3]) or 0) + (tonumber(r[4]) or 0), tonumber(r[5]) or 0, 0)
-      end
+      charge_child(t, rk)
     elseif redis.call('ZREM', base .. 'held:' .. t, id) == 1 then
       redis.call('HDEL', rk, 'held')  -- cancelled while it waited: it waits no more
     end
