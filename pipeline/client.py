@@ -200,7 +200,8 @@ class Legato:
         """Continue a failed or cancelled run: its completed steps are reused, the rest run.
         With a tenants file it waits for admission as a new run does (and is charged, when it
         ends, only for what it used since it last ended)."""
-        admitted = self.admission is not None and self.store.get_run(run_id).parent_run is None
+        run = self.store.get_run(run_id)  # RunNotFound for an unknown id
+        admitted = self.admission is not None and run.parent_run is None
         state = self.store.reopen_run(run_id, allowed=tuple(sorted(RESUMABLE)),
                                       status="queued" if admitted else "running")
         if state == "missing":
@@ -208,7 +209,6 @@ class Legato:
         if state != "ok":
             only = " or ".join(sorted(RESUMABLE, reverse=True))
             raise InputError(f"run {run_id} is {state}: only {only} runs resume")
-        run = self.store.get_run(run_id)
         if admitted:
             self._admit(run_id, run.tenant, run.priority)  # waits its turn, as a new run does
             return
