@@ -257,6 +257,14 @@ class Journal:
             return
         self.end_many(run_id, [(record, publishes)], token=token, now=now, before=before)
 
+    def wait_turn(self, run_id: str, record: StepRecord, *, token: str, now: float) -> None:
+        """End a begun step that must wait for its turn (a concurrency key's slot): its record
+        written, its lease let go, and the attempt its begin counted taken back, in one round
+        trip. Waiting is not an attempt: the step's next begin counts the same number again."""
+        attempts = self.keys.attempts(run_id)
+        self.end(run_id, record, (), token=token, now=now,
+                 before=lambda pipe: pipe.hincrby(attempts, record.path, -1))
+
     def end_with(self, parts: list[Part]) -> None:
         """Write ends made by `end_call` (and other parts), in one round trip."""
         self.trips(parts)

@@ -167,7 +167,7 @@ def journal_step(task: Task, step: StepInput, kind: str, work: Work, *, final: b
         waiting, work = None, _refused(exc)
     if waiting is not None:  # back to the broker for a while, its lease let go
         record.detail = {"waiting": waiting}
-        store.journal.end(step.run_id, record, (), token=token, now=time.time())
+        store.journal.wait_turn(step.run_id, record, token=token, now=time.time())
         app.signature(lifeline.signature_json(task)).apply_async(
             countdown=random.uniform(*CONCURRENCY_WAIT))
         raise Ignore()

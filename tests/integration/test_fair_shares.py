@@ -204,6 +204,8 @@ def test_a_concurrency_key_caps_steps_across_the_cluster(legato, fake):
     records = _wait_all(legato, run_ids)
     assert [r.status for r in records] == ["succeeded"] * 10, [r.error for r in records]
     assert fake.stats()["max_in_flight"] == 2  # ten admitted runs, two calls at a time
+    # a step sent back to wait for its slot made no attempt: each ran once, as attempt 1
+    assert [[s.attempt for s in legato.steps(r)] for r in run_ids] == [[1]] * 10
 
 
 def test_a_worker_killed_mid_flood_loses_and_doubles_nothing(legato, fake, stack):
