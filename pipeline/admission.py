@@ -19,9 +19,11 @@ when it is reached.
 Child runs (`pipeline` steps, legato.tasks.children) are their parent's tenant's but pass no
 admission: the parent holds the slot while it waits for them (a child held for a slot that only
 its waiting parent frees would never start). A child's usage is charged to the tenant when the
-child ends (`settle`, once: the run's `charged` field), not counted as one of the tenant's runs;
-a run's settle also charges its descendants that ended uncharged (cancelled with it, or their
-worker died before their own settle).
+child ends (`settle`), not counted as one of the tenant's runs; a run's settle also charges its
+descendants that ended uncharged (cancelled with it, or their worker died before their own
+settle). A run is charged what it used since it was last billed, so a settle again charges only
+usage added since: a step whose call was in flight when its run was cancelled adds its tokens at
+its end, which marks the run `unbilled`, and the sweeper's `reconcile` bills it.
 """
 
 from __future__ import annotations
@@ -196,15 +198,24 @@ return reply
 
 # A run ended (ARGV[6], or '' for none): free its slot and charge its tokens and cost to its
 # tenant (or drop it from the held set, if it was cancelled there; or, a child run, charge its
-# usage to its tenant once); then charge its descendants that ended and were not charged (a
-# child cancelled with its parent ends in the store's finish, with no settle of its own; one
-# whose worker died before its settle is charged here too); then release what fits.
+# usage to its tenant); then charge its descendants that ended (a child cancelled with its parent
+# ends in the store's finish, with no settle of its own; one whose worker died before its settle
+# is charged here too); then release what fits. Every charge is what the run used since it was
+# last billed (`billed_tokens`, `billed_cost`), so a settle again charges only what was added
+# since: by a step in flight when the run ended (the journal's end marks it `unbilled`).
 _SETTLE = _COMMON + lua_set("TERMINAL", TERMINAL) + """
-local function charge_child(t, rk)  -- an ended child run's usage, to its tenant, once
-  local r = redis.call('HMGET', rk, 'status', 'prompt_tokens', 'completion_tokens', 'cost')
-  if TERMINAL[r[1]] and redis.call('HSETNX', rk, 'charged', '1') == 1 then
-    charge(t, (tonumber(r[2]) or 0) + (tonumber(r[3]) or 0), tonumber(r[4]) or 0, 0)
+local function bill(t, rk, runs)  -- to tenant t, what run rk used since it was last billed
+  local r = redis.call('HMGET', rk, 'prompt_tokens', 'completion_tokens', 'cost',
+    'billed_tokens', 'billed_cost')
+  local tokens, cost = (tonumber(r[1]) or 0) + (tonumber(r[2]) or 0), tonumber(r[3]) or 0
+  local more, spent = tokens - (tonumber(r[4]) or 0), cost - (tonumber(r[5]) or 0)
+  if runs > 0 or more ~= 0 or spent > 0 then charge(t, more, spent, runs) end
+  if redis.call('EXISTS', rk) == 1 then
+    redis.call('HSET', rk, 'billed_tokens', tokens, 'billed_cost', cost)
   end
+end
+local function charge_child(t, rk)  -- an ended child run's usage, to its tenant
+  if TERMINAL[redis.call('HGET', rk, 'status')] then bill(t, rk, 0) end
 end
 local function charge_family(t, id)
   local todo, seen = {id}, 0
@@ -221,25 +232,21 @@ local id = ARGV[6]
 if id ~= '' then
   local t = redis.call('HGET', KEYS[2], id)
   local rk = run_key(id)
+  redis.call('ZREM', base .. 'unbilled', id)  -- billed here, up to now
   if t then
     redis.call('HDEL', KEYS[2], id)
     if redis.call('HINCRBY', KEYS[3], t, -1) <= 0 then redis.call('HDEL', KEYS[3], t) end
-    -- charged what it used since its last charge (a resumed run was charged when it ended)
-    local r = redis.call('HMGET', rk, 'prompt_tokens', 'completion_tokens', 'cost',
-      'billed_tokens', 'billed_cost')
-    local tokens, cost = (tonumber(r[1]) or 0) + (tonumber(r[2]) or 0), tonumber(r[3]) or 0
-    charge(t, tokens - (tonumber(r[4]) or 0), cost - (tonumber(r[5]) or 0), 1)
-    if redis.call('EXISTS', rk) == 1 then
-      redis.call('HSET', rk, 'billed_tokens', tokens, 'billed_cost', cost)
-    end
+    bill(t, rk, 1)  -- what it used since it was last billed (a resumed run was, when it ended)
   else
-    local r = redis.call('HMGET', rk, 'tenant', 'parent_run')
+    local r = redis.call('HMGET', rk, 'tenant', 'parent_run', 'billed_tokens')
     t = r[1] or 'default'
-    if r[2] then  -- a child run: never admitted (its parent was); its usage is charged, once,
-      -- to its tenant (its parent's), and it is no run of the tenant's own in the averages
+    if r[2] then  -- a child run: never admitted (its parent was); its usage is charged to its
+      -- tenant (its parent's), and it is no run of the tenant's own in the averages
       charge_child(t, rk)
     elseif redis.call('ZREM', base .. 'held:' .. t, id) == 1 then
       redis.call('HDEL', rk, 'held')  -- cancelled while it waited: it waits no more
+    elseif r[3] and TERMINAL[redis.call('HGET', rk, 'status')] then
+      bill(t, rk, 0)  -- settled before: what a step in flight at its end added since
     end
   end
   charge_family(t, id)
@@ -313,8 +320,10 @@ class Admission:
 
     def reconcile(self) -> Released:
         """The sweeper's backstop: settle the admitted runs that ended without being settled (a
-        worker died in between, a run failed by the sweeper), then release what fits."""
-        ids = list(self.in_flight())
+        worker died in between, a run failed by the sweeper) and the ended runs a step added
+        usage to after their settle (`unbilled`), then release what fits."""
+        unbilled = self.redis.zrange(self.keys.adm_unbilled, 0, 999)
+        ids = list(dict.fromkeys([*self.in_flight(), *unbilled]))
         released: Released = []
         if ids:
             pipe = self.redis.pipeline(transaction=False)
@@ -323,6 +332,8 @@ class Admission:
             for run_id, status in zip(ids, pipe.execute(), strict=True):
                 if status is None or status in TERMINAL:
                     released += self.settle(run_id)
+                else:  # still running (resumed): its own settle, when it ends, bills it
+                    self.redis.zrem(self.keys.adm_unbilled, run_id)
         return released + self.settle()
 
 

@@ -70,8 +70,10 @@ end
 return reply
 """
 
-# KEYS: steps, outputs, run, leases, owner, sig, active
+# KEYS: steps, outputs, run, leases, owner, sig, active, unbilled
 # ARGV: path, record, member, token, now, run id, prompt, completion, calls, cost, output, ids...
+# Usage added to a run its tenant was already billed for (admission's settle; it ended while this
+# step's call was in flight, or was resumed) marks the run for billing again.
 _END = """
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return 0 end  -- sent twice
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
@@ -84,6 +86,9 @@ if tonumber(ARGV[9]) > 0 then
   redis.call('HINCRBY', KEYS[3], 'calls', ARGV[9])
   if tonumber(ARGV[10]) > 0 then
     redis.call('HINCRBYFLOAT', KEYS[3], 'cost', ARGV[10])
+  end
+  if redis.call('HEXISTS', KEYS[3], 'billed_tokens') == 1 then
+    redis.call('ZADD', KEYS[8], ARGV[5], ARGV[6])
   end
 end
 if redis.call('HGET', KEYS[5], ARGV[3]) == ARGV[4] then
@@ -299,7 +304,7 @@ class Journal:
         u = record.usage
         return {
             "keys": [k.steps(run_id), k.outputs(run_id), k.run(run_id), k.leases,
-                     k.lease_owner, k.lease_sig, k.active],
+                     k.lease_owner, k.lease_sig, k.active, k.adm_unbilled],
             "args": [record.path, record.model_dump_json(), lease_member(run_id, record.path),
                      token, repr(now), run_id, u.prompt_tokens, u.completion_tokens, u.calls,
                      repr(getattr(u, "cost", 0.0)), _dumps(record.output), *ids],

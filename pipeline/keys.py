@@ -52,6 +52,8 @@ Admission and fair shares (pipeline/admission.py; the scripts build the per-tena
     <p>:adm:seq                counter: arrival order of held runs
     <p>:adm:held:<tenant>      sorted set: a tenant's held runs, by priority then arrival
     <p>:adm:used:<tenant>      hash: tokens and runs ended, per tenth of the sliding window
+    <p>:adm:unbilled           sorted set: billed runs that a late step end added usage to
+                               (e.g. cancelled mid-call) -> when; the sweeper bills them
     <p>:adm:spend:<tenant>:d:<yyyymmdd>|m:<yyyymm>   spend (from price tables) per day, month
     <p>:conc:<key>             sorted set: "<run>|<path>" holding a concurrency key's slots
     <p>:ratelimit:<alias>@<tenant>:requests|tokens  a tenant's own buckets on an alias
@@ -187,6 +189,10 @@ class Keys:
 
     def adm_held(self, tenant: str) -> str:
         return f"{self.adm_base}held:{tenant}"
+
+    @property
+    def adm_unbilled(self) -> str:
+        return f"{self.adm_base}unbilled"
 
     def adm_used(self, tenant: str) -> str:
         return f"{self.adm_base}used:{tenant}"

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from legato.admission import Admission
-from legato.envelope import RunRecord
+from legato.envelope import RunRecord, StepRecord, Usage
 from legato.local.redis_server import RedisServer
 from legato.store import RunStore, connect
 from legato.tenants import Policies, SpendCap, TenantPolicy
@@ -215,3 +215,48 @@ def test_a_resumed_run_is_charged_only_for_what_it_used_since_it_ended(store):
     assert _used(store, "r") == (130, 2)
     today = time.strftime("%Y%m%d", time.gmtime())
     assert float(store.redis.get(f"{store.keys.adm_base}spend:r:d:{today}")) == pytest.approx(0.75)
+
+
+def _late_step(store: RunStore, run_id: str, *, tokens: int, cost: float = 0.0) -> None:
+    """A step of `run_id` whose call was in flight when the run ended writes its end."""
+    record = StepRecord(path=f"late{uuid.uuid4().hex[:6]}", status="failed", error="cancelled",
+                        usage=Usage(prompt_tokens=tokens, calls=1, cost=cost))
+    store.journal.end(run_id, record, (), token="t", now=time.time())
+
+
+def test_usage_a_step_adds_after_its_run_was_settled_is_billed_by_the_sweepers_reconcile(store):
+    admission = Admission(store.redis, store.keys, Policies(capacity=1))
+    run_id, _ = _admit(store, admission, "late")
+    _end(store, admission, run_id, tokens=100, cost=0.5)
+    assert _used(store, "late") == (100, 1)
+    _late_step(store, run_id, tokens=40, cost=0.25)  # e.g. a call in flight at a cancel
+    assert store.redis.zscore(store.keys.adm_unbilled, run_id) is not None
+    admission.reconcile()
+    admission.reconcile()  # again: nothing more
+    assert _used(store, "late") == (140, 1)  # the late tokens, and still one run
+    today = time.strftime("%Y%m%d", time.gmtime())
+    spend = float(store.redis.get(f"{store.keys.adm_base}spend:late:d:{today}"))
+    assert spend == pytest.approx(0.75)
+    assert store.redis.zcard(store.keys.adm_unbilled) == 0
+
+
+def test_a_late_step_of_a_child_is_billed_and_a_resumed_run_keeps_its_slot(store):
+    admission = Admission(store.redis, store.keys, Policies(capacity=1))
+    parent, _ = _admit(store, admission, "fam")
+    child = _child(store, parent, "a", "fam", tokens=5)
+    _end(store, admission, parent, tokens=10)  # the child is cancelled with it, and charged
+    assert _used(store, "fam") == (15, 1)
+    _late_step(store, child, tokens=3)
+    admission.reconcile()
+    assert _used(store, "fam") == (18, 1)
+    # a resumed run was billed when it ended: its steps' ends mark it, but while it runs the
+    # sweeper leaves its slot and its bill to its own settle
+    assert store.reopen_run(parent, allowed=("succeeded",), status="queued") == "ok"
+    assert [r for r, _ in admission.admit(parent, "fam", 0).released] == [parent]
+    _late_step(store, parent, tokens=7)
+    admission.reconcile()
+    assert admission.in_flight() == {parent: "fam"} and _used(store, "fam") == (18, 1)
+    assert store.redis.zcard(store.keys.adm_unbilled) == 0
+    assert store.finish_run(parent, "succeeded")
+    admission.settle(parent)
+    assert _used(store, "fam") == (25, 2)

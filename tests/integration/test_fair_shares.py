@@ -81,6 +81,21 @@ def _slow(fake: FakeModel, ms: int, contains: str = "") -> None:
     fake.script({"faults": [fault]})
 
 
+def _charged(legato: Legato, tenant: str) -> tuple[int, int]:
+    """The tokens and runs charged to `tenant` (every bucket of its window)."""
+    fields = legato.store.redis.hgetall(legato.store.keys.adm_used(tenant))
+    return (sum(int(v) for k, v in fields.items() if k.endswith(":t")),
+            sum(int(v) for k, v in fields.items() if k.endswith(":r")))
+
+
+def _charged_soon(legato: Legato, tenant: str, want: tuple[int, int],
+                  timeout: float = 20) -> bool:
+    deadline = time.monotonic() + timeout
+    while _charged(legato, tenant) != want and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return _charged(legato, tenant) == want
+
+
 def _wait_all(legato: Legato, run_ids: list[str], timeout: float = 120) -> list:
     return [legato.wait(run_id, timeout=timeout) for run_id in run_ids]
 
@@ -176,22 +191,26 @@ def test_a_child_run_is_its_parents_tenants_and_charged_to_it(legato, fake):
     # the parent was admitted and holds the slot; the child is not held for one
     assert record.admitted_at is not None and child.admitted_at is None
     assert child.usage.total_tokens > 0 and record.usage.total_tokens == 0
-    used = legato.store.keys.adm_used("family")
-    raw = legato.store.redis
-
-    def charged() -> tuple[int, int]:
-        fields = raw.hgetall(used)
-        return (sum(int(v) for k, v in fields.items() if k.endswith(":t")),
-                sum(int(v) for k, v in fields.items() if k.endswith(":r")))
-
     # the child's tokens are the tenant's, once; the family is one run of the tenant's (each
     # run's settle follows its end, so it is waited for)
-    want, deadline = (child.usage.total_tokens, 1), time.monotonic() + 20
-    while charged() != want and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert charged() == want
+    assert _charged_soon(legato, "family", (child.usage.total_tokens, 1))
     assert {r.id for r in legato.runs(tenant="family")} == {run_id, child_id}
     assert child_id not in {r.id for r in legato.runs(tenant="default")}
+
+
+def test_tokens_of_a_call_in_flight_at_a_cancel_are_charged_when_it_ends(legato, fake):
+    _slow(fake, 1500, contains="in flight")
+    run_id = legato.submit(ONE_CALL, {"text": "in flight"}, tenant="late")
+    deadline = time.monotonic() + 20
+    while fake.stats()["in_flight"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert legato.cancel(run_id)
+    assert _charged(legato, "late") == (0, 1)  # settled at the cancel: nothing used yet
+    while legato.status(run_id).usage.total_tokens == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)  # the call answers; its step's end adds its tokens to the run
+    used = legato.status(run_id).usage.total_tokens
+    assert used > 0
+    assert _charged_soon(legato, "late", (used, 1))  # by the sweeper's next pass
 
 
 def test_a_concurrency_key_caps_steps_across_the_cluster(legato, fake):
