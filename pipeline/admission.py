@@ -330,10 +330,8 @@ class Admission:
             for run_id in ids:
                 pipe.hget(self.keys.run(run_id), "status")
             for run_id, status in zip(ids, pipe.execute(), strict=True):
-                if status is None or status in TERMINAL:
-                    released += self.settle(run_id)
-                else:  # still running (resumed): its own settle, when it ends, bills it
-                    self.redis.zrem(self.keys.adm_unbilled, run_id)
+                if status is None or status in TERMINAL:  # (a resumed run still running is
+                    released += self.settle(run_id)  # left marked: its own settle bills it)
         return released + self.settle()
 
 

@@ -256,7 +256,7 @@ def test_a_late_step_of_a_child_is_billed_and_a_resumed_run_keeps_its_slot(store
     _late_step(store, parent, tokens=7)
     admission.reconcile()
     assert admission.in_flight() == {parent: "fam"} and _used(store, "fam") == (18, 1)
-    assert store.redis.zcard(store.keys.adm_unbilled) == 0
     assert store.finish_run(parent, "succeeded")
     admission.settle(parent)
     assert _used(store, "fam") == (25, 2)
+    assert store.redis.zcard(store.keys.adm_unbilled) == 0
