@@ -13,10 +13,23 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from legato.local.net import port_open
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def _still_running(text: str) -> str:
+    """What a demo that does not stop is waiting for: its services' processes and log tails."""
+    logs = re.search(r"logs: (\S+)", text)
+    ps = subprocess.run(["ps", "-eo", "pid,ppid,etime,args"], capture_output=True, text=True)
+    alive = [line for line in ps.stdout.splitlines() if "legato" in line or "celery" in line]
+    tails = []
+    for log in sorted(Path(logs.group(1)).glob("*.log")) if logs else ():
+        tails.append(f"--- {log.name}\n" + "\n".join(log.read_text(errors="replace")
+                                                       .splitlines()[-15:]))
+    return "\n".join([*alive, *tails])
 
 
 def test_demo_with_the_fake_model_runs_everything_and_stops_on_ctrl_c(tmp_path):
@@ -56,7 +69,11 @@ def test_demo_with_the_fake_model_runs_everything_and_stops_on_ctrl_c(tmp_path):
         assert httpx.get(f"{console_url}/api/runs").status_code == 401
 
         demo.send_signal(signal.SIGINT)
-        assert demo.wait(timeout=60) == 0
+        try:
+            code = demo.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the demo did not stop within 60 s:\n{_still_running(text)}")
+        assert code == 0
         assert "stopped" in out_path.read_text()
         assert not port_open("127.0.0.1", redis_port)
         assert not port_open("127.0.0.1", flower_port)
