@@ -133,6 +133,9 @@ def run_demo(settings: Settings, *, model: str = "local", keep: bool | None = No
     """Returns the exit code: 0 all succeeded, 1 some run did not, 130 interrupted."""
     console = Console()
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the stack as cleanly as Ctrl-C
+    # Ctrl-C stops it even when started by a shell that ignores SIGINT (a background job of a
+    # script): Python leaves an inherited SIG_IGN in place, and the demo would never stop
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return _run(console, settings, model, keep, timeout)
     except KeyboardInterrupt:  # during start-up or a run: the stack is already stopped
