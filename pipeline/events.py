@@ -22,11 +22,17 @@ flat map of strings; `type` says which event it is:
 `read` follows a run's stream from an entry id (resumable: pass the last id you saw), and ends
 after `run_finished` — or, for a run that published nothing at the end, once its record says it
 is over and the stream is drained.
+
+A watcher marks the run watched while it follows (`watching`, renewed every RENEW_SECONDS, gone
+WATCH_SECONDS after the last watcher left). With LEGATO_STREAM=watched (the default) only a step
+that begins while the mark is there streams and publishes; the others make plain model calls
+and publish nothing, so work nobody watches costs what it costs with streaming off.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any, Literal
 
@@ -106,6 +112,16 @@ def parse(entry_id: str, fields: dict[str, str]) -> Event:
     return _EVENT.validate_python({**fields, "id": entry_id})
 
 
+WATCH_SECONDS = 30  # a watcher's mark lasts this long
+RENEW_SECONDS = 10  # and is set again this often while it follows
+
+
+def watching(client: Any, key: str) -> Any:
+    """Mark a run watched for WATCH_SECONDS: `key` is its `Keys.watched` (awaitable with an
+    asyncio client)."""
+    return client.set(key, "1", ex=WATCH_SECONDS)
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -120,7 +136,11 @@ def read(client: Any, keys: Keys, run_id: str, *, last_id: str | None = None,
     `follow=False` yields what is there now and stops."""
     key = keys.events(run_id)
     cursor = last_id or "0-0"
+    renew_at = 0.0
     while True:
+        if follow and time.monotonic() >= renew_at:
+            watching(client, keys.watched(run_id))
+            renew_at = time.monotonic() + RENEW_SECONDS
         reply = client.xread({key: cursor}, count=500, block=block_ms if follow else None)
         entries = reply[0][1] if reply else []
         for raw_id, raw in entries:

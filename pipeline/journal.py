@@ -28,7 +28,7 @@ from legato.envelope import UNFINISHED, StepRecord
 from legato.keys import Keys, lease_member
 from legato.lua import Part, Trips, lua_set
 
-# KEYS: run, steps, outputs, leases, owner, sig, active, attempts
+# KEYS: run, steps, outputs, leases, owner, sig, active, attempts, watched
 # ARGV: path, running record (a JSON object without `attempt`), now, lease until, member, token,
 #       signature, run id, ids to read...
 # A prior record that does not decode counts as none: the step runs (and overwrites it).
@@ -63,7 +63,8 @@ redis.call('ZADD', KEYS[7], 'XX', ARGV[3], ARGV[8])
 if status == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[3])
 end
-local reply = {'go', redis.call('HGET', KEYS[1], 'input'), tostring(attempt)}
+local reply = {'go', redis.call('HGET', KEYS[1], 'input'), tostring(attempt),
+               redis.call('EXISTS', KEYS[9])}
 for i = 9, #ARGV do
   reply[#reply + 1] = redis.call('HGET', KEYS[3], ARGV[i]) or ''
 end
@@ -162,6 +163,7 @@ class Begin:
     prior: StepRecord | None = None
     attempt: int = 1
     run_status: str | None = None
+    watched: bool = False  # someone follows the run's events (legato.events.watching)
 
 
 def _parse_begin(reply: list[Any], reads: tuple[str, ...]) -> Begin:
@@ -172,8 +174,9 @@ def _parse_begin(reply: list[Any], reads: tuple[str, ...]) -> Begin:
         return Begin("stopped", run_status=reply[1])
     if state != "go":
         return Begin(state)
-    outputs = {k: json.loads(v) for k, v in zip(reads, reply[3:], strict=True) if v}
-    return Begin("go", input=json.loads(reply[1]), outputs=outputs, attempt=int(reply[2]))
+    outputs = {k: json.loads(v) for k, v in zip(reads, reply[4:], strict=True) if v}
+    return Begin("go", input=json.loads(reply[1]), outputs=outputs, attempt=int(reply[2]),
+                 watched=reply[3] == 1)
 
 
 def _signature_json(signature: dict[str, Any]) -> str:
@@ -246,7 +249,7 @@ class Journal:
         running = record.model_dump_json(exclude={"attempt"})  # the script puts it first
         return {
             "keys": [k.run(run_id), k.steps(run_id), k.outputs(run_id), k.leases, k.lease_owner,
-                     k.lease_sig, k.active, k.attempts(run_id)],
+                     k.lease_sig, k.active, k.attempts(run_id), k.watched(run_id)],
             "args": [record.path, running, repr(now), repr(now + lease_seconds),
                      lease_member(run_id, record.path), token,
                      signature if isinstance(signature, str) else _signature_json(signature),

@@ -24,6 +24,7 @@
     <p>:run:{<id>}:mcp         hash: MCP server -> its tool list, pinned by the run's first use
     <p>:run:{<id>}:toolcalls   hash: idempotency key -> a journaled tool call's result (MCP)
     <p>:run:{<id>}:events      stream: the run's events (step lifecycle, model tokens; events.py)
+    <p>:run:{<id>}:watched     a watcher follows the run's events (expires unless renewed)
     <p>:run:{<id>}:keys        set: the run's keys not named above (its votes', MCP's), for
                                retention
     <p>:run:{<id>}:signals     hash: step path -> the signal that arrived for it (JSON), kept once
@@ -99,6 +100,10 @@ class Keys:
     def events(self, run_id: str) -> str:
         """stream: the run's events, model tokens among them (legato.events)"""
         return f"{self.run(run_id)}:events"
+
+    def watched(self, run_id: str) -> str:
+        """string: set while someone follows the run's events (legato.events.watching)"""
+        return f"{self.run(run_id)}:watched"
 
     def run_extras(self, run_id: str) -> str:
         """set: the run's keys whose names are not fixed (its votes'), so they expire with it"""

@@ -23,6 +23,9 @@ MODEL_TRANSPORTS: tuple[ModelTransport, ...] = ("aiohttp", "httpx")
 CacheMode = Literal["off", "read-write", "replay"]  # models/cache.py's Mode
 CACHE_MODES: tuple[CacheMode, ...] = ("off", "read-write", "replay")
 LogFormat = Literal["text", "json"]
+# `watched`: a step streams only while someone follows its run (legato.events.watching);
+# `always`: every model step streams; `off`: none does.
+StreamMode = Literal["off", "watched", "always"]
 _ON = ("1", "true", "yes", "on")
 
 # `LEGATO_*` names that are not Settings fields, and who reads them.
@@ -129,10 +132,12 @@ class Settings(BaseSettings):
     schedules_file: str = ""  # empty: <pipelines_dir>/schedules.yaml (`legato beat`)
     # Model steps stream their answers from the provider and publish the tokens on the run's
     # event stream (pipeline/events.py): a process's publisher writes what piled up every
-    # `stream_flush_ms`, pipelined, and a step's last events ride its journal end. Off (the
-    # default while `make bench` row 7's per-step overhead is over its 10 %): plain requests and
-    # no events (a watcher sees only the run's end).
-    stream: bool = False
+    # `stream_flush_ms`, pipelined, and a step's last events ride its journal end. `watched`
+    # (the default): only a step that begins while someone follows its run streams (its
+    # begin reads the run's watched mark, in the round trip it makes anyway), so work nobody
+    # watches pays nothing; `always` (1/true/yes/on): every step; `off` (0/false/no): none
+    # (plain requests, no events; a watcher sees each step as it ends).
+    stream: StreamMode = "watched"
     stream_flush_ms: float = 50.0
     stream_maxlen: int = 10000  # a run's stream keeps about this many newest events
     log_format: LogFormat = "text"  # "json": one JSON object a log line; anything else: text
@@ -197,6 +202,19 @@ class Settings(BaseSettings):
     @classmethod
     def _log_format(cls, value: Any) -> Any:
         return "json" if isinstance(value, str) and value.lower() == "json" else "text"
+
+    @field_validator("stream", mode="before")
+    @classmethod
+    def _stream(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return "always" if value else "off"
+        if isinstance(value, str):
+            value = value.strip().lower()
+            if value in _ON:
+                return "always"
+            if value in ("", "0", "false", "no", "off"):
+                return "off"
+        return value
 
     @field_validator("otel", mode="before")
     @classmethod

@@ -361,6 +361,10 @@ class RunStore:
         """The key of the run's event stream (legato.events), for readers of their own."""
         return self.keys.events(run_id)
 
+    def watched_key(self, run_id: str) -> str:
+        """The key of the run's watched mark (legato.events.watching), for readers of their own."""
+        return self.keys.watched(run_id)
+
     def run_key(self, run_id: str) -> str:
         """The key of the run's record (a hash; its `status` field is the run's state)."""
         return self.keys.run(run_id)

@@ -171,7 +171,7 @@ def journal_step(task: Task, step: StepInput, kind: str, work: Work, *, final: b
         app.signature(lifeline.signature_json(task)).apply_async(
             countdown=random.uniform(*CONCURRENCY_WAIT))
         raise Ignore()
-    stream = _stream(step, begin.attempt)
+    stream = _stream(step, begin)
     keeper = resources.keeper()
     keeper.hold(step.run_id, step.path, token)
     try:  # a step that parks (legato.waits.Parked) ends here: no end record, its lease moved
@@ -225,7 +225,7 @@ def journaled_many(task: Task, steps: list[StepInput], kind: str,
     for i, begin in enumerate(begins):
         if begin.state == "go":
             records[i].attempt = begin.attempt
-            streams[i] = _stream(steps[i], begin.attempt)
+            streams[i] = _stream(steps[i], begin)
             keeper.hold(run_id, steps[i].path, token)
             future = resources.batch_pool().submit(_work, records[i], work, nodes[i], spec,
                                                    steps[i], begin, False, token,
@@ -296,13 +296,14 @@ def _refused(exc: StepError) -> Work:
     return work
 
 
-def _stream(step: StepInput, attempt: int) -> StepStream | None:
-    """What this attempt of the step publishes on its run's event stream (None: streaming off);
-    its `step_started` is buffered now and written with the first flush."""
+def _stream(step: StepInput, begin: Begin) -> StepStream | None:
+    """What this attempt of the step publishes on its run's event stream (None: streaming off,
+    or `watched` and nobody follows the run: its model calls are plain requests); its
+    `step_started` is buffered now and written with the first flush."""
     publisher = resources.publisher()
-    if publisher is None:
+    if publisher is None or (not begin.watched and get_settings().stream == "watched"):
         return None
-    stream = StepStream(publisher, step.run_id, step.path, attempt)
+    stream = StepStream(publisher, step.run_id, step.path, begin.attempt)
     stream.started()
     return stream
 

@@ -180,7 +180,7 @@ class Runtime:
 
     def publisher(self) -> Publisher | None:
         """The process's writer of run events (pipeline/publisher.py); None with streaming off."""
-        if self._publisher is not None or not self.settings.stream:  # no lock on the hot path
+        if self._publisher is not None or self.settings.stream == "off":  # no lock on the hot path
             return self._publisher
         with self._lock:
             if self._publisher is None:

@@ -9,13 +9,16 @@ between that and the watcher's catch-up read is lost either.
 
 A run whose stream ends without a `run_finished` entry (it streamed nothing) still ends its
 watchers: the reader looks at the run's state whenever a read times out. A watcher that falls
-too far behind (its queue full) is dropped; its browser reconnects with Last-Event-ID.
+too far behind (its queue full) is dropped; its browser reconnects with Last-Event-ID. While a
+feed reads, it keeps the run marked watched (`events.watching`): with LEGATO_STREAM=watched, the
+run's steps stream their tokens only then.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -62,7 +65,11 @@ class Feed:
             newest = await redis.xrevrange(self.key, count=1)
             cursor = newest[0][0] if newest else "0-0"
             self.ready.set()
+            renew_at = 0.0
             while True:
+                if time.monotonic() >= renew_at:  # its steps stream while someone watches
+                    await events.watching(redis, self.feeds.store.watched_key(self.run_id))
+                    renew_at = time.monotonic() + events.RENEW_SECONDS
                 reply = await redis.xread({self.key: cursor}, count=500, block=BLOCK_MS)
                 entries = reply[0][1] if reply else []
                 for entry_id, fields in entries:

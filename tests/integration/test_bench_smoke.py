@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 ROWS = ("1. per-step overhead", "2. I/O throughput", "2b. raw Celery", "2c. Legato vs raw",
         "2d. worker CPU", "2e. the same chain on a worker host", "2f. the model transport alone",
         "3. fan-out", "7. streaming on vs off", "7b. streaming on vs off",
-        "7c. streaming on vs off", "4. Redis round trips", "5. worker RSS", "6. peer",
-        "6b. peer")
+        "7c. streaming on vs off", "7d. every call streamed", "4. Redis round trips",
+        "5. worker RSS", "6. peer", "6b. peer")
 
 
 def quick(module: str, out: Path, timeout: float) -> subprocess.CompletedProcess[str]:

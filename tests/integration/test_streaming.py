@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from typing import Any
 
@@ -270,6 +272,41 @@ def test_with_streaming_off_a_run_publishes_nothing_and_its_stream_just_ends(
     assert run.status == "succeeded", run.error
     assert not legato.store.redis.exists(legato.store.keys.events(run.id))
     assert events == [RunFinished(status="succeeded")]  # read from the record, not the stream
+
+
+def test_with_streaming_watched_only_a_run_someone_follows_streams(
+        legato, fake, stack_env, tmp_path):
+    """LEGATO_STREAM=watched: a run nobody follows makes plain calls and publishes no step
+    events; a run followed (`Legato.stream`, which marks it watched) streams every step, and
+    what it commits is what was journaled."""
+    queue = f"legato.test.watched.{uuid.uuid4().hex[:8]}"
+    pipeline = Pipeline(name="watched", steps=[
+        Llm(id="first", model="small", queue=queue, prompt="Say {{ input.text }}"),
+        Llm(id="second", model="small", queue=queue, prompt="Then {{ outputs.first }}")])
+    alone = legato.submit(pipeline, {"text": "nobody looks"})
+    followed = legato.submit(pipeline, {"text": "someone looks"})
+    seen: list[Event] = []
+    follower = threading.Thread(target=lambda: seen.extend(legato.stream(followed)))
+    follower.start()
+    redis, keys = legato.store.redis, legato.store.keys
+    deadline = time.monotonic() + 10
+    while not redis.exists(keys.watched(followed)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert redis.ttl(keys.watched(followed)) > 0 and not redis.exists(keys.watched(alone))
+
+    env = {**stack_env, "LEGATO_STREAM": "watched"}  # steps queued before a worker is up
+    with processes.worker("watched", [queue], env=env, concurrency=2, log_dir=tmp_path):
+        runs = [legato.wait(r, timeout=60) for r in (alone, followed)]
+        follower.join(timeout=60)
+
+    assert [r.status for r in runs] == ["succeeded", "succeeded"], [r.error for r in runs]
+    streamed = fake.stats()["streamed_by_step"]
+    assert sorted(t for t in streamed if t.startswith(f"{followed}/")) == [
+        f"{followed}/first", f"{followed}/second"]
+    assert not any(t.startswith(f"{alone}/") for t in streamed)  # plain requests
+    assert {e.path for e in seen if isinstance(e, StepFinished)} == {"first", "second"}
+    assert_kept_is_journaled(legato, followed, seen)
+    assert list(legato.stream(alone)) == [RunFinished(status="succeeded")]
 
 
 def _env(stack_env: dict[str, str]) -> dict[str, str]:

@@ -393,8 +393,8 @@ def test_many_requests_wait_concurrently(fake):
 def test_stats_count_models_statuses_faults_and_steps(fake):
     client = fake({"faults": [{"kind": "status", "code": 429, "match": {"model": "b"}}]})
     chat(client, model="a", headers={"X-Legato-Step": "summary"})
-    chat(client, model="a", headers={"X-Legato-Step": "summary"})
-    chat(client, model="b", headers={"X-Legato-Step": "headline"})
+    chat(client, model="a", headers={"X-Legato-Step": "summary"}, stream=True)
+    chat(client, model="b", headers={"X-Legato-Step": "headline"}, stream=True)
     chat(client, model="a")
     client.get("/models")
     admin(client, "GET", "/health")
@@ -407,6 +407,7 @@ def test_stats_count_models_statuses_faults_and_steps(fake):
         "by_fault": {"0:status": 1},
         "by_step": {"summary": 2, "headline": 1},
         "by_step_ok": {"summary": 2},  # the headline call got the 429, not an answer
+        "streamed_by_step": {"summary": 1},  # answers sent as a stream
         "in_flight": 0,
         "max_in_flight": 1,
     }

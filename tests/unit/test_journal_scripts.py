@@ -50,6 +50,16 @@ def begin(runs: RunStore, run_id: str, path: str = "a", token: str = "me") -> jo
                               now=time.time(), lease_seconds=15)
 
 
+def test_a_begin_says_whether_someone_watches_the_run(runs: RunStore) -> None:
+    from legato import events
+
+    run_id = new_run(runs)
+    assert begin(runs, run_id, path="a").watched is False
+    events.watching(runs.redis, runs.keys.watched(run_id))
+    assert begin(runs, run_id, path="b").watched is True
+    assert 0 < runs.redis.ttl(runs.keys.watched(run_id)) <= events.WATCH_SECONDS
+
+
 def succeeded(path: str = "a") -> StepRecord:
     return StepRecord(path=path, status="succeeded", kind="llm", output={"answer": 42},
                       started_at=1764579398.123456, ended_at=1764579399.5,

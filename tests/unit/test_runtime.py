@@ -117,6 +117,20 @@ def test_settings_read_the_environment_only_in_from_env(monkeypatch):
         Settings.from_env()
 
 
+@pytest.mark.parametrize(("value", "mode"), [
+    ("1", "always"), ("true", "always"), ("always", "always"), ("0", "off"), ("no", "off"),
+    ("OFF", "off"), ("watched", "watched"), (None, "watched")])
+def test_the_stream_setting_reads_its_modes_and_the_old_on_off_values(monkeypatch, value, mode):
+    if value is None:
+        monkeypatch.delenv("LEGATO_STREAM", raising=False)
+    else:
+        monkeypatch.setenv("LEGATO_STREAM", value)
+    assert Settings.from_env().stream == mode
+    monkeypatch.setenv("LEGATO_STREAM", "sometimes")
+    with pytest.raises(ValueError, match="stream"):
+        Settings.from_env()
+
+
 def _legato_names(text: str) -> set[str]:
     return set(re.findall(r"\bLEGATO_[A-Z][A-Z_]*[A-Z]\b", text))
 

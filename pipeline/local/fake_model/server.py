@@ -36,6 +36,7 @@ class Stats:
         self.by_step: Counter[str] = Counter()
         self.by_step_ok: Counter[str] = Counter()  # 200 answers per step: calls that completed
         self.by_second: Counter[str] = Counter()  # chat requests per wall-clock second (int)
+        self.streamed_by_step: Counter[str] = Counter()  # answers sent as a stream, per step
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -46,6 +47,7 @@ class Stats:
             "by_step": dict(self.by_step),
             "by_step_ok": dict(self.by_step_ok),
             "by_second": dict(self.by_second),
+            "streamed_by_step": dict(self.streamed_by_step),
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
         }
@@ -191,6 +193,8 @@ class FakeModelServer:
             stats.by_status[str(status)] += 1
             if status == 200 and step is not None:
                 stats.by_step_ok[step] += 1
+            if isinstance(response, Streamed) and step is not None:
+                stats.streamed_by_step[step] += 1
         return response
 
     async def _answer(self, request: Request) -> Response:
