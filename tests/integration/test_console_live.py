@@ -82,3 +82,32 @@ def test_events_of_unknown_runs_and_bad_ids_are_refused(console):
     assert console.get("/api/runs/nosuchrun/events").status_code == 404
     bad = console.get("/api/runs/nosuchrun/events", headers={"Last-Event-ID": "x<y"})
     assert bad.status_code in (404, 422) and set(bad.json()) == {"error"}
+
+
+def test_a_page_following_a_run_marks_it_watched_so_its_steps_stream(console, legato):
+    """With LEGATO_STREAM=watched (the default), steps stream only while someone follows the
+    run: the console's reader marks it watched for as long as a watcher is there."""
+    from legato import Llm, Pipeline
+
+    pipeline = Pipeline(name="unserved", steps=[
+        Llm(id="ask", model="small", queue="legato.test.nobody-serves", prompt="Hi")])
+    run_id = legato.submit(pipeline, {})
+    mark = legato.store.keys.watched(run_id)
+    assert not legato.store.redis.exists(mark)
+
+    async def follow_a_while() -> bool:
+        async with httpx.AsyncClient(base_url=console.url, timeout=30, headers={
+                "Authorization": f"Bearer {console.token}"}) as client:
+            watching = asyncio.create_task(_watch(client, f"/api/runs/{run_id}/events"))
+            for _ in range(200):
+                if legato.store.redis.exists(mark):
+                    break
+                await asyncio.sleep(0.02)
+            watching.cancel()
+            return bool(legato.store.redis.exists(mark))
+
+    try:
+        assert asyncio.run(follow_a_while())
+        assert 0 < legato.store.redis.ttl(mark) <= 30
+    finally:
+        legato.cancel(run_id)
