@@ -99,7 +99,8 @@ class Legato:
                idempotency_key: str | None = None, names_only: bool = False,
                on_done: OnDone | Mapping[str, Any] | None = None,
                schedule: str | None = None, tenant: str | None = None,
-               priority: int | None = None, tags: Mapping[str, str] | None = None) -> str:
+               priority: int | None = None, tags: Mapping[str, str] | None = None,
+               watch: bool = False) -> str:
         """Validate, record and enqueue one run; return its id. Raises SpecError or InputError.
 
         `names_only`: `pipeline` is a name in the pipelines directory, never a file path (what
@@ -108,7 +109,8 @@ class Legato:
         schedule that made the run (set by `legato beat`). `tenant` ("default") and `priority`
         (0; higher first within the tenant) matter with a tenants file: see legato.admission.
         `tags`: labels stored on the run and searched by (`runs(tags=...)`; limits in
-        legato.tags)."""
+        legato.tags). `watch`: the caller will follow the run (`stream`): it is marked watched
+        before anything is enqueued, so with LEGATO_STREAM=watched its first step streams too."""
         tenant, priority = check_submit(tenant, priority)
         checked_tags = check_tags(tags)
         if names_only:
@@ -127,6 +129,8 @@ class Legato:
         if run_id != record.id:  # the key was used before: that run is this job, if it is
             _same_job(self.store.get_run(run_id), spec.name, input, idempotency_key)
             return run_id
+        if watch:
+            self.store.mark_watched(run_id)
         if self.admission is not None:
             self._admit(run_id, tenant, priority)
             return run_id

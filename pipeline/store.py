@@ -361,6 +361,10 @@ class RunStore:
         """The key of the run's event stream (legato.events), for readers of their own."""
         return self.keys.events(run_id)
 
+    def mark_watched(self, run_id: str) -> None:
+        """Mark the run followed for a while (legato.events.watching)."""
+        events.watching(self.redis, self.keys.watched(run_id))
+
     def watched_key(self, run_id: str) -> str:
         """The key of the run's watched mark (legato.events.watching), for readers of their own."""
         return self.keys.watched(run_id)

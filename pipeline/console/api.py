@@ -57,6 +57,8 @@ class SubmitBody(BaseModel):
                                "runs in (legato.tenants); `default` unless given")
     priority: int | None = Field(default=None, strict=True, description="-1000..1000, higher "
                                  "first within its tenant; 0 unless given")
+    watch: bool = Field(default=False, description="the caller will follow the run's events: "
+                        "its steps stream from the first (LEGATO_STREAM=watched)")
 
 
 class Submitted(BaseModel):
@@ -104,7 +106,7 @@ def submit(body: SubmitBody, st: State) -> Submitted:
         raise InputError(f"input: nested too deeply (the limit is {MAX_INPUT_DEPTH} levels)")
     run_id = st.legato.submit(body.pipeline, body.input, idempotency_key=body.idempotency_key,
                               names_only=True, tags=body.tags, tenant=body.tenant,
-                              priority=body.priority)
+                              priority=body.priority, watch=body.watch)
     return Submitted(run_id=run_id)
 
 

@@ -285,6 +285,7 @@ def test_with_streaming_watched_only_a_run_someone_follows_streams(
         Llm(id="second", model="small", queue=queue, prompt="Then {{ outputs.first }}")])
     alone = legato.submit(pipeline, {"text": "nobody looks"})
     followed = legato.submit(pipeline, {"text": "someone looks"})
+    told = legato.submit(pipeline, {"text": "someone will look"}, watch=True)
     seen: list[Event] = []
     follower = threading.Thread(target=lambda: seen.extend(legato.stream(followed)))
     follower.start()
@@ -296,13 +297,14 @@ def test_with_streaming_watched_only_a_run_someone_follows_streams(
 
     env = {**stack_env, "LEGATO_STREAM": "watched"}  # steps queued before a worker is up
     with processes.worker("watched", [queue], env=env, concurrency=2, log_dir=tmp_path):
-        runs = [legato.wait(r, timeout=60) for r in (alone, followed)]
+        runs = [legato.wait(r, timeout=60) for r in (alone, followed, told)]
         follower.join(timeout=60)
 
-    assert [r.status for r in runs] == ["succeeded", "succeeded"], [r.error for r in runs]
+    assert [r.status for r in runs] == ["succeeded"] * 3, [r.error for r in runs]
     streamed = fake.stats()["streamed_by_step"]
-    assert sorted(t for t in streamed if t.startswith(f"{followed}/")) == [
-        f"{followed}/first", f"{followed}/second"]
+    for run_id in (followed, told):  # submit(watch=True) marked it before it was enqueued
+        assert sorted(t for t in streamed if t.startswith(f"{run_id}/")) == [
+            f"{run_id}/first", f"{run_id}/second"]
     assert not any(t.startswith(f"{alone}/") for t in streamed)  # plain requests
     assert {e.path for e in seen if isinstance(e, StepFinished)} == {"first", "second"}
     assert_kept_is_journaled(legato, followed, seen)

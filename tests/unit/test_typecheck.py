@@ -50,4 +50,4 @@ def test_mypy_sees_real_types_in_legato_tasks_and_workers(tmp_path: Path) -> Non
                       "idempotency_key: str | None =, names_only: bool =, on_done: "
                       "legato.envelope.OnDone | typing.Mapping[str, Any] | None =, schedule: "
                       "str | None =, tenant: str | None =, priority: int | None =, "
-                      "tags: typing.Mapping[str, str] | None =) -> str")
+                      "tags: typing.Mapping[str, str] | None =, watch: bool =) -> str")

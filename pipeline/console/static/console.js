@@ -20,7 +20,8 @@
   // The runs list's submit form: the job as the API takes it; the API checks it (422 naming
   // the field, shown beside the button), and the new run's page opens.
   function job(form) {
-    const data = {pipeline: form.elements.pipeline.value,
+    // watch: the run's page opens next and follows it, so its steps stream from the first.
+    const data = {pipeline: form.elements.pipeline.value, watch: true,
                   input: JSON.parse(form.elements.input.value || "{}")};
     const tenant = form.elements.tenant.value.trim();
     if (tenant !== "") data.tenant = tenant;
