@@ -122,6 +122,20 @@ def watching(client: Any, key: str) -> Any:
     return client.set(key, "1", ex=WATCH_SECONDS)
 
 
+class Renewal:
+    """When a follower is to set its run's mark (again): at once, then every RENEW_SECONDS."""
+
+    def __init__(self) -> None:
+        self._next = 0.0
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        self._next = now + RENEW_SECONDS
+        return True
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -136,11 +150,10 @@ def read(client: Any, keys: Keys, run_id: str, *, last_id: str | None = None,
     `follow=False` yields what is there now and stops."""
     key = keys.events(run_id)
     cursor = last_id or "0-0"
-    renew_at = 0.0
+    renewal = Renewal()
     while True:
-        if follow and time.monotonic() >= renew_at:
+        if follow and renewal.due():
             watching(client, keys.watched(run_id))
-            renew_at = time.monotonic() + RENEW_SECONDS
         reply = client.xread({key: cursor}, count=500, block=block_ms if follow else None)
         entries = reply[0][1] if reply else []
         for raw_id, raw in entries:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -65,11 +64,10 @@ class Feed:
             newest = await redis.xrevrange(self.key, count=1)
             cursor = newest[0][0] if newest else "0-0"
             self.ready.set()
-            renew_at = 0.0
+            renewal = events.Renewal()
             while True:
-                if time.monotonic() >= renew_at:  # its steps stream while someone watches
+                if renewal.due():  # its steps stream while someone watches
                     await events.watching(redis, self.feeds.store.watched_key(self.run_id))
-                    renew_at = time.monotonic() + events.RENEW_SECONDS
                 reply = await redis.xread({self.key: cursor}, count=500, block=BLOCK_MS)
                 entries = reply[0][1] if reply else []
                 for entry_id, fields in entries:

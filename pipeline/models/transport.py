@@ -6,11 +6,11 @@ Two transports, one contract (`post`; transport failures raised as `TransientErr
   (`httpx.MockTransport`). Any `httpx.Client` passed where a transport is expected is wrapped by
   `as_transport`, so callers that hand in a client keep working.
 - `LoopTransport` is what workers use: one daemon thread per process runs an asyncio event loop
-  with one `aiohttp.ClientSession`, and the calling (pool) threads park on futures. httpcore's
-  sync pool costs 2–9 ms of CPU per call at 100–500 connections (its bookkeeping grows with the
-  pool); this costs ~0.4 ms, flat up to 500 in flight (docs/benchmarks.md, "The model-call
-  path"). `submit` lets one thread start many calls and wait on them together. `post` hands
-  its call over more cheaply than `submit` does: calls that arrive while the loop has not yet
+  with one `aiohttp.ClientSession`, and the calling (pool) threads park while their calls run.
+  httpcore's sync pool costs 2–9 ms of CPU per call at 100–500 connections (its bookkeeping grows
+  with the pool); this costs ~0.3–0.4 ms, flat up to 500 in flight (docs/benchmarks.md, "The
+  model-call path"). `submit` lets one thread start many calls and wait on them together. `post`
+  hands its call over more cheaply than `submit` does: calls that arrive while the loop has not yet
   taken the last ones join them (one wakeup of the loop for the lot, not one each), and the
   caller waits on a bare lock, not a future's condition.
 
