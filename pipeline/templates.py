@@ -145,6 +145,11 @@ class _bounded:
 
 def referenced_outputs(source: str, *, expression: bool = False) -> set[str]:
     """Step ids a template reads through `outputs.ID` or `outputs['ID']`. Raises TemplateProblem."""
+    return set(_referenced(source, expression))
+
+
+@lru_cache(maxsize=4096)  # a producer checks the same templates at every submit
+def _referenced(source: str, expression: bool) -> frozenset[str]:
     try:
         tree = _env.parse(f"{{{{ {source} }}}}" if expression else source)
     except TemplateSyntaxError as exc:
@@ -160,4 +165,4 @@ def referenced_outputs(source: str, *, expression: bool = False) -> set[str]:
         key = node.arg  # type: ignore[attr-defined]
         if isinstance(key, nodes.Const) and isinstance(key.value, str):
             ids.add(key.value)
-    return ids
+    return frozenset(ids)

@@ -120,6 +120,24 @@ def test_referenced_outputs_in_expressions() -> None:
     assert referenced_outputs("output >= 3", expression=True) == set()
 
 
+def test_referenced_outputs_parses_a_template_once_and_hands_out_a_copy(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A producer checks every template at every submit: the parse is kept, the answer is not
+    shared (a caller adding to it changes nothing for the next)."""
+    parses: list[str] = []
+    parse = templates._env.parse
+    monkeypatch.setattr(templates._env, "parse", lambda s: parses.append(s) or parse(s))
+    source = "{{ outputs.first_of_its_kind }} {{ outputs['second'] }}"
+    found = referenced_outputs(source)
+    found.add("intruder")
+    assert referenced_outputs(source) == {"first_of_its_kind", "second"}
+    assert parses == [source]
+    with pytest.raises(TemplateProblem):  # a bad one is refused every time, not remembered
+        referenced_outputs("{{ outputs.x ")
+    with pytest.raises(TemplateProblem):
+        referenced_outputs("{{ outputs.x ")
+
+
 @pytest.mark.parametrize("source, expression", [("{{ input.x ", False), ("{% for %}", False),
                                                 ("output >", True)])
 def test_syntax_errors_are_template_problems_with_a_line(source: str, expression: bool) -> None:
