@@ -77,6 +77,22 @@ class StepInput(_Wire):
     quorum: int | None = Field(None, description="a voter under a quorum")
 
 
+def step_of(kwargs: dict[str, Any] | None) -> tuple[str, str] | None:
+    """(run id, step path) from a Legato task's kwargs (a `StepInput` as sent), if it is one."""
+    if not kwargs:
+        return None
+    step = kwargs.get("step")
+    if isinstance(step, dict) and "run_id" in step:
+        return str(step["run_id"]), str(step.get("path") or step.get("node") or "")
+    steps = kwargs.get("steps")  # a segment or a batch: its first..last step
+    if isinstance(steps, list) and steps and isinstance(steps[0], dict):
+        first, last = steps[0].get("path", ""), steps[-1].get("path", "")
+        return str(steps[0].get("run_id")), first if first == last else f"{first}..{last}"
+    if "run_id" in kwargs:  # legato.finalize
+        return str(kwargs["run_id"]), "(finalize)"
+    return None
+
+
 class StepResult(_Wire):
     """A step's outcome. On the wire (`wire()`) it is slim — path, status, error — so messages
     never carry model text; the output itself stays in the journal, under the path."""

@@ -25,28 +25,13 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
+from legato.envelope import step_of
 from legato.models import telemetry
 from legato.settings import Settings
 
 log = logging.getLogger("legato.worker")
 
 _current: ContextVar[tuple[str, str] | None] = ContextVar("legato_step", default=None)
-
-
-def step_of(kwargs: dict[str, Any] | None) -> tuple[str, str] | None:
-    """(run id, step path) from a Legato task's kwargs, if it is one."""
-    if not kwargs:
-        return None
-    step = kwargs.get("step")
-    if isinstance(step, dict) and "run_id" in step:
-        return str(step["run_id"]), str(step.get("path") or step.get("node") or "")
-    steps = kwargs.get("steps")  # a segment or a batch: its first..last step
-    if isinstance(steps, list) and steps and isinstance(steps[0], dict):
-        first, last = steps[0].get("path", ""), steps[-1].get("path", "")
-        return str(steps[0].get("run_id")), first if first == last else f"{first}..{last}"
-    if "run_id" in kwargs:  # legato.finalize
-        return str(kwargs["run_id"]), "(finalize)"
-    return None
 
 
 def on_task_prerun(task: Any = None, kwargs: dict[str, Any] | None = None, **_: Any) -> None:

@@ -55,6 +55,9 @@ def test_flower_requires_auth_and_shows_tasks_by_public_name(flower, legato, fak
     assert names == ["legato.llm", "legato.segment", "legato.tool"]
     for t in tasks:
         assert "secret prompt" not in (t.get("args") or "") + (t.get("kwargs") or "")
+    # a task's kwargs read as its run and step, not as a repr of its envelopes
+    assert sorted(t["kwargs"] for t in tasks) == sorted(
+        f"run={run_id} step={path}" for path in ("headline", "length", "summary"))
 
 
 def test_flower_rest_api_enqueues_a_legato_job(flower, legato, fake):

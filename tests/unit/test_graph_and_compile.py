@@ -318,6 +318,22 @@ def test_messages_carry_only_ids(app: Celery) -> None:
     assert SECRET_PROMPT not in wire and "word_count" not in wire
 
 
+def test_every_task_shows_its_run_and_step_not_a_repr_of_its_envelopes(app: Celery) -> None:
+    """What Flower and task events show as a task's kwargs: `run=<id> step=<path>`."""
+    shown = {}
+    for sig in tasks_in_order(_whole_run(app, PIPELINE)):
+        if sig.task == "legato.finalize":
+            assert sig.options["kwargsrepr"] == "run=RUN step=(finalize)"
+            continue
+        envelopes = sig.kwargs["steps"] if "steps" in sig.kwargs else [sig.kwargs["step"]]
+        first, last = envelopes[0]["path"], envelopes[-1]["path"]
+        step = first if first == last else f"{first}..{last}"
+        assert sig.options["kwargsrepr"] == f"run=RUN step={step}", sig.task
+        shown[sig.task] = step
+    assert set(shown) >= {"legato.llm", "legato.tool", "legato.route", "legato.llm_batch",
+                          "legato.plan", "legato.aggregate"}
+
+
 def _whole_run(app: Celery, spec: Pipeline) -> Signature:
     """A run's stages (sent one at a time, tasks/stages.py) as one chain, to read its shape."""
     from celery import chain
