@@ -113,13 +113,14 @@ def chains(stack: Stack, cfg: Config, jobs: LegatoJobs, client: redis.Redis
 
 def _added(rows: list[dict[str, float]]) -> None:
     """Onto each row after the first: the cost of a step added since the row before
-    (`ms_added` etc.); onto the first, the run's fixed cost that is left (`ms_fixed` etc.)."""
+    (`ms_added` etc.); onto the first, the run's fixed cost that is left in time and bytes sent
+    (`ms_fixed`, `bytes_in_fixed`; stored bytes are all the steps' own)."""
     for before, row in zip(rows, rows[1:], strict=False):
         steps = row["steps"] - before["steps"]
         for key in ("ms", "bytes_in", "stored"):
             row[f"{key}_added"] = (row[key] - before[key]) / steps
     if len(rows) > 1:
-        for key in ("ms", "bytes_in", "stored"):
+        for key in ("ms", "bytes_in"):
             rows[0][f"{key}_fixed"] = rows[0][key] - rows[0]["steps"] * rows[1][f"{key}_added"]
 
 

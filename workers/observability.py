@@ -35,8 +35,9 @@ _current: ContextVar[tuple[str, str] | None] = ContextVar("legato_step", default
 
 
 def on_task_prerun(task: Any = None, kwargs: dict[str, Any] | None = None, **_: Any) -> None:
-    _current.set(step_of(kwargs))
-    if task is not None and (found := step_of(kwargs)) is not None:
+    found = step_of(kwargs)
+    _current.set(found)
+    if task is not None and found is not None:
         _annotate_span(*found)
 
 
