@@ -149,6 +149,24 @@ return claimed
 _KEEP_SIG = "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\nreturn 1"
 _FORGET_SIG = "redis.call('HDEL', KEYS[1], ARGV[1])\nreturn 1"
 
+# A batch delivery that will not run (a member is busy) lets go of its reference: the leases it
+# took (still its own) keep the signature itself, so their running out sends the batch again,
+# and the reference goes unless a member is busy under it (a delivery of this very task runs,
+# and forgets it when done).
+# KEYS: owner, sig. ARGV: ref, token, signature, how many began, members began..., busy...
+_UNSHARE_SIG = """
+local began = tonumber(ARGV[4])
+for i = 5, 4 + began do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[2] then
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[3])
+  end
+end
+for i = 5 + began, #ARGV do
+  if redis.call('HGET', KEYS[2], ARGV[i]) == ARGV[1] then return 0 end
+end
+redis.call('HDEL', KEYS[2], ARGV[1])
+return 1
+"""
 
 BeginState = Literal["go", "done", "busy", "stopped", "missing"]
 
@@ -195,6 +213,7 @@ class Journal:
         self._end = client.register_script(_END)
         self._renew = client.register_script(_RENEW)
         self._claim = client.register_script(_CLAIM)
+        self._unshare = client.register_script(_UNSHARE_SIG)
         # Parts that ride one round trip together (a segment's hand-off: one step's end, the
         # next one's begin; the run store adds its finish).
         self.trips = Trips(client, {"end": _END, "begin": _BEGIN, "keep_sig": _KEEP_SIG,
@@ -226,7 +245,8 @@ class Journal:
                    token: str, signature: dict[str, Any], task_id: str, now: float,
                    lease_seconds: float) -> list[Begin]:
         """`begin` for many steps of one run (a batch task's members), in one round trip. The
-        task's signature is kept once, under `@<task id>`, and each member refers to it."""
+        task's signature is kept once, under `@<task id>`, and each member refers to it (a
+        delivery sent again after its worker died keeps and forgets the same name)."""
         ref = f"@{task_id}"
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(self.keys.lease_sig, ref, _signature_json(signature))
@@ -241,6 +261,15 @@ class Journal:
     def forget_batch(self, task_id: str) -> None:
         """Drop a batch's shared signature once its members are ended."""
         self.redis.hdel(self.keys.lease_sig, f"@{task_id}")
+
+    def unshare_batch(self, task_id: str, *, token: str, signature: dict[str, Any],
+                      began: list[str], busy: list[str]) -> None:
+        """A batch delivery that will not run (`busy`: lease members another delivery holds):
+        the leases it took (`began`) keep its signature themselves, and its `@<task id>` goes,
+        unless a busy member refers to it (a delivery of this very task runs and forgets it)."""
+        self._unshare(keys=[self.keys.lease_owner, self.keys.lease_sig],
+                      args=[f"@{task_id}", token, _signature_json(signature), len(began),
+                            *began, *busy])
 
     def _begin_call(self, run_id: str, record: StepRecord, reads: tuple[str, ...], *,
                     token: str, signature: dict[str, Any] | str, now: float,

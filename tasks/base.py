@@ -210,11 +210,17 @@ def journaled_many(task: Task, steps: list[StepInput], kind: str,
     request = task.request  # a thread-local lookup: once, not once per member
     records = [_running(request, s, kind) for s in steps]
     token = uuid.uuid4().hex
+    signature = lifeline.signature_json(task)
     begins = store.journal.begin_many(
         run_id, [(r, n.reads) for r, n in zip(records, nodes, strict=True)], token=token,
-        signature=lifeline.signature_json(task), task_id=task.request.id, now=time.time(),
+        signature=signature, task_id=request.id, now=time.time(),
         lease_seconds=settings.lease_seconds)
-    if any(b.state == "busy" for b in begins):
+    if any(b.state == "busy" for b in begins):  # another delivery runs: this one must not
+        members = {state: [lease_member(run_id, s.path)
+                           for s, b in zip(steps, begins, strict=True) if b.state == state]
+                   for state in ("go", "busy")}
+        store.journal.unshare_batch(request.id, token=token, signature=signature,
+                                    began=members["go"], busy=members["busy"])
         raise Ignore()
     results = [None if b.state == "go" else _not_run(s, b)
                for s, b in zip(steps, begins, strict=True)]
@@ -254,7 +260,7 @@ def journaled_many(task: Task, steps: list[StepInput], kind: str,
     finally:  # on an error too: a lease not renewed runs out, and the sweeper sends us again
         for i in running.values():
             keeper.release(run_id, steps[i].path)
-    store.journal.forget_batch(task.request.id)
+    store.journal.forget_batch(request.id)
     if retry_in is not None:
         raise task.retry(countdown=retry_in, max_retries=settings.step_retries)
     return [r if r is not None else records[i].result() for i, r in enumerate(results)]

@@ -93,6 +93,31 @@ def test_a_batch_whose_worker_is_killed_is_sent_again_once_and_redoes_only_the_u
     assert not [f for f in store.redis.hkeys(store.keys.lease_sig) if f.startswith("@")]
 
 
+def test_another_delivery_of_a_running_batch_runs_nothing_and_leaves_no_reference(
+        legato, fake, durable_worker):
+    # As the stall recovery sends one: the same batch under a task id of its own, its members
+    # busy. It must run none of them and leave behind no signature it kept for them.
+    fake.script({"faults": [{"kind": "latency", "ms": 2500, "match": {"contains": "busy batch"}}]})
+    worker = durable_worker("steady")
+    vote = Parallel(id="v", queue=DURABLE_QUEUE, aggregate=Aggregate(method="concat"),
+                    vote=Vote(n=3, step=Llm(id="call", model="small", prompt="busy batch")))
+    run_id = legato.submit(Pipeline(name="durable_busy_batch", steps=[vote]), {})
+    store = legato.store
+    ref = eventually(lambda: store.redis.hget(store.keys.lease_sig,
+                                              lease_member(run_id, "v/call[0]")))
+    assert ref.startswith("@")
+    again = uuid.uuid4().hex
+    legato.app.signature(json.loads(store.redis.hget(store.keys.lease_sig, ref))).apply_async(
+        task_id=again)
+    eventually(lambda: f"[{again}] ignored" in worker.log_path.read_text())
+    assert store.get_run(run_id).status == "running"  # it came while the members were busy
+
+    run = legato.wait(run_id, timeout=30)
+    assert run.status == "succeeded", run.error
+    assert [fake.stats()["by_step"][f"{run_id}/v/call[{i}]"] for i in range(3)] == [1, 1, 1]
+    assert not [f for f in store.redis.hkeys(store.keys.lease_sig) if f.startswith("@")]
+
+
 def test_a_healthy_long_step_is_never_started_twice(legato, fake, durable_worker):
     fake.script({"faults": [{"kind": "latency", "ms": 4000, "match": {"contains": "slow long"}}]})
     durable_worker("steady")

@@ -280,3 +280,40 @@ def test_the_last_steps_end_rides_the_runs_finish(runs: RunStore) -> None:
     assert runs.get_outputs(run_id) == {"a": {"answer": 42}}
     assert runs.get_run(run_id).status == "succeeded"
     assert not runs.end_run(run_id, "failed", first=[ending])  # terminal is final, sent twice too
+
+
+def test_a_batch_delivery_that_finds_a_member_busy_leaves_no_reference_behind(
+        runs: RunStore) -> None:
+    run_id = new_run(runs)
+    assert begin(runs, run_id, "v[1]", token="live").state == "go"  # another delivery runs it
+    members = [(StepRecord(path=p, status="running", kind="llm", started_at=time.time()), ())
+               for p in ("v[0]", "v[1]")]
+    signature = {"task": "legato.llm_batch", "id": "b"}
+    begins = runs.journal.begin_many(run_id, members, token="dup", signature=signature,
+                                     task_id="b", now=time.time(), lease_seconds=15)
+    assert [b.state for b in begins] == ["go", "busy"]
+    runs.journal.unshare_batch("b", token="dup", signature=signature,
+                               began=[f"{run_id}|v[0]"], busy=[f"{run_id}|v[1]"])
+    sigs = runs.redis.hgetall(runs.keys.lease_sig)
+    assert not [ref for ref in sigs if ref.startswith("@")]
+    assert sigs[f"{run_id}|v[1]"] == '{"task":"t"}'  # the live delivery's lease is left as it was
+    # the member this delivery began, never run, is still sent again when its lease runs out
+    claimed = dict(runs.journal.claim_expired(now=time.time() + 60, grace_seconds=15))
+    assert claimed[f"{run_id}|v[0]"] == signature
+
+
+def test_a_busy_batch_delivery_keeps_the_reference_a_delivery_of_the_same_task_runs_under(
+        runs: RunStore) -> None:
+    run_id = new_run(runs)
+    member = (StepRecord(path="v[0]", status="running", kind="llm", started_at=time.time()), ())
+    signature = {"task": "legato.llm_batch", "id": "b"}
+    assert runs.journal.begin_many(run_id, [member], token="live", signature=signature,
+                                   task_id="b", now=time.time(), lease_seconds=15)[0].state == "go"
+    again = runs.journal.begin_many(run_id, [member], token="dup", signature=signature,
+                                    task_id="b", now=time.time(), lease_seconds=15)
+    assert again[0].state == "busy"
+    runs.journal.unshare_batch("b", token="dup", signature=signature, began=[],
+                               busy=[f"{run_id}|v[0]"])
+    assert runs.redis.hget(runs.keys.lease_sig, "@b") is not None  # the live one's, still
+    claimed = dict(runs.journal.claim_expired(now=time.time() + 60, grace_seconds=15))
+    assert claimed[f"{run_id}|v[0]"] == signature
