@@ -151,9 +151,19 @@ def redact(text: str, secrets: list[str] | tuple[str, ...] = ()) -> str:
     for secret in sorted(set(secrets), key=len, reverse=True):
         if len(secret) >= _MIN_SECRET:
             text = text.replace(secret, REDACTED)
-    for shape, replacement in _SHAPES:
-        text = shape.sub(replacement, text)
+    if _may_be_shaped(text):
+        for shape, replacement in _SHAPES:
+            text = shape.sub(replacement, text)
     return text
+
+
+def _may_be_shaped(text: str) -> bool:
+    """False only if no shape can match: each needs one of these substrings. Every worker log
+    line is redacted, and five regex passes cost ~20 µs a line; these checks, ~1 µs."""
+    low = text.lower()
+    return ("bearer" in low or "authorization" in low or ("api" in low and "key" in low)
+            or "k-" in text or "k_" in text or "ghp" in text or "gho" in text
+            or "xox" in text or "AKIA" in text or ("://" in text and "@" in text))
 
 
 class RedactingFilter(logging.Filter):

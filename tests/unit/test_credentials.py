@@ -4,6 +4,7 @@ and credential a spec's alias really gets, and what is stripped from stored erro
 from __future__ import annotations
 
 import logging
+import random
 import textwrap
 from pathlib import Path
 
@@ -119,6 +120,24 @@ def test_provider_errors_are_redacted_before_they_are_stored(worker_models: Path
 ])
 def test_authorization_like_strings_are_redacted(text: str, clean: str) -> None:
     assert redact(text) == clean
+
+
+def test_the_quick_check_before_the_shapes_never_lets_a_match_through() -> None:
+    # redact() runs the shape regexes only where a cheap substring check says one may match:
+    # over texts built to sit near every shape (any case, any mix), it must never say no to one.
+    from legato.models.credentials import _SHAPES, _may_be_shaped
+
+    rng = random.Random(7)
+    pieces = ["bearer ", "BEARER\t", "Proxy-Authorization", "X-Goog-Api-Key", "API_KEY", "apikey",
+              ": ", "='", "\"", "sk-", "pk_", "rk-", "ghp_", "gho-", "xoxb-", "xoxp_", "AKIA",
+              "://", "user:pw", "@", "/", " ", "abcdefghijklmnop", "0123456789ABCDEF", "-_"]
+    matched = 0
+    for _ in range(20_000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 8)))
+        if any(shape.search(text) for shape, _ in _SHAPES):
+            matched += 1
+            assert _may_be_shaped(text), text
+    assert matched > 2_000  # the texts did reach the shapes
 
 
 def test_the_log_filter_redacts_known_secrets_and_shapes(caplog: pytest.LogCaptureFixture
