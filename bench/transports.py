@@ -16,13 +16,17 @@ calls/s, its CPU per call (user + system), its peak RSS, and how busy the fake s
   asyncio-aiohttp         no threads: N asyncio tasks on aiohttp (reference)
   asyncio-streams         no threads: N tasks on the minimal client (the ceiling)
 
-Every transport parses the JSON reply, as a model call must. Nothing here asserts anything.
+Every transport parses the JSON reply, as a model call must. With `--journal`, each call is also
+bracketed by two Lua round trips to a private Redis (a begin and an end record, as a step's
+journal writes): sync redis-py on the calling thread for the threads-* transports, redis.asyncio
+on the loop for the asyncio-* ones. Nothing here asserts anything.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.util
 import json
 import os
@@ -145,7 +149,62 @@ class Budget:
             self.done += 1
 
 
-def run_threads_sync(url: str, n: int, budget: Budget) -> None:
+# A step's journal writes, roughly: a begin (record + lease) and an end (record, lease let go).
+_BEGIN = ("redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) "
+          "redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1]) return 1")
+_END = ("redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) "
+        "redis.call('ZREM', KEYS[2], ARGV[1]) return 1")
+_RECORD = json.dumps({"status": "running", "kind": "llm", "worker": "bench", "attempt": 1})
+
+
+class SyncJournal:
+    """Two EVALSHA round trips a call, from the calling thread (None: no journal)."""
+
+    def __init__(self, url: str | None, n: int) -> None:
+        self.client = None
+        if url:
+            import redis
+
+            self.client = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
+                url, max_connections=n))
+            self.begin_script = self.client.register_script(_BEGIN)
+            self.end_script = self.client.register_script(_END)
+
+    def around(self, slot: int, i: int, call: Callable[[], Any]) -> Any:
+        if self.client is None:
+            return call()
+        member = f"{slot}:{i}"
+        self.begin_script(keys=["b:steps", "b:leases"], args=[member, _RECORD, time.time()])
+        out = call()
+        self.end_script(keys=["b:steps", "b:leases"], args=[member, _RECORD])
+        return out
+
+
+class AsyncJournal:
+    """The same on the event loop, with redis.asyncio."""
+
+    def __init__(self, url: str | None, n: int) -> None:
+        self.client = None
+        if url:
+            import redis.asyncio as aredis
+
+            self.client = aredis.Redis(connection_pool=aredis.BlockingConnectionPool.from_url(
+                url, max_connections=n))
+            self.begin_script = self.client.register_script(_BEGIN)
+            self.end_script = self.client.register_script(_END)
+
+    async def around(self, slot: int, i: int, call: Callable[[], Awaitable[Any]]) -> Any:
+        if self.client is None:
+            return await call()
+        member = f"{slot}:{i}"
+        await self.begin_script(keys=["b:steps", "b:leases"], args=[member, _RECORD,
+                                                                      time.time()])
+        out = await call()
+        await self.end_script(keys=["b:steps", "b:leases"], args=[member, _RECORD])
+        return out
+
+
+def run_threads_sync(url: str, n: int, budget: Budget, journal: str | None = None) -> None:
     import httpx
 
     limits = httpx.Limits(max_connections=n * 2, max_keepalive_connections=n * 2)
@@ -153,22 +212,28 @@ def run_threads_sync(url: str, n: int, budget: Budget) -> None:
     endpoint = url.rstrip("/") + "/chat/completions"
     headers = {"Content-Type": "application/json"}
 
-    def worker() -> None:
+    steps = SyncJournal(journal, n)
+
+    def call() -> Any:
+        r = client.post(endpoint, content=BODY, headers=headers)
+        r.raise_for_status()
+        return r.json()
+
+    def worker(slot: int) -> None:
         i = 0
         while budget.more(i):
-            r = client.post(endpoint, content=BODY, headers=headers)
-            r.raise_for_status()
-            r.json()
+            steps.around(slot, i, call)
             budget.count()
             i += 1
 
     with ThreadPoolExecutor(n) as pool:
-        for f in [pool.submit(worker) for _ in range(n)]:
+        for f in [pool.submit(worker, slot) for slot in range(n)]:
             f.result()
     client.close()
 
 
-def run_threads_loop(kind: str, url: str, n: int, budget: Budget, uvloop: bool = False) -> None:
+def run_threads_loop(kind: str, url: str, n: int, budget: Budget, uvloop: bool = False,
+                     journal: str | None = None) -> None:
     """N threads (as a Celery threads pool has) parked on futures of one event-loop thread."""
     loop: asyncio.AbstractEventLoop
     if uvloop:
@@ -185,16 +250,19 @@ def run_threads_loop(kind: str, url: str, n: int, budget: Budget, uvloop: bool =
 
     post, close = asyncio.run_coroutine_threadsafe(make(), loop).result()
 
-    def worker() -> None:
+    steps = SyncJournal(journal, n)
+
+    def worker(slot: int) -> None:
         i = 0
         while budget.more(i):
-            asyncio.run_coroutine_threadsafe(post(), loop).result()
+            steps.around(slot, i, lambda: asyncio.run_coroutine_threadsafe(post(), loop).result())
             budget.count()
             i += 1
 
     with ThreadPoolExecutor(n) as pool:
-        for f in [pool.submit(worker) for _ in range(n)]:
+        for f in [pool.submit(worker, slot) for slot in range(n)]:
             f.result()
+
     async def closing() -> None:
         await close()
 
@@ -203,51 +271,55 @@ def run_threads_loop(kind: str, url: str, n: int, budget: Budget, uvloop: bool =
     thread.join(5)
 
 
-def run_asyncio(kind: str, url: str, n: int, budget: Budget) -> None:
+def run_asyncio(kind: str, url: str, n: int, budget: Budget, journal: str | None = None) -> None:
     async def main() -> None:
         post, close = _async_client(kind, url, n)
+        steps = AsyncJournal(journal, n)
 
-        async def worker() -> None:
+        async def worker(slot: int) -> None:
             i = 0
             while budget.more(i):
-                await post()
+                await steps.around(slot, i, post)
                 budget.done += 1
                 i += 1
 
-        await asyncio.gather(*(worker() for _ in range(n)))
+        await asyncio.gather(*(worker(slot) for slot in range(n)))
         await close()
 
     asyncio.run(main())
 
 
-def one(transport: str, url: str, n: int, rounds: int, seconds: float) -> dict[str, Any]:
+def one(transport: str, url: str, n: int, rounds: int, seconds: float,
+        journal: str | None = None) -> dict[str, Any]:
     kind = transport.rsplit("-", 1)[1]
     cpu0, t0 = os.times(), time.perf_counter()
     budget = Budget(rounds, seconds)
     if transport == "threads-sync-httpx":
-        run_threads_sync(url, n, budget)
+        run_threads_sync(url, n, budget, journal)
     elif transport.startswith(("threads-loop-", "threads-uvloop-")):
-        run_threads_loop(kind, url, n, budget, uvloop="uvloop" in transport)
+        run_threads_loop(kind, url, n, budget, uvloop="uvloop" in transport, journal=journal)
     else:
-        run_asyncio(kind, url, n, budget)
+        run_asyncio(kind, url, n, budget, journal)
     wall, cpu1 = time.perf_counter() - t0, os.times()
     calls = budget.done
-    return {"transport": transport, "n": n, "calls": calls, "wall": wall,
+    return {"transport": transport + ("+journal" if journal else ""), "n": n, "calls": calls,
+            "wall": wall,
             "calls_per_s": calls / wall, "cpu_user": cpu1.user - cpu0.user,
             "cpu_system": cpu1.system - cpu0.system,
             "max_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
 def in_fresh_process(transport: str, url: str, n: int, rounds: int, seconds: float, *,
-                     timeout: float = 900) -> dict[str, Any]:
+                     journal: str | None = None, timeout: float = 900) -> dict[str, Any]:
     """`one`, in a process of its own (so transports never share a heap or a loop); its row, or
     {"transport", "n", "error"} with the last line it printed on stderr."""
     argv = [sys.executable, "-m", "bench.transports", "--one", transport, "--url", url,
-            "--n", str(n), "--rounds", str(rounds), "--max-seconds", str(seconds)]
+            "--n", str(n), "--rounds", str(rounds), "--max-seconds", str(seconds),
+            *(["--journal-url", journal] if journal else [])]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
-        return {"transport": transport, "n": n, "error": tail}
+        return {"transport": transport + ("+journal" if journal else ""), "n": n, "error": tail}
     row: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     return row
 
@@ -262,7 +334,12 @@ def drive(args: argparse.Namespace) -> list[dict[str, Any]]:
     from legato.local import processes
 
     rows = []
-    with processes.fake_model() as fake:
+    with processes.fake_model() as fake, contextlib.ExitStack() as stack:
+        journal = None
+        if args.journal:
+            from legato.local.redis_server import RedisServer
+
+            journal = stack.enter_context(RedisServer()).url
         url = processes.fake_model_url(fake)
         root = url.removesuffix("/v1")
         httpx.put(f"{root}/_fake/script", json={"latency_ms": args.latency_ms}).raise_for_status()
@@ -271,7 +348,8 @@ def drive(args: argparse.Namespace) -> list[dict[str, Any]]:
                 samples = []
                 for _ in range(args.runs):
                     server0 = cpu_seconds(fake.pid) if fake.pid else (0.0, 0.0)
-                    row = in_fresh_process(transport, url, n, args.rounds, args.max_seconds)
+                    row = in_fresh_process(transport, url, n, args.rounds, args.max_seconds,
+                                           journal=journal)
                     server1 = cpu_seconds(fake.pid) if fake.pid else (0.0, 0.0)
                     if "error" in row:
                         samples.append(row)
@@ -316,11 +394,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--transports", nargs="+", default=default, choices=TRANSPORTS)
     p.add_argument("--out", type=Path, help="also write the table into this markdown file, "
                    "between <!-- transports:begin --> and <!-- transports:end -->")
+    p.add_argument("--journal", action="store_true",
+                   help="bracket each call with two Lua round trips to a private Redis")
     p.add_argument("--one", choices=TRANSPORTS, help=argparse.SUPPRESS)
+    p.add_argument("--journal-url", help=argparse.SUPPRESS)
     p.add_argument("--url", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one:
-        print(json.dumps(one(args.one, args.url, args.n[0], args.rounds, args.max_seconds)))
+        print(json.dumps(one(args.one, args.url, args.n[0], args.rounds, args.max_seconds,
+                             args.journal_url)))
         return 0
     intro = (f"Fake model latency {args.latency_ms:g} ms; up to {args.rounds} calls per in-flight "
              f"slot (at most {args.max_seconds:g} s per transport); nproc {os.cpu_count()}; "

@@ -120,3 +120,20 @@ def test_bench_retention_quick_measures_and_memory_falls_after_the_ttl(tmp_path:
     assert len(rows) > 10 and int(rows[-1]["submitted"]) == runs
     if importlib.util.find_spec("matplotlib"):  # the chart needs the bench extra
         assert res["chart"] and (tmp_path / "retention.png").stat().st_size > 1000
+
+
+def test_bench_transports_with_a_journal_makes_its_two_redis_trips_a_call(redis_server) -> None:
+    from bench.transports import one
+    from legato.local import processes
+
+    client = redis_server.client()
+    client.delete("b:steps", "b:leases")
+    with processes.fake_model() as fake:
+        url = processes.fake_model_url(fake)
+        for transport in ("threads-loop-aiohttp", "asyncio-aiohttp"):
+            before = client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+            row = one(transport, url, 4, 3, 30, journal=redis_server.url)
+            after = client.info("commandstats")["cmdstat_evalsha"]["calls"]
+            assert row["transport"] == f"{transport}+journal" and row["calls"] == 12
+            assert after - before >= 2 * 12  # a begin and an end a call
+    assert client.hlen("b:steps") == 4 * 3 and client.zcard("b:leases") == 0
