@@ -30,6 +30,13 @@ BRANCH_QUEUES = ["legato.branch.billing", "legato.branch.technical"]
 T = TypeVar("T")
 
 
+def charged(store: Any, tenant: str) -> tuple[int, int]:
+    """The tokens and runs admission charged to `tenant`, over every bucket of its window."""
+    fields = store.redis.hgetall(store.keys.adm_used(tenant))
+    return (sum(int(v) for k, v in fields.items() if k.endswith(":t")),
+            sum(int(v) for k, v in fields.items() if k.endswith(":r")))
+
+
 def eventually(what: Callable[[], T], timeout: float = 30.0, every: float = 0.05) -> T:
     """`what()` once it is truthy; AssertionError after `timeout` seconds (a bound on waiting,
     not a timing assertion)."""

@@ -20,6 +20,7 @@ from legato.envelope import RunRecord, StepRecord, Usage
 from legato.local.redis_server import RedisServer
 from legato.store import RunStore, connect
 from legato.tenants import Policies, SpendCap, TenantPolicy
+from tests.conftest import charged
 
 _prefixes = itertools.count()
 
@@ -165,13 +166,6 @@ def _child(store: RunStore, parent: str, path: str, tenant: str, tokens: int) ->
     return child
 
 
-def _used(store: RunStore, tenant: str) -> tuple[int, int]:
-    """The tokens and runs charged to `tenant` (every bucket)."""
-    fields = store.redis.hgetall(store.keys.adm_used(tenant))
-    return (sum(int(v) for k, v in fields.items() if k.endswith(":t")),
-            sum(int(v) for k, v in fields.items() if k.endswith(":r")))
-
-
 def test_a_parents_settle_charges_the_children_that_ended_without_one(store):
     """A child cancelled with its parent ends in the store's finish (no settle of its own), and
     one whose worker died before its settle was never charged: the parent's settle charges
@@ -185,10 +179,10 @@ def test_a_parents_settle_charges_the_children_that_ended_without_one(store):
     grandchild = _child(store, waiting, "inner", "fam", tokens=300)
     assert _end(store, admission, parent, tokens=100) == []
     assert {store.get_run(r).status for r in (waiting, grandchild)} == {"cancelled"}
-    assert _used(store, "fam") == (100 + 7 + 20 + 300, 1)  # one run of the tenant's own
+    assert charged(store, "fam") == (100 + 7 + 20 + 300, 1)  # one run of the tenant's own
     for again in (parent, died, waiting, grandchild):  # late or repeated settles: no double
         admission.settle(again)
-    assert _used(store, "fam") == (427, 1)
+    assert charged(store, "fam") == (427, 1)
 
 
 def test_a_child_still_running_is_charged_by_its_own_settle_not_its_parents(store):
@@ -196,11 +190,11 @@ def test_a_child_still_running_is_charged_by_its_own_settle_not_its_parents(stor
     parent, _ = _admit(store, admission, "fam")
     child = _child(store, parent, "a", "fam", tokens=5)
     admission.settle(parent)  # settled by hand while the child still runs
-    assert _used(store, "fam") == (0, 1)  # the child's not charged: its usage may still grow
+    assert charged(store, "fam") == (0, 1)  # the child's not charged: its usage may still grow
     store.redis.hset(store.keys.run(child), "prompt_tokens", 9)
     assert store.finish_run(child, "succeeded")
     admission.settle(child)
-    assert _used(store, "fam") == (9, 1)
+    assert charged(store, "fam") == (9, 1)
 
 
 def test_a_resumed_run_is_charged_only_for_what_it_used_since_it_ended(store):
@@ -208,11 +202,11 @@ def test_a_resumed_run_is_charged_only_for_what_it_used_since_it_ended(store):
     run_id, released = _admit(store, admission, "r")
     assert released == [run_id]
     _end(store, admission, run_id, tokens=100, cost=0.5)
-    assert _used(store, "r") == (100, 1)
+    assert charged(store, "r") == (100, 1)
     assert store.reopen_run(run_id, allowed=("succeeded",), status="queued") == "ok"  # resume
     assert [r for r, _ in admission.admit(run_id, "r", 0).released] == [run_id]
     _end(store, admission, run_id, tokens=130, cost=0.75)  # the run's totals: 30 more
-    assert _used(store, "r") == (130, 2)
+    assert charged(store, "r") == (130, 2)
     today = time.strftime("%Y%m%d", time.gmtime())
     assert float(store.redis.get(f"{store.keys.adm_base}spend:r:d:{today}")) == pytest.approx(0.75)
 
@@ -228,12 +222,12 @@ def test_usage_a_step_adds_after_its_run_was_settled_is_billed_by_the_sweepers_r
     admission = Admission(store.redis, store.keys, Policies(capacity=1))
     run_id, _ = _admit(store, admission, "late")
     _end(store, admission, run_id, tokens=100, cost=0.5)
-    assert _used(store, "late") == (100, 1)
+    assert charged(store, "late") == (100, 1)
     _late_step(store, run_id, tokens=40, cost=0.25)  # e.g. a call in flight at a cancel
     assert store.redis.zscore(store.keys.adm_unbilled, run_id) is not None
     admission.reconcile()
     admission.reconcile()  # again: nothing more
-    assert _used(store, "late") == (140, 1)  # the late tokens, and still one run
+    assert charged(store, "late") == (140, 1)  # the late tokens, and still one run
     today = time.strftime("%Y%m%d", time.gmtime())
     spend = float(store.redis.get(f"{store.keys.adm_base}spend:late:d:{today}"))
     assert spend == pytest.approx(0.75)
@@ -245,18 +239,18 @@ def test_a_late_step_of_a_child_is_billed_and_a_resumed_run_keeps_its_slot(store
     parent, _ = _admit(store, admission, "fam")
     child = _child(store, parent, "a", "fam", tokens=5)
     _end(store, admission, parent, tokens=10)  # the child is cancelled with it, and charged
-    assert _used(store, "fam") == (15, 1)
+    assert charged(store, "fam") == (15, 1)
     _late_step(store, child, tokens=3)
     admission.reconcile()
-    assert _used(store, "fam") == (18, 1)
+    assert charged(store, "fam") == (18, 1)
     # a resumed run was billed when it ended: its steps' ends mark it, but while it runs the
     # sweeper leaves its slot and its bill to its own settle
     assert store.reopen_run(parent, allowed=("succeeded",), status="queued") == "ok"
     assert [r for r, _ in admission.admit(parent, "fam", 0).released] == [parent]
     _late_step(store, parent, tokens=7)
     admission.reconcile()
-    assert admission.in_flight() == {parent: "fam"} and _used(store, "fam") == (18, 1)
+    assert admission.in_flight() == {parent: "fam"} and charged(store, "fam") == (18, 1)
     assert store.finish_run(parent, "succeeded")
     admission.settle(parent)
-    assert _used(store, "fam") == (25, 2)
+    assert charged(store, "fam") == (25, 2)
     assert store.redis.zcard(store.keys.adm_unbilled) == 0

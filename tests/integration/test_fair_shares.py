@@ -19,7 +19,7 @@ from legato.local import processes
 from legato.local.redis_server import RedisServer
 from legato.models.config import ModelConfig, Prices
 from legato.settings import Settings
-from tests.conftest import FAST_RECOVERY, ROOT, FakeModel, environ
+from tests.conftest import FAST_RECOVERY, ROOT, FakeModel, charged, environ
 
 POLICY = """
 capacity: 8
@@ -82,10 +82,7 @@ def _slow(fake: FakeModel, ms: int, contains: str = "") -> None:
 
 
 def _charged(legato: Legato, tenant: str) -> tuple[int, int]:
-    """The tokens and runs charged to `tenant` (every bucket of its window)."""
-    fields = legato.store.redis.hgetall(legato.store.keys.adm_used(tenant))
-    return (sum(int(v) for k, v in fields.items() if k.endswith(":t")),
-            sum(int(v) for k, v in fields.items() if k.endswith(":r")))
+    return charged(legato.store, tenant)
 
 
 def _charged_soon(legato: Legato, tenant: str, want: tuple[int, int],
