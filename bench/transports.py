@@ -302,11 +302,14 @@ def one(transport: str, url: str, n: int, rounds: int, seconds: float,
         run_asyncio(kind, url, n, budget, journal)
     wall, cpu1 = time.perf_counter() - t0, os.times()
     calls = budget.done
-    return {"transport": transport + ("+journal" if journal else ""), "n": n, "calls": calls,
-            "wall": wall,
+    return {"transport": _label(transport, journal), "n": n, "calls": calls, "wall": wall,
             "calls_per_s": calls / wall, "cpu_user": cpu1.user - cpu0.user,
             "cpu_system": cpu1.system - cpu0.system,
             "max_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def _label(transport: str, journal: str | None) -> str:
+    return transport + ("+journal" if journal else "")
 
 
 def in_fresh_process(transport: str, url: str, n: int, rounds: int, seconds: float, *,
@@ -319,7 +322,7 @@ def in_fresh_process(transport: str, url: str, n: int, rounds: int, seconds: flo
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
-        return {"transport": transport + ("+journal" if journal else ""), "n": n, "error": tail}
+        return {"transport": _label(transport, journal), "n": n, "error": tail}
     row: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     return row
 

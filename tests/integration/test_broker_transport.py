@@ -102,12 +102,13 @@ def test_a_taken_message_is_restored_by_kombu_as_it_was_sent(redis_server):
             qos = conn.default_channel.qos
             for m in got:
                 qos.restore_by_tag(m.delivery_tag)
+
         def what(raw: bytes) -> tuple:
             m = json.loads(raw)
             return (m["body"], m["properties"]["delivery_tag"],
                     m["properties"]["delivery_info"]["routing_key"])
 
-        restored = [json.loads(r) for r in client.lrange("legato.test.restore", 0, -1)]
-        assert sorted(map(what, map(json.dumps, restored))) == sorted(map(what, sent))
-        assert all(m["properties"]["delivery_info"]["redelivered"] for m in restored)
+        restored = client.lrange("legato.test.restore", 0, -1)
+        assert sorted(map(what, restored)) == sorted(map(what, sent))
+        assert all(json.loads(r)["properties"]["delivery_info"]["redelivered"] for r in restored)
         assert client.hlen("unacked") == 0

@@ -81,16 +81,12 @@ def _slow(fake: FakeModel, ms: int, contains: str = "") -> None:
     fake.script({"faults": [fault]})
 
 
-def _charged(legato: Legato, tenant: str) -> tuple[int, int]:
-    return charged(legato.store, tenant)
-
-
 def _charged_soon(legato: Legato, tenant: str, want: tuple[int, int],
                   timeout: float = 20) -> bool:
     deadline = time.monotonic() + timeout
-    while _charged(legato, tenant) != want and time.monotonic() < deadline:
+    while charged(legato.store, tenant) != want and time.monotonic() < deadline:
         time.sleep(0.05)
-    return _charged(legato, tenant) == want
+    return charged(legato.store, tenant) == want
 
 
 def _wait_all(legato: Legato, run_ids: list[str], timeout: float = 120) -> list:
@@ -202,7 +198,7 @@ def test_tokens_of_a_call_in_flight_at_a_cancel_are_charged_when_it_ends(legato,
     while fake.stats()["in_flight"] == 0 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert legato.cancel(run_id)
-    assert _charged(legato, "late") == (0, 1)  # settled at the cancel: nothing used yet
+    assert charged(legato.store, "late") == (0, 1)  # settled at the cancel: nothing used yet
     while legato.status(run_id).usage.total_tokens == 0 and time.monotonic() < deadline:
         time.sleep(0.05)  # the call answers; its step's end adds its tokens to the run
     used = legato.status(run_id).usage.total_tokens
