@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     # threads parked on futures; ~0.4 ms CPU a call) or "httpx" (one shared sync client, 2–9 ms
     # a call at 100–500 connections). See docs/benchmarks.md, "The model-call path".
     model_transport: ModelTransport = "aiohttp"
+    # With "aiohttp": run a chain segment's steps on that event loop's thread (legato.bridge),
+    # their Redis commands and model calls awaited there, not in a pool thread each.
+    steps_on_loop: bool = True
     tool_modules: Annotated[tuple[str, ...], NoDecode] = ()  # comma-separated
     # Durability: a step's lease outlives a few missed heartbeats; an expired lease means its
     # worker died, and the sweeper dispatches the step again (within lease + sweep seconds).

@@ -5,6 +5,7 @@ The key layout is in `keys.py`; the step journal (memo, leases) in `journal.py`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 import time
@@ -14,10 +15,12 @@ from functools import lru_cache
 from typing import Any
 
 import redis
+import redis.asyncio
+import redis.asyncio.retry
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from legato import events
+from legato import bridge, events
 from legato.admission import Admission
 from legato.concurrency import ConcurrencyKeys
 from legato.envelope import (
@@ -213,18 +216,31 @@ return 1
 """
 
 
+def _retryable(error: Exception) -> bool:
+    """Whether retrying can mend a ConnectionError: not a wrong password, not a bad certificate."""
+    return not (isinstance(error, redis.AuthenticationError | ssl.SSLError) or
+                isinstance(error.__cause__ or error.__context__, ssl.SSLError))
+
+
+def _retrying(is_retryable: Any) -> Callable[[Exception], bool]:
+    return lambda error: _retryable(error) and (is_retryable(error) if is_retryable else True)
+
+
 class _OutageRetry(Retry):
     """redis-py's Retry, minus the ConnectionErrors that retrying cannot mend."""
 
     def call_with_retry(self, do: Any, fail: Any, is_retryable: Any = None,
                         with_failure_count: bool = False) -> Any:
-        def retryable(error: Exception) -> bool:
-            if isinstance(error, redis.AuthenticationError | ssl.SSLError) or (
-                    isinstance(error.__cause__ or error.__context__, ssl.SSLError)):
-                return False
-            return is_retryable(error) if is_retryable else True
+        return super().call_with_retry(do, fail, _retrying(is_retryable), with_failure_count)
 
-        return super().call_with_retry(do, fail, retryable, with_failure_count)
+
+class _AsyncOutageRetry(redis.asyncio.retry.Retry):
+    """`_OutageRetry`, for the asyncio client."""
+
+    async def call_with_retry(self, do: Any, fail: Any, is_retryable: Any = None,
+                              with_failure_count: bool = False) -> Any:
+        return await super().call_with_retry(do, fail, _retrying(is_retryable),
+                                             with_failure_count)
 
 
 MAX_CONNECTIONS = 128  # per process
@@ -250,7 +266,35 @@ def connect(url: str) -> redis.Redis:
         retry=retry, retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         max_connections=MAX_CONNECTIONS, timeout=POOL_WAIT_SECONDS,
     )
-    return redis.Redis(connection_pool=pool)
+    return _BridgedRedis(url, connection_pool=pool)
+
+
+class _BridgedRedis(redis.Redis):
+    """The sync client; in a bridged body (legato.bridge) each command is sent by an asyncio
+    twin on the body's loop instead, so it waits there and does not block the loop's thread.
+    Scripts go through `execute_command` too; pipelines stay sync (off a segment's hot path)."""
+
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._url = url
+        self._twin: tuple[Any, redis.asyncio.Redis] | None = None  # (its loop, it)
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        if not bridge.active():
+            return super().execute_command(*args, **options)
+        return bridge.wait(self._async().execute_command(*args, **options))
+
+    def _async(self) -> redis.asyncio.Redis:
+        loop = asyncio.get_running_loop()
+        if self._twin is None or self._twin[0] is not loop:
+            retry = _AsyncOutageRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=20)
+            pool = redis.asyncio.BlockingConnectionPool.from_url(
+                self._url, decode_responses=True, health_check_interval=30,
+                socket_keepalive=True, retry=retry,
+                retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+                max_connections=MAX_CONNECTIONS, timeout=POOL_WAIT_SECONDS)
+            self._twin = (loop, redis.asyncio.Redis(connection_pool=pool))
+        return self._twin[1]
 
 
 class RunStore:

@@ -18,6 +18,7 @@ to become the next part of the canvas. The base owns the rest:
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import json
@@ -31,11 +32,12 @@ from contextlib import contextmanager
 from typing import Any
 
 from celery import Task
+from celery import _state as celery_state
 from celery.exceptions import Ignore, Reject, Retry
 from redis.exceptions import ConnectionError as RedisDown
 from redis.exceptions import TimeoutError as RedisTimeout
 
-from legato import graph, templates
+from legato import bridge, graph, templates
 from legato.concurrency import MAX_KEY_CHARS
 from legato.context import Outcome, StepContext, check_gate
 from legato.envelope import StepInput, StepRecord, StepRef, StepResult
@@ -45,6 +47,7 @@ from legato.journal import Begin
 from legato.keys import lease_member
 from legato.lua import Part
 from legato.models.credentials import redact
+from legato.models.transport import LoopTransport
 from legato.publisher import Fields, StepStream
 from legato.settings import Settings, get_settings
 from legato.spec import Pipeline
@@ -93,17 +96,20 @@ class StepTask(Task):
         return [result] if self.name == "legato.llm_batch" else result  # a batch returns a list
 
 
-def step_task(name: str, **options: Any) -> Callable[[Body], StepTask]:
+def step_task(name: str, *, on_loop: bool = False, **options: Any) -> Callable[[Body], StepTask]:
     """Register `body` as the step task `name` on the step-task base, guarded: whatever it
-    raises (but `_PASS_THROUGH`) becomes a failed result."""
+    raises (but `_PASS_THROUGH`) becomes a failed result. `on_loop`: run the body on the model
+    transport's event loop (`_on_loop`)."""
 
     def register(body: Body) -> StepTask:
+        run = functools.partial(_on_loop, body) if on_loop else body
+
         @functools.wraps(body)
         def guarded(self: StepTask, *args: Any, then: Any = None, **kwargs: Any) -> Any:
             try:
                 if then is not None:
                     follow(self, kwargs, then)
-                return body(self, *args, **_typed(kwargs))
+                return run(self, *args, **_typed(kwargs))
             except _PASS_THROUGH:
                 raise
             except Exception as exc:  # failure is a value
@@ -114,6 +120,27 @@ def step_task(name: str, **options: Any) -> Callable[[Body], StepTask]:
         return app.task(name=name, bind=True, base=StepTask, **options)(guarded)
 
     return register
+
+
+def _on_loop(body: Body, task: StepTask, *args: Any, **kwargs: Any) -> Any:
+    """`body(task, ...)`, run on the model transport's event loop as a bridged greenlet
+    (legato.bridge), this pool thread waiting once for the whole task; in this thread when the
+    transport has no loop or LEGATO_STEPS_ON_LOOP is off."""
+    transport = resources.transport()
+    if not (isinstance(transport, LoopTransport) and get_settings().steps_on_loop):
+        return body(task, *args, **kwargs)
+    request = task.request  # Celery keeps it per greenlet: the body's is pushed in it
+
+    def bridged() -> Any:
+        task.request_stack.push(request)
+        celery_state._task_stack.push(task)
+        try:
+            return body(task, *args, **kwargs)
+        finally:
+            celery_state._task_stack.pop()
+            task.request_stack.pop()
+
+    return asyncio.run_coroutine_threadsafe(bridge.run(bridged), transport.loop).result()
 
 
 def _typed(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -82,7 +82,7 @@ def tool(self: StepTask, prev: Any = None, *, step: StepInput) -> dict[str, Any]
     return journaled(self, step, "tool", _tool, final=True).wire()
 
 
-@step_task("legato.segment")
+@step_task("legato.segment", on_loop=True)
 def segment(self: StepTask, prev: Any = None, *, steps: list[StepInput],
             finalize: bool = False) -> dict[str, Any]:
     """Chain steps that share a queue, in order, stopping at the first failure; `finalize`: the

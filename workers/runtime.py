@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from legato import bridge
 from legato.admission import Admission
 from legato.concurrency import ConcurrencyKeys
 from legato.consumers import QueueWatch
@@ -175,7 +176,8 @@ class Runtime:
                 s = self.settings  # which endpoint gets which key: this worker's models file
                 policy = Credentials.from_file(s.models_path, adhoc=s.model_endpoints == "any")
                 self._gateway = Gateway(self.transport(), self.redis(), s.key_prefix,
-                                        default_cache=s.cache, credentials=policy)
+                                        default_cache=s.cache, credentials=policy,
+                                        sleep=bridge.sleep)
             return self._gateway
 
     def publisher(self) -> Publisher | None:

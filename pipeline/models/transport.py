@@ -40,6 +40,7 @@ from typing import Any, Protocol, TypeAlias, runtime_checkable
 import aiohttp
 import httpx
 
+from legato import bridge
 from legato.errors import TransientError
 
 log = logging.getLogger(__name__)
@@ -206,7 +207,11 @@ class LoopTransport:
     def post(self, url: str, *, json: dict[str, Any], headers: dict[str, str],
              timeout: float | None, on_chunk: OnChunk | None = None) -> WireResponse:
         if threading.current_thread() is self._thread:
-            raise RuntimeError("LoopTransport.post would block its own loop: await apost")
+            if not bridge.active():
+                raise RuntimeError("LoopTransport.post would block its own loop: await apost")
+            self._check()  # a bridged body (legato.bridge): the call waits on the loop
+            return bridge.wait(self._send(url, _dumps(json), headers, self._timeout(timeout),
+                                          on_chunk), context=contextvars.copy_context())
         self._check()
         seconds = self._timeout(timeout)
         call = _Call((url, _dumps(json), headers, seconds, on_chunk), contextvars.copy_context())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from legato import Legato, Llm, Parallel, Pipeline
 from legato.spec import Aggregate, ModelConfig, Vote
+from tests.conftest import eventually
 
 
 def _chain(n: int, **extra) -> Pipeline:
@@ -75,6 +76,28 @@ def test_a_segment_retried_after_a_model_outage_redoes_only_the_unfinished_steps
     steps = {s.path: s for s in legato.steps(run.id)}
     assert steps["a"].attempt == 1 and steps["b"].attempt == 3 and steps["c"].attempt == 1
     assert "third" in run.output
+
+
+def test_a_segment_waiting_to_retry_a_model_call_holds_up_no_other_segment(
+        legato: Legato, fake, fake_model):
+    # A segment's steps run on the worker's event loop (legato.bridge): the gateway's wait before
+    # its retry is awaited there, so other segments go on meanwhile. A blocking sleep on that
+    # thread would hold every one of them for the whole wait.
+    patient = ModelConfig(base_url=fake_model, model="smollm2", max_attempts=2)
+    fake.script({"faults": [{"kind": "status", "code": 429, "retry_after": 3, "times": 1,
+                             "match": {"contains": "slow"}}]})
+    slow = legato.submit(Pipeline(name="slow_segment", models={"patient": patient}, steps=[
+        Llm(id="a", model="patient", prompt="slow {{ input.text }}")]), {"text": "x"})
+    eventually(lambda: fake.stats()["by_step"].get(f"{slow}/a") == 1)  # it is waiting now
+    fast = [legato.wait(legato.submit(_chain(2), {"text": f"fast {i}"}), timeout=30)
+            for i in range(3)]
+    slow_run = legato.wait(slow, timeout=30)
+
+    assert slow_run.status == "succeeded" and all(r.status == "succeeded" for r in fast)
+    assert fake.stats()["by_step"][f"{slow}/a"] == 2
+    waited_until = legato.steps(slow)[0].ended_at
+    assert all(r.finished_at < waited_until for r in fast)
+    assert max(r.finished_at - r.created_at for r in fast) < 2.0  # not held for the 3 s wait
 
 
 def test_a_vote_runs_its_members_concurrently_in_batches(legato: Legato, fake):
