@@ -290,7 +290,7 @@ def current() -> Runtime:
     environment's)."""
     global _runtime
     runtime = _runtime
-    if runtime is not None and runtime.pid == os.getpid():
+    if runtime is not None:  # no pid check on this hot path: a fork drops it (_forget_inherited)
         return runtime
     with _lock:
         if _runtime is None or _runtime.pid != os.getpid():
