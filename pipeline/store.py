@@ -20,7 +20,7 @@ import redis.asyncio.retry
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from legato import bridge, events
+from legato import bridge, events, loop_redis
 from legato.admission import Admission
 from legato.concurrency import ConcurrencyKeys
 from legato.envelope import (
@@ -37,6 +37,7 @@ from legato.errors import RunNotFound
 from legato.journal import Journal
 from legato.keys import Keys, lease_member, split_member
 from legato.kinds.orchestrate import plan_path
+from legato.loop_redis import LoopRedis
 from legato.lua import Part, lua_set
 from legato.publisher import EVENTS
 from legato.spec import Pipeline, pipeline_from_json
@@ -270,31 +271,37 @@ def connect(url: str) -> redis.Redis:
 
 
 class _BridgedRedis(redis.Redis):
-    """The sync client; in a bridged body (legato.bridge) each command is sent by an asyncio
-    twin on the body's loop instead, so it waits there and does not block the loop's thread.
-    Scripts go through `execute_command` too; pipelines stay sync (off a segment's hot path)."""
+    """The sync client; in a bridged body (legato.bridge) each command is awaited on the body's
+    loop instead, so it does not block the loop's thread: on the loop's one pipelined
+    connection (legato.loop_redis) where it can be, else through a pooled asyncio twin. Scripts
+    go through `execute_command` too; pipelines stay sync (off a segment's hot path)."""
 
     def __init__(self, url: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._url = url
-        self._twin: tuple[Any, redis.asyncio.Redis] | None = None  # (its loop, it)
+        self._pipelined = loop_redis.handles(url)
+        self._twins: tuple[Any, LoopRedis, redis.asyncio.Redis] | None = None  # (loop, ...)
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
         if not bridge.active():
             return super().execute_command(*args, **options)
-        return bridge.wait(self._async().execute_command(*args, **options))
+        _, pipelined, pooled = self._on(asyncio.get_running_loop())
+        if self._pipelined and loop_redis.takes(args, options):
+            return bridge.wait(pipelined.execute(*args))
+        return bridge.wait(pooled.execute_command(*args, **options))
 
-    def _async(self) -> redis.asyncio.Redis:
-        loop = asyncio.get_running_loop()
-        if self._twin is None or self._twin[0] is not loop:
+    def _on(self, loop: Any) -> tuple[Any, LoopRedis, redis.asyncio.Redis]:
+        """This loop's clients (made on first use there)."""
+        if self._twins is None or self._twins[0] is not loop:
             retry = _AsyncOutageRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=20)
             pool = redis.asyncio.BlockingConnectionPool.from_url(
                 self._url, decode_responses=True, health_check_interval=30,
                 socket_keepalive=True, retry=retry,
                 retry_on_error=[redis.ConnectionError, redis.TimeoutError],
                 max_connections=MAX_CONNECTIONS, timeout=POOL_WAIT_SECONDS)
-            self._twin = (loop, redis.asyncio.Redis(connection_pool=pool))
-        return self._twin[1]
+            self._twins = (loop, LoopRedis(self._url, self.response_callbacks),
+                           redis.asyncio.Redis(connection_pool=pool))
+        return self._twins
 
 
 class RunStore:

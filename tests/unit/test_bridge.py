@@ -224,3 +224,90 @@ def test_a_task_body_runs_bridged_with_its_celery_request_or_plainly_when_off(
         segment.pop_request()
         resources.reset()
         get_settings.cache_clear()
+
+
+# -- the loop's pipelined Redis connection (legato.loop_redis) --------------------------------
+
+
+@pytest.fixture
+def own_redis(tmp_path: Any) -> Iterator[RedisServer]:
+    """A Redis server of this test's own, with a password (so each connection authenticates)."""
+    with RedisServer(password="s3cret", dir=tmp_path) as server:
+        yield server
+
+
+def test_replies_in_a_body_are_shaped_as_the_sync_clients(
+        loop_transport: LoopTransport, own_redis: RedisServer) -> None:
+    from legato import loop_redis
+
+    assert loop_redis.handles(own_redis.url)  # so these go through the pipelined connection
+    client = connect(own_redis.url)
+    script = client.register_script("return {KEYS[1], ARGV[1], 7}")
+
+    def commands() -> list[Any]:
+        client.delete("h", "z", "n")
+        return [client.set("s", "ä"), client.get("s"), client.get("missing"), client.ping(),
+                client.hset("h", mapping={"a": "1", "b": "2"}), client.hgetall("h"),
+                client.hincrby("h", "a", 5), client.zadd("z", {"m": 1.5}),
+                client.zrange("z", 0, -1, withscores=True), client.exists("s", "h", "nope"),
+                client.script_load("return 1"), script(keys=["k"], args=["v"]),
+                client.incr("n"), client.expire("n", 60), client.ttl("n") > 0]
+
+    bridged = on_loop(loop_transport, commands)[0]
+    assert bridged == commands()
+
+
+def test_many_bodies_commands_each_get_their_own_reply(
+        loop_transport: LoopTransport, own_redis: RedisServer) -> None:
+    client = connect(own_redis.url)
+
+    def body(i: int) -> Callable[[], list[Any]]:
+        def run() -> list[Any]:
+            client.set(f"k{i}", f"v{i}")
+            bridge.sleep(0.001 * (i % 5))  # interleave the bodies' commands on the connection
+            return [client.get(f"k{i}"), client.incrby("total", i)]
+        return run
+
+    replies = on_loop(loop_transport, *(body(i) for i in range(60)))
+    assert [r[0] for r in replies] == [f"v{i}" for i in range(60)]
+    assert client.get("total") == str(sum(range(60)))
+
+
+def test_an_error_reply_fails_only_its_command(loop_transport: LoopTransport,
+                                               own_redis: RedisServer) -> None:
+    client = connect(own_redis.url)
+    client.set("text", "x")
+
+    def body() -> tuple[str, str | None]:
+        try:
+            client.lpush("text", "y")  # WRONGTYPE
+        except redis.ResponseError as exc:
+            return str(exc).split()[0], client.get("text")
+        return "no error", None
+
+    assert on_loop(loop_transport, body) == [("WRONGTYPE", "x")]
+
+
+def test_a_body_rides_out_a_redis_restart(loop_transport: LoopTransport,
+                                          own_redis: RedisServer) -> None:
+    client = connect(own_redis.url)
+    down = threading.Event()
+
+    def body() -> list[Any]:
+        first = client.set("before", "1")
+        down.set()
+        bridge.sleep(0.5)  # Redis is killed meanwhile, and comes back a second later
+        return [first, client.set("after", "2"), client.get("after")]
+
+    def restart() -> None:
+        down.wait(5)
+        own_redis.kill()
+        time.sleep(1.0)
+        own_redis.start()
+
+    killer = threading.Thread(target=restart)
+    killer.start()
+    try:
+        assert on_loop(loop_transport, body) == [[True, True, "2"]]
+    finally:
+        killer.join()
