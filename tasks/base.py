@@ -13,7 +13,8 @@ to become the next part of the canvas. The base owns the rest:
   becomes a failed result that names the step and the cause, journaled, and passed on, so a chord
   always completes, its fan-in applies the step's policy, and the run is closed failed rather
   than left running. Only Celery's own control flow (replace, retry, ignore) and a Redis that
-  stays unreachable pass through: durability (leases, the sweeper) handles those.
+  stays unreachable pass through: durability (leases, the sweeper) handles those;
+- `on_loop` (a segment's): the body runs on the model transport's event loop (legato.bridge).
 """
 
 from __future__ import annotations
