@@ -131,7 +131,7 @@ class LoopRedis:
         try:
             link = await asyncio.shield(opening)
         finally:
-            if opening.done():
+            if opening.done() and self._opening is opening:  # not a later opening's
                 self._opening = None
         self._link = link
         return link

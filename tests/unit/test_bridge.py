@@ -311,3 +311,20 @@ def test_a_body_rides_out_a_redis_restart(loop_transport: LoopTransport,
         assert on_loop(loop_transport, body) == [[True, True, "2"]]
     finally:
         killer.join()
+
+
+def test_only_plain_urls_and_non_blocking_commands_take_the_pipelined_connection() -> None:
+    from legato import loop_redis
+
+    assert loop_redis.handles("redis://127.0.0.1:7000/2")
+    assert loop_redis.handles("redis://user:pw@127.0.0.1:7000")
+    for other in ("rediss://127.0.0.1:7000", "unix:///run/redis.sock",
+                  "redis://127.0.0.1:7000/0?socket_timeout=3"):
+        assert not loop_redis.handles(other), other
+    assert loop_redis.takes(("EVALSHA", "abc", 0), {})
+    assert loop_redis.takes(("HGETALL", "h"), {"keys": ["h"]})
+    assert loop_redis.takes(("SCRIPT LOAD", "return 1"), {})
+    for blocking in (("BLPOP", "l", 5), ("XREAD", "BLOCK", 0), ("SELECT", 1),
+                     ("CLIENT SETNAME", "x")):
+        assert not loop_redis.takes(blocking, {}), blocking
+    assert not loop_redis.takes(("DUMP", "k"), {"NEVER_DECODE": True})
