@@ -10,10 +10,10 @@ What it does not take, the caller sends through redis-py's pooled asyncio client
 (`store._BridgedRedis`): blocking commands (BLPOP & co. would hold every command behind them),
 options other than `keys`, and URLs other than plain `redis://host:port/db` with a password.
 
-Outages are ridden out as the store's sync client rides them: a lost connection fails the
-commands in flight with ConnectionError, and each is sent again on a new connection, with
-backoff, up to RETRIES times (the journal's scripts are safe to run again). A wrong password
-fails at once.
+Outages are ridden out as the store's sync client rides them (the store hands over its retries
+and backoff): a lost connection fails the commands in flight with ConnectionError, and each is
+sent again on a new connection, after a backoff, up to `retries` times (the journal's scripts
+are safe to run again). A wrong password fails at once.
 """
 
 from __future__ import annotations
@@ -26,13 +26,12 @@ from typing import Any
 import hiredis
 import redis
 from redis._parsers.base import BaseParser
-from redis.backoff import ExponentialBackoff
+from redis.backoff import AbstractBackoff
 from redis.connection import parse_url
 
-# The sync client's outage retries: 20 tries, backoff from 50 ms doubling up to 2 s.
-RETRIES = 20
-
-_BLOCKING = frozenset({"BLPOP", "BRPOP", "BRPOPLPUSH", "BLMOVE", "BLMPOP", "BZPOPMIN",
+# Commands that block (they would hold every command behind them) or change the connection's
+# state (they would change it for every body): sent through the pooled client instead.
+_NOT_PIPELINED = frozenset({"BLPOP", "BRPOP", "BRPOPLPUSH", "BLMOVE", "BLMPOP", "BZPOPMIN",
                        "BZPOPMAX", "BZMPOP", "XREAD", "XREADGROUP", "WAIT", "WAITAOF",
                        "SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "MONITOR", "SELECT", "QUIT",
                        "RESET", "AUTH", "HELLO", "CLIENT"})
@@ -46,7 +45,7 @@ def handles(url: str) -> bool:
 
 def takes(args: tuple[Any, ...], options: Mapping[str, Any]) -> bool:
     """Whether a command is one a `LoopRedis` sends (not blocking, no options but `keys`)."""
-    return (str(args[0]).split(" ", 1)[0].upper() not in _BLOCKING and
+    return (str(args[0]).split(" ", 1)[0].upper() not in _NOT_PIPELINED and
             all(name == "keys" for name in options))
 
 
@@ -96,18 +95,21 @@ class _Link(asyncio.Protocol):
 class LoopRedis:
     """Commands of one event loop's bodies on one connection to `url` (see the module's doc).
     `callbacks`: redis-py's reply parsers by command (the sync client's, so replies are the
-    same shape either way)."""
+    same shape either way); `retries`, `backoff`: how outages are ridden out."""
 
-    def __init__(self, url: str, callbacks: Mapping[str, Callable[..., Any]]) -> None:
+    def __init__(self, url: str, callbacks: Mapping[str, Callable[..., Any]], *, retries: int,
+                 backoff: Callable[[], AbstractBackoff]) -> None:
         self._where = parse_url(url)
         self._callbacks = callbacks
+        self._retries = retries
+        self._backoff = backoff
         self._link: _Link | None = None
         self._opening: asyncio.Future[_Link] | None = None
 
     async def execute(self, *args: Any) -> Any:
         name = str(args[0])  # "SCRIPT LOAD": redis-py sends a two-word name as two arguments
         packed = hiredis.pack_command((*name.split(), *args[1:]))
-        backoff = ExponentialBackoff(cap=2.0, base=0.05)
+        backoff = self._backoff()
         failures = 0
         while True:
             try:
@@ -116,7 +118,7 @@ class LoopRedis:
                 reply = await link.send(packed)
                 break
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-                if isinstance(exc, redis.AuthenticationError) or failures >= RETRIES:
+                if isinstance(exc, redis.AuthenticationError) or failures >= self._retries:
                     raise
                 failures += 1
                 await asyncio.sleep(backoff.compute(failures))
@@ -158,7 +160,3 @@ class LoopRedis:
             link.transport.close()
             raise
         return link
-
-    def close(self) -> None:
-        if self._link is not None and self._link.transport is not None:
-            self._link.transport.close()

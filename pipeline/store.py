@@ -246,6 +246,19 @@ class _AsyncOutageRetry(redis.asyncio.retry.Retry):
 
 MAX_CONNECTIONS = 128  # per process
 POOL_WAIT_SECONDS = 60.0
+OUTAGE_RETRIES = 20  # with _outage_backoff: about half a minute
+
+
+def _outage_backoff() -> ExponentialBackoff:
+    return ExponentialBackoff(cap=2.0, base=0.05)
+
+
+# Every pool of a client from `connect`, sync or asyncio (its retry object aside).
+_POOL_OPTIONS: dict[str, Any] = {
+    "decode_responses": True, "health_check_interval": 30, "socket_keepalive": True,
+    "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+    "max_connections": MAX_CONNECTIONS, "timeout": POOL_WAIT_SECONDS,
+}
 
 
 def _dumps(value: Any) -> str:
@@ -261,12 +274,8 @@ def connect(url: str) -> redis.Redis:
     worker's pool threads and its fan-out threads): one that finds every connection busy waits
     for one instead of failing.
     """
-    retry = _OutageRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=20)
     pool = redis.BlockingConnectionPool.from_url(
-        url, decode_responses=True, health_check_interval=30, socket_keepalive=True,
-        retry=retry, retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-        max_connections=MAX_CONNECTIONS, timeout=POOL_WAIT_SECONDS,
-    )
+        url, retry=_OutageRetry(_outage_backoff(), retries=OUTAGE_RETRIES), **_POOL_OPTIONS)
     return _BridgedRedis(url, connection_pool=pool)
 
 
@@ -293,14 +302,12 @@ class _BridgedRedis(redis.Redis):
     def _on(self, loop: Any) -> tuple[Any, LoopRedis, redis.asyncio.Redis]:
         """This loop's clients (made on first use there)."""
         if self._twins is None or self._twins[0] is not loop:
-            retry = _AsyncOutageRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=20)
             pool = redis.asyncio.BlockingConnectionPool.from_url(
-                self._url, decode_responses=True, health_check_interval=30,
-                socket_keepalive=True, retry=retry,
-                retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-                max_connections=MAX_CONNECTIONS, timeout=POOL_WAIT_SECONDS)
-            self._twins = (loop, LoopRedis(self._url, self.response_callbacks),
-                           redis.asyncio.Redis(connection_pool=pool))
+                self._url, retry=_AsyncOutageRetry(_outage_backoff(), retries=OUTAGE_RETRIES),
+                **_POOL_OPTIONS)
+            pipelined = LoopRedis(self._url, self.response_callbacks, retries=OUTAGE_RETRIES,
+                                  backoff=_outage_backoff)
+            self._twins = (loop, pipelined, redis.asyncio.Redis(connection_pool=pool))
         return self._twins
 
 

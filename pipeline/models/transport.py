@@ -206,14 +206,14 @@ class LoopTransport:
 
     def post(self, url: str, *, json: dict[str, Any], headers: dict[str, str],
              timeout: float | None, on_chunk: OnChunk | None = None) -> WireResponse:
-        if threading.current_thread() is self._thread:
-            if not bridge.active():
-                raise RuntimeError("LoopTransport.post would block its own loop: await apost")
-            self._check()  # a bridged body (legato.bridge): the call waits on the loop
-            return bridge.wait(self._send(url, _dumps(json), headers, self._timeout(timeout),
-                                          on_chunk), context=contextvars.copy_context())
+        on_loop = threading.current_thread() is self._thread
+        if on_loop and not bridge.active():
+            raise RuntimeError("LoopTransport.post would block its own loop: await apost")
         self._check()
         seconds = self._timeout(timeout)
+        if on_loop:  # a bridged body (legato.bridge): the call waits on the loop, in its context
+            return bridge.wait(self._send(url, _dumps(json), headers, seconds, on_chunk),
+                               context=contextvars.copy_context())
         call = _Call((url, _dumps(json), headers, seconds, on_chunk), contextvars.copy_context())
         with self._inbox_lock:
             self._inbox.append(call)
