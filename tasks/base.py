@@ -77,6 +77,8 @@ def upstream_failure(prev: Any) -> dict[str, Any] | None:
 class StepTask(Task):
     """The base of every step task (see the module's docstring)."""
 
+    on_loop = False  # `step_task(on_loop=True)`: run on the transport's loop (workers/pool.py)
+
     def failed(self, exc: BaseException, kwargs: dict[str, Any], *, closes: bool = False) -> Any:
         """The failed result for an exception out of the body, journaled on the step.
         `closes`: nothing follows it (its run's next stage could not be made): close the run."""
@@ -118,7 +120,8 @@ def step_task(name: str, *, on_loop: bool = False, **options: Any) -> Callable[[
                                    not self.request.chain)
 
         guarded.__signature__ = with_then(inspect.signature(body))  # type: ignore[attr-defined]
-        return app.task(name=name, bind=True, base=StepTask, **options)(guarded)
+        return app.task(name=name, bind=True, base=StepTask, on_loop=on_loop,
+                        **options)(guarded)
 
     return register
 
@@ -126,7 +129,10 @@ def step_task(name: str, *, on_loop: bool = False, **options: Any) -> Callable[[
 def _on_loop(body: Body, task: StepTask, *args: Any, **kwargs: Any) -> Any:
     """`body(task, ...)`, run on the model transport's event loop as a bridged greenlet
     (legato.bridge), this pool thread waiting once for the whole task; in this thread when the
-    transport has no loop or LEGATO_STEPS_ON_LOOP is off."""
+    transport has no loop or LEGATO_STEPS_ON_LOOP is off. A task that Legato's pool started on
+    the loop (workers/pool.py) is there already: its body runs as it is."""
+    if bridge.active():
+        return body(task, *args, **kwargs)
     transport = resources.transport()
     if not (isinstance(transport, LoopTransport) and get_settings().steps_on_loop):
         return body(task, *args, **kwargs)

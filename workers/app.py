@@ -33,6 +33,7 @@ import threading
 from typing import Any
 
 from celery import Celery
+from celery.concurrency import thread
 from celery.signals import (
     after_setup_logger,
     after_setup_task_logger,
@@ -51,7 +52,7 @@ from legato.models import credentials
 from legato.queues import CONTROL
 from legato.settings import Settings, get_settings
 from legato.tools import load_tool_modules
-from legato.workers import broker, observability, runtime, tls, unserved
+from legato.workers import broker, observability, pool, runtime, tls, unserved
 from legato.workers.backend import backend_url
 from legato.workers.celery_config import WIRE_AND_DELIVERY
 
@@ -125,6 +126,9 @@ def _serve_the_default_queue(sender: Any = None, instance: Any = None, **_: Any)
 
 def _on_worker_init(sender: Any = None, **_: Any) -> None:
     runtime.start(_settings_of(sender))  # the worker's main process: from its app's settings
+    # Celery's threads pool, as Legato's: a segment's whole task runs on the transport's loop.
+    if getattr(sender, "pool_cls", None) in (thread.TaskPool, "threads"):
+        sender.pool_cls = pool.TaskPool
 
 
 def _on_process_init(**_: Any) -> None:
