@@ -11,7 +11,8 @@ ack — runs there as one bridged greenlet (legato.bridge), and no pool thread i
 Every other task, and every task when the transport has no loop or LEGATO_STEPS_ON_LOOP is off,
 runs on the pool's threads as with Celery's pool. A worker of Legato's app asked for `threads`
 gets this pool (workers/app.py swaps it in at `worker_init`); `-P threads` stays the option to
-name. The consumer's prefetch still bounds how many tasks run at once, on the loop or not.
+name. `-c` bounds the tasks on the loop as it bounds the threads (so with Legato's prefetch of
+one task a thread, it bounds them all).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class TaskPool(thread.TaskPool):
         super().__init__(*args, **kwargs)
         self._on_loop: set[Future[Any]] = set()
         self._lock = threading.Lock()
+        self._slots = asyncio.Semaphore(self.limit)  # bound to the loop at its first use
 
     def on_apply(self, target: Any, args: tuple[Any, ...] | None = None,
                  kwargs: dict[str, Any] | None = None, callback: Any = None,
@@ -45,7 +47,7 @@ class TaskPool(thread.TaskPool):
         if loop is None:
             return super().on_apply(target, args, kwargs, callback, accept_callback, **options)
         future = asyncio.run_coroutine_threadsafe(
-            bridge.run(apply_target, target, args, kwargs, callback, accept_callback), loop)
+            self._bounded(target, args, kwargs, callback, accept_callback), loop)
         with self._lock:
             self._on_loop.add(future)
         future.add_done_callback(self._done)
@@ -58,6 +60,11 @@ class TaskPool(thread.TaskPool):
             running = set(self._on_loop)
         wait(running)
         super().on_stop()
+
+    async def _bounded(self, *call: Any) -> Any:
+        # -c tasks on the loop at most, whatever the prefetch (Legato's is one task a thread)
+        async with self._slots:
+            return await bridge.run(apply_target, *call)
 
     def _done(self, future: Future[Any]) -> None:
         with self._lock:

@@ -6,6 +6,7 @@ its unacked index and its threads are the test's alone.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,23 @@ def test_a_warm_shutdown_lets_a_segment_on_the_loop_finish(stack_env, redis_serv
     assert [s.path for s in legato.steps(run_id)] == ["a", "b"]
     client = redis.Redis.from_url(url)
     assert client.hlen("unacked") == 0  # acked before the worker went: nothing to redeliver
+
+
+def test_concurrency_bounds_the_tasks_on_the_loop_whatever_the_prefetch(stack_env, redis_server,
+                                                                         services, fake,
+                                                                         tmp_path):
+    env = {**stack_env, "LEGATO_REDIS_URL": _own_db(redis_server, 13)}
+    # plain Celery, so the prefetch can be raised: 3 messages reserved for each of 4 threads
+    argv = [sys.executable, "-m", "celery", "-A", "legato.workers.app", "worker", "-P",
+            "threads", "-c", "4", "--prefetch-multiplier", "3", "-Q", ",".join(DEFAULT_QUEUES),
+            "-n", "pool-bound@%h", "--loglevel", "INFO"]
+    services(processes.Service("pool-bound", argv, env=env, ready=r"\bready\.",
+                               log_dir=tmp_path), timeout=60)
+    with environ(env):
+        legato = Legato(Settings.from_env())
+    fake.script({"latency_ms": 600})
+    ids = [legato.submit(_chain("pool_bound"), {"text": f"job {i}"}) for i in range(12)]
+    runs = [legato.wait(i, timeout=60) for i in ids]
+
+    assert all(r.status == "succeeded" for r in runs), [r.error for r in runs]
+    assert fake.stats()["max_in_flight"] == 4  # -c of them at once, never the 12 reserved
