@@ -36,7 +36,7 @@ class TaskPool(thread.TaskPool):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._on_loop: set[Future[Any]] = set()
+        self._in_flight: set[Future[Any]] = set()
         self._lock = threading.Lock()
         self._slots = asyncio.Semaphore(self.limit)  # bound to the loop at its first use
 
@@ -49,7 +49,7 @@ class TaskPool(thread.TaskPool):
         future = asyncio.run_coroutine_threadsafe(
             self._bounded(target, args, kwargs, callback, accept_callback), loop)
         with self._lock:
-            self._on_loop.add(future)
+            self._in_flight.add(future)
         future.add_done_callback(self._done)
         return thread.ApplyResult(future)
 
@@ -57,7 +57,7 @@ class TaskPool(thread.TaskPool):
         # A warm shutdown lets the tasks on the loop finish, as the threads pool does its own
         # (the loop closes only after the pool has stopped: at worker_shutdown).
         with self._lock:
-            running = set(self._on_loop)
+            running = set(self._in_flight)
         wait(running)
         super().on_stop()
 
@@ -68,7 +68,7 @@ class TaskPool(thread.TaskPool):
 
     def _done(self, future: Future[Any]) -> None:
         with self._lock:
-            self._on_loop.discard(future)
+            self._in_flight.discard(future)
 
     def _loop_for(self, name: Any) -> asyncio.AbstractEventLoop | None:
         """The loop to run task `name` on, or None: on a pool thread."""
