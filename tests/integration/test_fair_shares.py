@@ -157,11 +157,14 @@ def test_a_spend_cap_fails_or_holds_new_runs(legato, fake, fake_model):
         steps=[Llm(id="a", model="priced", prompt="{{ input.text }}")])
     spender = legato.wait(legato.submit(PRICED, {"text": "spend"}, tenant="capfail"), 60)
     assert spender.status == "succeeded" and spender.usage.cost > 0.3, spender
+    # its spend is charged at its settle, which follows its end: waited for
+    assert _charged_soon(legato, "capfail", (spender.usage.total_tokens, 1))
     refused = legato.wait(legato.submit(PRICED, {"text": "more"}, tenant="capfail"), 10)
     assert refused.status == "failed"
     assert refused.error.startswith("spend cap reached: tenant capfail reached its daily "
                                     "spend cap"), refused.error
-    legato.wait(legato.submit(PRICED, {"text": "spend"}, tenant="caphold"), 60)
+    spent = legato.wait(legato.submit(PRICED, {"text": "spend"}, tenant="caphold"), 60)
+    assert _charged_soon(legato, "caphold", (spent.usage.total_tokens, 1))
     held_id = legato.submit(PRICED, {"text": "later"}, tenant="caphold")
     held = legato.status(held_id)
     assert held.status == "queued" and held.held.startswith(
