@@ -108,8 +108,9 @@ def _setup(res: Results) -> str:
         "interleaved in every repetition.",
         f"- Workers: one process each, Celery **threads** pool, concurrency **{c.concurrency}** "
         f"(memory: {c.mem_calls}); Legato `legato worker` on legato.control/llm/tools with its "
-        "defaults (model calls on its aiohttp event-loop transport, chain segments and vote "
-        "batches, its Redis broker transport), raw Celery `celery -A bench.rawapp worker` (same "
+        "defaults (model calls on its aiohttp event-loop transport, chain segments run whole on "
+        "that loop by its threads pool, vote batches, its Redis broker transport), raw Celery "
+        "`celery -A bench.rawapp worker` (same "
         "Celery settings as workers/app.py: JSON, late acks, prefetch 1, task events on; stock "
         "kombu transport and Redis result backend; sync httpx). One private redis-server: "
         "Legato in db 0, raw in db 1.",
