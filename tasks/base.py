@@ -48,7 +48,6 @@ from legato.journal import Begin
 from legato.keys import lease_member
 from legato.lua import Part
 from legato.models.credentials import redact
-from legato.models.transport import LoopTransport
 from legato.publisher import Fields, StepStream
 from legato.settings import Settings, get_settings
 from legato.spec import Pipeline
@@ -131,10 +130,8 @@ def _on_loop(body: Body, task: StepTask, *args: Any, **kwargs: Any) -> Any:
     (legato.bridge), this pool thread waiting once for the whole task; in this thread when the
     transport has no loop or LEGATO_STEPS_ON_LOOP is off. A task that Legato's pool started on
     the loop (workers/pool.py) is there already: its body runs as it is."""
-    if bridge.active():
-        return body(task, *args, **kwargs)
-    transport = resources.transport()
-    if not (isinstance(transport, LoopTransport) and get_settings().steps_on_loop):
+    loop = None if bridge.active() else resources.steps_loop()
+    if loop is None:
         return body(task, *args, **kwargs)
     request = task.request  # Celery keeps it per greenlet: the body's is pushed in it
 
@@ -147,7 +144,7 @@ def _on_loop(body: Body, task: StepTask, *args: Any, **kwargs: Any) -> Any:
             celery_state._task_stack.pop()
             task.request_stack.pop()
 
-    return asyncio.run_coroutine_threadsafe(bridge.run(bridged), transport.loop).result()
+    return asyncio.run_coroutine_threadsafe(bridge.run(bridged), loop).result()
 
 
 def _typed(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -26,8 +26,6 @@ from celery.concurrency import thread
 from celery.concurrency.base import apply_target
 
 from legato import bridge
-from legato.models.transport import LoopTransport
-from legato.settings import get_settings
 from legato.workers import resources
 
 
@@ -73,8 +71,4 @@ class TaskPool(thread.TaskPool):
     def _loop_for(self, name: Any) -> asyncio.AbstractEventLoop | None:
         """The loop to run task `name` on, or None: on a pool thread."""
         task = self.app.tasks.get(name) if isinstance(name, str) else None
-        settings = getattr(self.app, "settings", None) or get_settings()
-        if not getattr(task, "on_loop", False) or not settings.steps_on_loop:
-            return None
-        transport = resources.transport()
-        return transport.loop if isinstance(transport, LoopTransport) else None
+        return resources.steps_loop() if getattr(task, "on_loop", False) else None

@@ -6,6 +6,7 @@ Kept so the tasks' call sites (`resources.store()`, ...) stay as they are.
 
 from __future__ import annotations
 
+import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -38,6 +39,11 @@ def http() -> httpx.Client:
 def transport() -> Transport:
     """The process's model transport: every model call in the process goes through it."""
     return runtime.current().transport()
+
+
+def steps_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop segments' steps run on, or None (they run in the calling thread)."""
+    return runtime.current().steps_loop()
 
 
 def gateway() -> Gateway:

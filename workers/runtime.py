@@ -17,6 +17,7 @@ Lifecycle (workers/app.py connects the signals):
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 from collections.abc import Callable
@@ -165,6 +166,14 @@ class Runtime:
                 self._transport = (HttpxTransport(self.http()) if s.model_transport == "httpx"
                                    else LoopTransport(s.http_max_connections, s.http_timeout))
             return self._transport
+
+    def steps_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop chain segments' steps run on (legato.bridge): the transport's, unless
+        it has none or LEGATO_STEPS_ON_LOOP is off (None)."""
+        transport = self.transport()
+        if self.settings.steps_on_loop and isinstance(transport, LoopTransport):
+            return transport.loop
+        return None
 
     def gateway(self) -> Gateway:
         """The process's model gateway: every model call's policies, over the transport and
